@@ -1,0 +1,109 @@
+"""``create_app(settings)``: the FastAPI application. Nothing is built at import time."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from broker.audit import Clock, utcnow
+from broker.aws.sts import Sts
+from broker.federation import Broker
+from broker.logs import get_logger
+from broker.settings import Settings
+from broker.store.db import Database
+from broker.web import errors, health, portal
+
+WEB = Path(__file__).parent / "web"
+log = get_logger("broker.access")
+
+# No inline script or style, no framing, no plugins (THREATS.md: sessions; portal pages).
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self' {form_action}"
+)
+
+
+def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
+    db = Database(settings.database_url)
+    broker = Broker(settings, db=db, sts=Sts(settings.aws), clock=clock)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        broker.audit.record(
+            db,
+            event="config.loaded",
+            outcome="ok",
+            reason="startup",
+            detail={
+                "mode": settings.mode,
+                "roles": [r.name for r in settings.roles],
+                "identity_stores": [s.name for s in settings.identity_stores],
+            },
+        )
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        title="Identity broker",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/api/docs" if settings.dev else None,
+        redoc_url=None,
+    )
+    app.state.broker = broker
+    app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
+    app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(portal.router)
+
+    # Form posts may redirect to the console federation endpoint.
+    federation = settings.aws.federation_endpoint or ""
+    form_action = federation.split("?", 1)[0] if federation else ""
+    csp = CSP.format(form_action=form_action).strip()
+    hsts = settings.public_url.startswith("https://")
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.request_id = request.headers.get("x-request-id", "")[:64] or str(uuid.uuid4())
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request.state.request_id
+        response.headers["Content-Security-Policy"] = csp
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if hsts:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        # The path only: query strings may carry codes and state values.
+        log.info(
+            "request",
+            request_id=request.state.request_id,
+            method=request.method,
+            path=request.url.path,
+            status=response.status_code,
+            principal=getattr(request.state, "principal", None),
+            outcome=getattr(request.state, "outcome", "ok" if response.status_code < 400 else "error"),
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return response
+
+    return app
+
+
+def from_environment() -> FastAPI:
+    """uvicorn factory for `broker serve` (one call per worker process): reads BROKER_CONFIG."""
+    from broker import logs
+    from broker.settings import load_settings
+
+    settings = load_settings(os.environ.get("BROKER_CONFIG", "config/broker.yaml"))
+    logs.configure(settings.log_level, json=settings.log_json)
+    return create_app(settings)

@@ -1,0 +1,112 @@
+"""STS issuance: one reused boto3 client, AssumeRole with the verified principal as SourceIdentity.
+
+botocore's own DEBUG logging prints response bodies (credentials included); ``broker.logs`` keeps botocore
+at WARNING whatever the broker's level is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
+
+from broker.errors import BrokerError, PolicyTooLarge, ServiceUnavailable, UpstreamError
+from broker.identity import Credentials
+from broker.settings import AwsSettings
+
+if TYPE_CHECKING:
+    from mypy_boto3_sts import STSClient
+
+_THROTTLED = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}
+# Seconds a caller should wait after STS throttles or is unreachable (the standard retry mode already
+# backed off max_attempts times before this surfaces).
+RETRY_AFTER_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class AssumeRoleRequest:
+    role_arn: str
+    role_session_name: str
+    source_identity: str
+    duration_seconds: int
+    tags: dict[str, str]
+    transitive_tag_keys: tuple[str, ...] = ()
+    session_policy: str | None = None
+    policy_arns: tuple[str, ...] = ()
+
+
+def translate(exc: Exception) -> BrokerError:
+    """Map botocore failures to broker errors that say what to do."""
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _THROTTLED:
+            return ServiceUnavailable(
+                "AWS is throttling credential requests. Try again in a few seconds.",
+                reason="sts_throttled",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
+        if code == "PackedPolicyTooLarge":
+            return PolicyTooLarge(reason="sts_packed_policy_too_large")
+        if code in {"AccessDenied", "AccessDeniedException"}:
+            return UpstreamError(
+                "AWS denied the broker access to this role. Ask an administrator to check the role's trust policy.",
+                reason="sts_access_denied",
+            )
+        if code == "RegionDisabledException":
+            return UpstreamError("STS is not activated in the configured region.", reason="sts_region_disabled")
+        if code == "ExpiredTokenException":
+            return ServiceUnavailable(
+                "The broker's own AWS credentials have expired.", reason="sts_broker_credentials_expired"
+            )
+        return UpstreamError(reason=f"sts_{code or 'error'}".lower()[:64])
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | BotoCoreError):
+        return ServiceUnavailable(
+            "AWS STS is unreachable. Try again in a minute.", reason="sts_unavailable", retry_after=RETRY_AFTER_SECONDS
+        )
+    return UpstreamError(reason="sts_error")
+
+
+class Sts:
+    """The broker's STS client, created once and reused (boto3 clients are thread-safe)."""
+
+    def __init__(self, settings: AwsSettings) -> None:
+        self._settings = settings
+        config = Config(
+            region_name=settings.region,
+            connect_timeout=settings.connect_timeout_seconds,
+            read_timeout=settings.read_timeout_seconds,
+            retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        )
+        endpoint = settings.sts_endpoint_url or f"https://sts.{settings.region}.amazonaws.com"
+        self._client: STSClient = boto3.session.Session().client("sts", endpoint_url=endpoint, config=config)
+
+    def assume_role(self, request: AssumeRoleRequest) -> Credentials:
+        params: dict[str, Any] = {
+            "RoleArn": request.role_arn,
+            "RoleSessionName": request.role_session_name,
+            "SourceIdentity": request.source_identity,
+            "DurationSeconds": request.duration_seconds,
+        }
+        if request.tags:
+            params["Tags"] = [{"Key": k, "Value": v} for k, v in request.tags.items()]
+        if request.transitive_tag_keys:
+            params["TransitiveTagKeys"] = list(request.transitive_tag_keys)
+        if request.session_policy:
+            params["Policy"] = request.session_policy
+        if request.policy_arns:
+            params["PolicyArns"] = [{"arn": arn} for arn in request.policy_arns]
+        try:
+            response = self._client.assume_role(**params)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc) from None
+        creds = response["Credentials"]
+        return Credentials(
+            access_key_id=creds["AccessKeyId"],
+            secret_access_key=creds["SecretAccessKey"],
+            session_token=creds["SessionToken"],
+            expiration=creds["Expiration"],
+            assumed_role_arn=response.get("AssumedRoleUser", {}).get("Arn", ""),
+        )

@@ -1,0 +1,91 @@
+"""Break-glass local accounts: argon2id password plus TOTP (RFC 6238), for when the corporate IdP is down.
+
+Every use is audited as break-glass by the use-case layer. The TOTP step that was accepted is returned so
+that the caller can refuse its reuse through the shared replay guard.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from broker.errors import AuthenticationFailed
+from broker.identity import Identity, MfaEvidence, MfaLevel
+from broker.settings import LocalAccount, LocalStoreConfig
+
+TOTP_STEP_SECONDS = 30
+# Accept the previous and next 30-second step to absorb clock drift (RFC 6238 section 5.2).
+TOTP_DRIFT_STEPS = 1
+_HASHER = PasswordHasher()
+# Verifying against this when the user does not exist keeps the timing of "no such user" and
+# "wrong password" alike, so usernames cannot be probed.
+_DUMMY_HASH = _HASHER.hash("not-a-real-password")
+
+
+def hash_password(password: str) -> str:
+    return _HASHER.hash(password)
+
+
+@dataclass(frozen=True)
+class LocalLogin:
+    identity: Identity
+    totp_step: int
+
+
+class LocalConnector:
+    kind = "local"
+
+    def __init__(self, config: LocalStoreConfig, *, issuer: str) -> None:
+        self._config = config
+        self._issuer = issuer
+        self._accounts = {a.username: a for a in config.accounts}
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def display_name(self) -> str:
+        return self._config.display_name
+
+    def _totp_step(self, account: LocalAccount, code: str, now: float) -> int | None:
+        totp = pyotp.TOTP(account.totp_secret.get_secret_value(), interval=TOTP_STEP_SECONDS)
+        if not (code.isdigit() and len(code) == totp.digits):
+            return None
+        for offset in range(-TOTP_DRIFT_STEPS, TOTP_DRIFT_STEPS + 1):
+            at = now + offset * TOTP_STEP_SECONDS
+            if totp.verify(code, for_time=at, valid_window=0):
+                return int(at // TOTP_STEP_SECONDS)
+        return None
+
+    def authenticate(self, username: str, password: str, totp_code: str, *, now: float | None = None) -> LocalLogin:
+        """Check password and TOTP; raise AuthenticationFailed with a reason, never saying which part failed."""
+        now = time.time() if now is None else now
+        account = self._accounts.get(username)
+        try:
+            _HASHER.verify(account.password_hash.get_secret_value() if account else _DUMMY_HASH, password)
+        except (VerificationError, InvalidHashError):
+            raise AuthenticationFailed(reason="password_invalid") from None
+        if account is None:
+            raise AuthenticationFailed(reason="password_invalid")
+        step = self._totp_step(account, totp_code.strip(), now)
+        if step is None:
+            raise AuthenticationFailed(reason="totp_invalid")
+        identity = Identity(
+            subject=account.username,
+            issuer=self._issuer,
+            store=self.name,
+            username=account.username,
+            email=account.email,
+            groups=frozenset(account.groups),
+            mfa=MfaEvidence(
+                level=MfaLevel.MFA, methods=("pwd", "otp"), authenticated_at=datetime.fromtimestamp(now, UTC)
+            ),
+            break_glass=True,
+        )
+        return LocalLogin(identity=identity, totp_step=step)

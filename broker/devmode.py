@@ -1,0 +1,150 @@
+"""`broker dev`: the whole broker on a laptop, offline, loudly marked as dev mode.
+
+SQLite under a local data folder, a demo break-glass account (password and TOTP secret kept in that
+folder, readable only by you), and, when no STS endpoint is configured, moto's STS emulator as a child
+process (from the `dev` extra) so the credentials issued work against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyotp
+from rich.console import Console
+from rich.panel import Panel
+
+from broker.connectors.local import hash_password
+from broker.errors import ConfigError
+from broker.settings import Settings, load_settings, read_yaml
+
+DEMO_USER = "demo"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _demo_account(data_dir: Path) -> dict[str, str]:
+    """Create once, then reuse, the demo account's password and TOTP secret (file mode 0600)."""
+    path = data_dir / "demo-account.json"
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        return stored
+    account = {"password": secrets.token_urlsafe(12), "totp_secret": pyotp.random_base32()}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(account, handle)
+    return account
+
+
+def start_sts_emulator(port: int) -> subprocess.Popen[bytes]:
+    """moto's server on loopback; raise a clear error if the `dev` extra is not installed."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        raise SystemExit("The local STS emulator needs the dev extra: pip install -e '.[dev]'") from None
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("The local STS emulator did not start within 20 seconds.")
+
+
+def dev_settings(
+    config: Path, data_dir: Path, port: int, sts_endpoint: str | None, account: dict[str, str]
+) -> Settings:
+    data: dict[str, Any] = read_yaml(config)
+    data["mode"] = "dev"
+    data["public_url"] = f"http://127.0.0.1:{port}"
+    data.setdefault("database_url", f"sqlite:///{(data_dir / 'broker.db').resolve()}")
+    aws = dict(data.get("aws") or {})
+    if sts_endpoint:
+        aws["sts_endpoint_url"] = sts_endpoint
+    data["aws"] = aws
+    stores = list(data.get("identity_stores") or [])
+    for store in stores:
+        if store.get("type") == "local" and store.get("name") == "breakglass":
+            store["accounts"] = [
+                {
+                    "username": DEMO_USER,
+                    "password_hash": hash_password(account["password"]),
+                    "totp_secret": account["totp_secret"],
+                    "email": "demo@example.test",
+                    "groups": ["engineering", "admins"],
+                }
+            ]
+    data["identity_stores"] = stores
+    return load_settings(None, **data)
+
+
+def run(*, port: int, data_dir: Path, config: Path, console: Console) -> None:
+    import uvicorn
+
+    from broker import logs
+    from broker.app import create_app
+    from broker.store import db
+
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    account = _demo_account(data_dir)
+    emulator = None
+    raw_aws = (read_yaml(config).get("aws") or {}) if config.exists() else {}
+    sts_endpoint = os.environ.get("BROKER_AWS__STS_ENDPOINT_URL") or raw_aws.get("sts_endpoint_url")
+    if not sts_endpoint:
+        emulator_port = _free_port()
+        emulator = start_sts_emulator(emulator_port)
+        sts_endpoint = f"http://127.0.0.1:{emulator_port}"
+        # moto accepts any key; these are not credentials and grant nothing anywhere.
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "dev-emulator")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "dev-emulator")
+    try:
+        settings = dev_settings(config, data_dir, port, sts_endpoint, account)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise SystemExit(2) from None
+    db.upgrade(settings.database_url)
+    logs.configure(settings.log_level, json=False)
+    totp = pyotp.TOTP(account["totp_secret"])
+    console.print(
+        Panel.fit(
+            "[bold yellow]DEV MODE: not for production.[/bold yellow] Placeholder secrets, plain HTTP, local data.\n\n"
+            f"Broker:        {settings.public_url}\n"
+            f"STS emulator:  {sts_endpoint}{' (moto, started by broker dev)' if emulator else ''}\n"
+            f"Database:      {settings.database_url}\n\n"
+            f"Demo break-glass account\n"
+            f"  username:    {DEMO_USER}\n"
+            f"  password:    {account['password']}\n"
+            f"  TOTP secret: {account['totp_secret']}\n"
+            f"  otpauth URI: {totp.provisioning_uri(name=DEMO_USER, issuer_name='broker-dev')}\n"
+            f'  (code now:   {totp.now()}; or run: python -c "import pyotp; '
+            f"print(pyotp.TOTP('{account['totp_secret']}').now())\")",
+            title="broker dev",
+        ),
+        highlight=False,
+    )
+    sys.stdout.flush()
+    try:
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)
+    finally:
+        if emulator is not None:
+            emulator.terminate()
+            emulator.wait(timeout=10)

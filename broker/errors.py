@@ -1,0 +1,162 @@
+"""The broker's one error hierarchy.
+
+Every failure a caller can see is a :class:`BrokerError` with a stable machine ``code`` (the RFC 6749 /
+RFC 8693 code where a spec defines one), an HTTP ``status`` and a ``message`` that is safe to show and says
+what to do. Domain code raises these; ``broker.web.errors`` renders them once, as JSON or as an HTML page.
+Library exceptions are translated into these by the module that owns the library.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class BrokerError(Exception):
+    """Base class: ``code`` and ``status`` are class attributes, the message is per instance."""
+
+    code: ClassVar[str] = "server_error"
+    status: ClassVar[int] = 500
+    default_message: ClassVar[str] = "The broker could not complete the request."
+
+    def __init__(
+        self, message: str | None = None, *, reason: str | None = None, retry_after: int | None = None
+    ) -> None:
+        self.message = message or self.default_message
+        # ``reason`` is the audit reason code (finer than ``code``), e.g. ``saml.audience_mismatch``.
+        self.reason = reason or self.code
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+
+class InvalidRequest(BrokerError):
+    """RFC 6749 section 5.2 ``invalid_request``: malformed or missing parameters."""
+
+    code = "invalid_request"
+    status = 400
+    default_message = "The request is missing a parameter or is malformed."
+
+
+class InvalidGrant(BrokerError):
+    """RFC 6749 section 5.2 ``invalid_grant``: a token, code or assertion failed verification."""
+
+    code = "invalid_grant"
+    status = 400
+    default_message = "The presented credential could not be verified."
+
+
+class InvalidTarget(BrokerError):
+    """RFC 8693 section 2.2.2 ``invalid_target``: the requested audience or role is not available."""
+
+    code = "invalid_target"
+    status = 400
+    default_message = "The requested target is not available to this subject."
+
+
+class UnauthorizedClient(BrokerError):
+    """RFC 6749 section 5.2 ``unauthorized_client``."""
+
+    code = "unauthorized_client"
+    status = 401
+    default_message = "The client is not authorized for this request."
+
+
+class AuthenticationFailed(BrokerError):
+    """A sign-in attempt failed (wrong password, bad assertion, bad ID token)."""
+
+    code = "authentication_failed"
+    status = 401
+    default_message = "Sign-in failed. Check your details and try again."
+
+
+class LoginRequired(BrokerError):
+    """No valid broker session: the caller must sign in first."""
+
+    code = "login_required"
+    status = 401
+    default_message = "You are not signed in, or your session has ended. Sign in again."
+
+
+class AccessDenied(BrokerError):
+    """Policy refused the request (default deny)."""
+
+    code = "access_denied"
+    status = 403
+    default_message = "You are not allowed to use this role."
+
+
+class MfaRequired(BrokerError):
+    """The session's MFA evidence is below what the role requires."""
+
+    code = "mfa_required"
+    status = 403
+    default_message = "This role needs a stronger sign-in (multi-factor authentication)."
+
+
+class CsrfFailed(BrokerError):
+    code = "csrf_failed"
+    status = 403
+    default_message = "The form expired or did not come from this site. Reload the page and try again."
+
+
+class NotFound(BrokerError):
+    code = "not_found"
+    status = 404
+    default_message = "There is nothing here."
+
+
+class PayloadTooLarge(BrokerError):
+    code = "payload_too_large"
+    status = 413
+    default_message = "The request is too large."
+
+
+class RateLimited(BrokerError):
+    code = "rate_limited"
+    status = 429
+    default_message = "Too many attempts. Wait a little and try again."
+
+
+class ReplayDetected(InvalidGrant):
+    """A one-time value (assertion ID, ``jti``, nonce, code, TOTP code) was presented a second time."""
+
+    default_message = "This sign-in message was already used. Start the sign-in again."
+
+    def __init__(self, message: str | None = None, *, reason: str = "replay") -> None:
+        super().__init__(message, reason=reason)
+
+
+class UpstreamError(BrokerError):
+    """AWS refused the request for a reason the caller cannot fix by retrying."""
+
+    code = "upstream_refused"
+    status = 502
+    default_message = "AWS refused to issue credentials for this role. Ask an administrator to check the role."
+
+
+class PolicyTooLarge(BrokerError):
+    code = "packed_policy_too_large"
+    status = 400
+    default_message = "The session policy and tags are too large for AWS. Ask an administrator to shorten them."
+
+
+class ServiceUnavailable(BrokerError):
+    """A dependency (database, audit trail, STS, IdP) is unavailable: fail closed."""
+
+    code = "temporarily_unavailable"
+    status = 503
+    default_message = "The broker cannot issue credentials right now. Try again in a minute."
+
+
+class AuditUnavailable(ServiceUnavailable):
+    """The audit write did not commit, so nothing may leave the broker (fail closed)."""
+
+    default_message = "The audit trail is unavailable, so no credentials were issued. Try again in a minute."
+
+
+class ConfigError(Exception):
+    """Configuration problems, each with the YAML path it concerns. Not an HTTP error: raised at start-up."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {path}: {msg}" for path, msg in problems)
+        super().__init__(f"{len(problems)} configuration problem(s):\n{lines}")

@@ -1,0 +1,80 @@
+"""Structured JSON logs that never carry a secret, whatever the log level.
+
+Two guards on the one handler: records from libraries that log request or response bodies (botocore prints
+STS responses, httpx prints request URLs) are dropped below WARNING, and every message is scrubbed of
+credential-shaped values before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+import structlog
+
+_CHATTY = ("botocore", "boto3", "urllib3", "httpx", "httpcore", "s3transfer", "saml2", "authlib")
+_SCRUB = [
+    re.compile(
+        r'("?(?:SecretAccessKey|SessionToken|sessionKey|sessionToken|secret_access_key|session_token|'
+        r'password|client_secret|refresh_token|access_token|id_token|SAMLResponse|SigninToken)"?'
+        r'\s*[:=]\s*)("[^"]*"|[^\s,&}]+)',
+        re.IGNORECASE,
+    ),
+    re.compile(r"(<(?:SecretAccessKey|SessionToken)>)[^<]*(</)"),
+]
+
+
+def scrub(message: str) -> str:
+    message = _SCRUB[0].sub(r"\1[redacted]", message)
+    return _SCRUB[1].sub(r"\1[redacted]\2", message)
+
+
+class _Guard(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] in _CHATTY and record.levelno < logging.WARNING:
+            return False
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        return True
+
+
+def configure(level: str = "INFO", *, json: bool = True) -> None:
+    """Route stdlib and structlog output through one guarded handler on stderr."""
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_Guard())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso"),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger

@@ -1,0 +1,208 @@
+"""Least-privilege role decisions: pure, default-deny, and saying why.
+
+``decide(identity, roles, request, now)`` does no I/O. It grants a role only when a grant rule matches, the
+sign-in's MFA evidence meets the role's level, the client address is allowed, and the STS request it implies
+fits STS's own limits (so a request that STS would refuse is refused here first, with a clear reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from broker.identity import Channel, Identity, MfaLevel
+from broker.settings import STS_MAX_DURATION, STS_MIN_DURATION, GrantRule, RoleConfig
+
+# STS: role chaining caps a session at one hour (IAM User Guide, "Role chaining").
+ROLE_CHAINING_MAX_SECONDS = 3600
+# STS AssumeRole: at most 50 session tags, keys up to 128 and values up to 256 characters.
+MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 50, 128, 256
+# STS AssumeRole: the plaintext inline session policy may be at most 2,048 characters.
+MAX_SESSION_POLICY_CHARS = 2048
+# RoleSessionName and SourceIdentity: 2..64 characters of [\w+=,.@-].
+_STS_NAME_CHARS = re.compile(r"[^\w+=,.@-]")
+_TAG_VALUE = re.compile(r"^[\w .:/=+\-@]*$")
+_TEMPLATE = re.compile(r"\{([a-z_]+(?:\.[A-Za-z0-9_:-]+)?)\}")
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    role: str
+    channel: Channel
+    duration_seconds: int | None = None
+    client_ip: str | None = None
+    # The broker itself runs on role credentials, so STS treats AssumeRole as role chaining.
+    role_chaining: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    reasons: tuple[str, ...] = ()
+    role: RoleConfig | None = None
+    required_mfa: MfaLevel | None = None
+    duration_seconds: int = 0
+    requested_duration_seconds: int | None = None
+    role_session_name: str = ""
+    source_identity: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    transitive_tag_keys: tuple[str, ...] = ()
+    session_policy: str | None = None
+    policy_digest: str | None = None
+    policy_arns: tuple[str, ...] = ()
+
+
+def _deny(reason: str, *reasons: str, role: RoleConfig | None = None, required_mfa: MfaLevel | None = None) -> Decision:
+    return Decision(allowed=False, reason=reason, reasons=reasons or (reason,), role=role, required_mfa=required_mfa)
+
+
+def rule_matches(rule: GrantRule, identity: Identity) -> bool:
+    """All conditions of one rule must hold. Comparisons are exact: no case folding, no wildcards."""
+    if rule.stores and identity.store not in rule.stores:
+        return False
+    if rule.groups and not identity.groups.intersection(rule.groups):
+        return False
+    if rule.subjects and identity.subject not in rule.subjects:
+        return False
+    if rule.emails and identity.email not in rule.emails:
+        return False
+    return all(identity.attributes.get(claim) in allowed for claim, allowed in rule.claims.items())
+
+
+def grants(role: RoleConfig, identity: Identity) -> bool:
+    return any(rule_matches(rule, identity) for rule in role.grant)
+
+
+def visible_roles(identity: Identity, roles: Sequence[RoleConfig]) -> list[RoleConfig]:
+    """The roles a rule grants to this identity (whatever its MFA level: the portal says what is missing)."""
+    return [role for role in roles if grants(role, identity)]
+
+
+def sts_name(value: str, *, limit: int = 64) -> str:
+    """Represent ``value`` in STS's name alphabet. If characters must change, a digest keeps it unique."""
+    cleaned = _STS_NAME_CHARS.sub("-", value)
+    if cleaned == value and 2 <= len(value) <= limit:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:10]
+    return (cleaned[: limit - 11] + "-" + digest).lstrip("-") or digest
+
+
+def render_template(template: str, identity: Identity) -> str | None:
+    """Fill ``{username}``, ``{email}``, ``{subject}``, ``{store}``, ``{issuer}`` or ``{attr.NAME}``.
+
+    Returns None when a placeholder has no value (the tag is then omitted rather than sent empty).
+    """
+    values = {
+        "username": identity.username,
+        "email": identity.email,
+        "subject": identity.subject,
+        "store": identity.store,
+        "issuer": identity.issuer,
+    }
+    missing = False
+
+    def fill(match: re.Match[str]) -> str:
+        nonlocal missing
+        name = match.group(1)
+        value = identity.attributes.get(name[5:]) if name.startswith("attr.") else values.get(name)
+        if value is None:
+            missing = True
+            return ""
+        return value
+
+    result = _TEMPLATE.sub(fill, template)
+    return None if missing else result
+
+
+def effective_duration(role: RoleConfig, requested: int | None, *, role_chaining: bool) -> int:
+    """The shortest useful duration: the request (or the role's default, or one hour), clamped to the limits."""
+    ceiling = min(role.max_duration_seconds, STS_MAX_DURATION)
+    if role_chaining:
+        ceiling = min(ceiling, ROLE_CHAINING_MAX_SECONDS)
+    wanted = requested or role.default_duration_seconds or min(3600, ceiling)
+    return max(STS_MIN_DURATION, min(wanted, ceiling))
+
+
+def _client_allowed(role: RoleConfig, client_ip: str | None) -> bool:
+    if not role.source_cidrs:
+        return True
+    if client_ip is None:
+        return False
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    return any(address in network for network in role.source_cidrs)
+
+
+def decide(identity: Identity, roles: Sequence[RoleConfig], request: AccessRequest, now: datetime) -> Decision:
+    """Default deny: grant ``request.role`` only if every check passes. ``now`` is for time-bound rules."""
+    role = next((r for r in roles if r.name == request.role), None)
+    if role is None:
+        return _deny("role_unknown", f"no role named {request.role!r}")
+    if not grants(role, identity):
+        return _deny("role_not_granted", f"no grant rule of role {role.name!r} matches this identity", role=role)
+    if identity.mfa.level < role.mfa:
+        return _deny(
+            "mfa_insufficient",
+            f"role {role.name!r} needs {role.mfa.label}, this sign-in has {identity.mfa.level.label}",
+            role=role,
+            required_mfa=role.mfa,
+        )
+    if not _client_allowed(role, request.client_ip):
+        return _deny(
+            "source_ip_not_allowed",
+            f"client address {request.client_ip} is outside the role's allowed networks",
+            role=role,
+        )
+    if request.duration_seconds is not None and request.duration_seconds < 0:
+        return _deny("duration_invalid", "duration must be positive", role=role)
+
+    tags: dict[str, str] = {}
+    for key, template in role.session_tags.items():
+        value = render_template(template, identity)
+        if value is None:
+            continue
+        if len(value) > MAX_TAG_VALUE or not _TAG_VALUE.match(value):
+            return _deny("tag_value_invalid", f"session tag {key!r} would be an invalid STS tag value", role=role)
+        tags[key] = value
+    if len(tags) > MAX_TAGS:
+        return _deny("too_many_tags", f"{len(tags)} session tags exceed STS's limit of {MAX_TAGS}", role=role)
+
+    policy: str | None = None
+    digest: str | None = None
+    if role.session_policy is not None:
+        policy = json.dumps(role.session_policy, separators=(",", ":"), sort_keys=True)
+        if len(policy) > MAX_SESSION_POLICY_CHARS:
+            return _deny(
+                "session_policy_too_large",
+                f"the session policy is {len(policy)} characters; STS accepts {MAX_SESSION_POLICY_CHARS}",
+                role=role,
+            )
+        digest = hashlib.sha256(policy.encode()).hexdigest()
+
+    duration = effective_duration(role, request.duration_seconds, role_chaining=request.role_chaining)
+    reasons = [f"granted by role {role.name!r}"]
+    if request.duration_seconds and duration != request.duration_seconds:
+        reasons.append(f"duration clamped from {request.duration_seconds}s to {duration}s")
+    return Decision(
+        allowed=True,
+        reason="granted",
+        reasons=tuple(reasons),
+        role=role,
+        duration_seconds=duration,
+        requested_duration_seconds=request.duration_seconds,
+        role_session_name=sts_name(identity.username),
+        source_identity=sts_name(identity.principal),
+        tags=tags,
+        transitive_tag_keys=tuple(k for k in role.transitive_tags if k in tags),
+        session_policy=policy,
+        policy_digest=digest,
+        policy_arns=tuple(role.policy_arns),
+    )

@@ -1,0 +1,1 @@
+"""HTTP edges: routes parse, call a use case in ``broker.federation``, render."""

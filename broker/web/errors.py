@@ -1,0 +1,70 @@
+"""The one place broker errors become HTTP responses: JSON for APIs, a page for people."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from broker.errors import BrokerError, InvalidRequest, LoginRequired, NotFound
+from broker.logs import get_logger
+
+log = get_logger("broker.web")
+_API_PREFIXES = ("/api/", "/oauth2/", "/healthz", "/readyz", "/.well-known/", "/jwks")
+
+
+def wants_html(request: Request) -> bool:
+    if request.url.path.startswith(_API_PREFIXES):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def render_error(request: Request, error: BrokerError) -> Response:
+    request.state.outcome = error.reason
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else {}
+    if wants_html(request):
+        if isinstance(error, LoginRequired) and request.method == "GET":
+            return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+        templates = request.app.state.templates
+        page: Response = templates.TemplateResponse(
+            request,
+            "error.html",
+            {"error": error, "title": "Something went wrong"},
+            status_code=error.status,
+            headers=headers,
+        )
+        return page
+    body = {"error": error.code, "error_description": error.message}
+    if error.code == "invalid_token" or error.status == 401:
+        headers["WWW-Authenticate"] = f'Bearer error="{error.code}"'
+    return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(BrokerError)
+    async def _broker_error(request: Request, exc: BrokerError) -> Response:
+        log.info("request refused", code=exc.code, reason=exc.reason, path=request.url.path)
+        return render_error(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) for e in exc.errors()) or "the request"
+        return render_error(request, InvalidRequest(f"Missing or invalid: {fields}.", reason="request_invalid"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return render_error(request, NotFound())
+        if exc.status_code == 405:
+            return render_error(
+                request, InvalidRequest("This address does not accept that method.", reason="method_not_allowed")
+            )
+        return render_error(request, BrokerError())
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unexpected error", error_type=type(exc).__name__, path=request.url.path)
+        return render_error(request, BrokerError())

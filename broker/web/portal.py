@@ -1,0 +1,177 @@
+"""The portal a person uses: sign-in choices, the roles they may use, console and CLI credentials."""
+
+from __future__ import annotations
+
+import secrets
+from collections import defaultdict
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from broker.identity import Channel
+from broker.web.deps import (
+    BROWSER_COOKIE,
+    BrokerDep,
+    ContextDep,
+    CurrentDep,
+    TemplatesDep,
+    check_csrf,
+    safe_return_path,
+    session_cookie,
+)
+
+router = APIRouter(tags=["portal"])
+DURATION_CHOICES = (900, 1800, 3600, 7200, 14400, 28800, 43200)
+
+
+def browser_id(request: Request) -> str:
+    """A random pre-login cookie: binds sign-ins in flight to this browser and anchors login-form CSRF."""
+    return request.cookies.get(BROWSER_COOKIE) or secrets.token_urlsafe(24)
+
+
+def set_browser_cookie(response: Response, request: Request, value: str) -> None:
+    broker = request.app.state.broker
+    if request.cookies.get(BROWSER_COOKIE) != value:
+        response.set_cookie(
+            BROWSER_COOKIE, value, httponly=True, secure=broker.settings.session.cookie_secure, samesite="lax", path="/"
+        )
+
+
+def set_session_cookie(response: Response, request: Request, session_id: str) -> None:
+    settings = request.app.state.broker.settings
+    response.set_cookie(
+        settings.session.cookie_name,
+        session_id,
+        httponly=True,
+        secure=settings.session.cookie_secure,
+        samesite="lax",
+        path="/",
+        max_age=settings.session.absolute_timeout_hours * 3600,
+    )
+
+
+@router.get("/login", response_class=HTMLResponse, summary="Choose how to sign in")
+def login_page(request: Request, broker: BrokerDep, templates: TemplatesDep, next: str | None = None) -> Response:
+    browser = browser_id(request)
+    stores = broker.sign_in_options()
+    if len(stores) == 1 and stores[0].kind != "local":
+        response: Response = RedirectResponse(f"/login/{stores[0].name}?next={safe_return_path(next)}", 303)
+    else:
+        response = templates.TemplateResponse(
+            request,
+            "login.html",
+            {
+                "title": "Sign in",
+                "stores": stores,
+                "next": safe_return_path(next),
+                "csrf": broker.csrf_token(browser),
+                "dev": broker.settings.dev,
+            },
+        )
+    set_browser_cookie(response, request, browser)
+    return response
+
+
+@router.post("/login/local/{store}", summary="Break-glass sign-in with password and TOTP code")
+def login_local(
+    request: Request,
+    store: str,
+    broker: BrokerDep,
+    ctx: ContextDep,
+    username: Annotated[str, Form(max_length=256)],
+    password: Annotated[str, Form(max_length=1024)],
+    totp: Annotated[str, Form(max_length=16)],
+    csrf: Annotated[str, Form(max_length=128)] = "",
+    next: Annotated[str, Form(max_length=2048)] = "/",
+) -> Response:
+    check_csrf(broker, request.cookies.get(BROWSER_COOKIE), csrf)
+    signed_in = broker.login_local(store, username, password, totp, ctx)
+    response = RedirectResponse(safe_return_path(next), status_code=303)
+    set_session_cookie(response, request, signed_in.session_id)
+    return response
+
+
+@router.get("/", response_class=HTMLResponse, summary="The roles you may use")
+def portal(request: Request, broker: BrokerDep, current: CurrentDep, templates: TemplatesDep) -> Response:
+    accounts: dict[str, list[object]] = defaultdict(list)
+    for view in broker.roles_for(current.identity):
+        label = view.role.account_name or view.role.account
+        accounts[f"{label} ({view.role.account})" if view.role.account_name else label].append(view)
+    return templates.TemplateResponse(
+        request,
+        "portal.html",
+        {
+            "title": "Your AWS access",
+            "identity": current.identity,
+            "accounts": dict(sorted(accounts.items())),
+            "durations": DURATION_CHOICES,
+            "csrf": broker.csrf_token(session_cookie(request) or ""),
+            "console_enabled": bool(broker.settings.aws.federation_endpoint),
+            "dev": broker.settings.dev,
+        },
+    )
+
+
+@router.post("/console", summary="Open the AWS console in a role")
+def open_console(
+    request: Request,
+    broker: BrokerDep,
+    current: CurrentDep,
+    ctx: ContextDep,
+    role: Annotated[str, Form(max_length=64)],
+    csrf: Annotated[str, Form(max_length=128)] = "",
+    duration: Annotated[int | None, Form()] = None,
+) -> Response:
+    check_csrf(broker, session_cookie(request), csrf)
+    url = broker.console_url(
+        current.identity, role=role, ctx=ctx, duration_seconds=duration, session_hmac=current.id_hmac
+    )
+    return RedirectResponse(url, status_code=303)
+
+
+@router.post("/credentials", response_class=HTMLResponse, summary="Show CLI credentials for a role")
+def cli_credentials(
+    request: Request,
+    broker: BrokerDep,
+    current: CurrentDep,
+    ctx: ContextDep,
+    templates: TemplatesDep,
+    role: Annotated[str, Form(max_length=64)],
+    csrf: Annotated[str, Form(max_length=128)] = "",
+    duration: Annotated[int | None, Form()] = None,
+) -> Response:
+    check_csrf(broker, session_cookie(request), csrf)
+    issued = broker.issue(
+        current.identity,
+        role=role,
+        channel=Channel.CLI,
+        ctx=ctx,
+        duration_seconds=duration,
+        session_hmac=current.id_hmac,
+    )
+    response = templates.TemplateResponse(
+        request,
+        "credentials.html",
+        {
+            "title": f"Credentials for {role}",
+            "role": issued.decision.role,
+            "credentials": issued.credentials,
+            "identity": current.identity,
+            "region": broker.settings.aws.region,
+        },
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.post("/logout", summary="Sign out")
+def logout(
+    request: Request, broker: BrokerDep, ctx: ContextDep, csrf: Annotated[str, Form(max_length=128)] = ""
+) -> Response:
+    cookie = session_cookie(request)
+    check_csrf(broker, cookie, csrf)
+    broker.logout(cookie, ctx)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(broker.settings.session.cookie_name, path="/")
+    return response
