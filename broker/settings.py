@@ -123,7 +123,33 @@ class LocalStoreConfig(Strict):
     accounts: list[LocalAccount] = []
 
 
-IdentityStoreConfig = LocalStoreConfig
+class MfaMapping(Strict):
+    """Which IdP-asserted values (OIDC ``amr``/``acr``, SAML ``AuthnContextClassRef``) count as which level."""
+
+    mfa: list[str] = []
+    phishing_resistant: list[str] = []
+
+
+class OidcStoreConfig(Strict):
+    """An OpenID Connect identity provider (owned by ``broker.connectors.oidc``)."""
+
+    type: Literal["oidc"]
+    name: str = Field(pattern=_NAME.pattern)
+    display_name: str = "Company sign-in"
+    issuer: str
+    client_id: str
+    client_secret: Secret | None = None
+
+
+class SamlStoreConfig(Strict):
+    """A SAML 2.0 identity provider (owned by ``broker.connectors.saml``)."""
+
+    type: Literal["saml"]
+    name: str = Field(pattern=_NAME.pattern)
+    display_name: str = "Company sign-in (SAML)"
+
+
+IdentityStoreConfig = Annotated[LocalStoreConfig | OidcStoreConfig | SamlStoreConfig, Field(discriminator="type")]
 
 
 class GrantRule(Strict):
@@ -328,7 +354,7 @@ def _yaml_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part.startswith("function-") or part in {"local", "json-or-python"}:
+        elif part.startswith("function-") or part in {"local", "oidc", "saml", "json-or-python"}:
             continue
         else:
             path += f".{part}" if path else part
