@@ -19,7 +19,6 @@ from typing import Any
 
 import pyotp
 from rich.console import Console
-from rich.panel import Panel
 
 from broker.connectors.local import hash_password
 from broker.errors import ConfigError
@@ -124,23 +123,25 @@ def run(*, port: int, data_dir: Path, config: Path, console: Console) -> None:
     db.upgrade(settings.database_url)
     logs.configure(settings.log_level, json=False)
     totp = pyotp.TOTP(account["totp_secret"])
-    console.print(
-        Panel.fit(
-            "[bold yellow]DEV MODE: not for production.[/bold yellow] Placeholder secrets, plain HTTP, local data.\n\n"
-            f"Broker:        {settings.public_url}\n"
-            f"STS emulator:  {sts_endpoint}{' (moto, started by broker dev)' if emulator else ''}\n"
-            f"Database:      {settings.database_url}\n\n"
-            f"Demo break-glass account\n"
-            f"  username:    {DEMO_USER}\n"
-            f"  password:    {account['password']}\n"
-            f"  TOTP secret: {account['totp_secret']}\n"
-            f"  otpauth URI: {totp.provisioning_uri(name=DEMO_USER, issuer_name='broker-dev')}\n"
-            f'  (code now:   {totp.now()}; or run: python -c "import pyotp; '
-            f"print(pyotp.TOTP('{account['totp_secret']}').now())\")",
-            title="broker dev",
-        ),
-        highlight=False,
-    )
+    console.rule("[bold yellow]broker dev: DEV MODE, not for production[/bold yellow]")
+    lines = [
+        "Placeholder secrets, plain HTTP, local data only.",
+        "",
+        f"Broker:        {settings.public_url}",
+        f"STS emulator:  {sts_endpoint}{' (moto, started by broker dev)' if emulator else ''}",
+        f"Database:      {settings.database_url}",
+        "",
+        "Demo break-glass account (sign in at the broker's /login page):",
+        f"  username:    {DEMO_USER}",
+        f"  password:    {account['password']}",
+        f"  TOTP secret: {account['totp_secret']}",
+        f"  otpauth URI: {totp.provisioning_uri(name=DEMO_USER, issuer_name='broker-dev')}",
+        f'  code now:    {totp.now()}   (later: python -c "import pyotp; '
+        f"print(pyotp.TOTP('{account['totp_secret']}').now())\")",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    console.rule()
     sys.stdout.flush()
     try:
         uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)

@@ -10,10 +10,26 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from typing import Any
 
 import structlog
 
-_CHATTY = ("botocore", "boto3", "urllib3", "httpx", "httpcore", "s3transfer", "saml2", "authlib")
+_CHATTY = ("botocore", "boto3", "urllib3", "httpx", "httpcore", "s3transfer", "saml2", "authlib", "alembic")
+_SECRET_KEYS = {
+    "password",
+    "secret",
+    "token",
+    "secret_access_key",
+    "session_token",
+    "client_secret",
+    "assertion",
+    "samlresponse",
+    "code",
+    "cookie",
+    "refresh_token",
+    "access_token",
+    "id_token",
+}
 _SCRUB = [
     re.compile(
         r'("?(?:SecretAccessKey|SessionToken|sessionKey|sessionToken|secret_access_key|session_token|'
@@ -30,12 +46,25 @@ def scrub(message: str) -> str:
     return _SCRUB[1].sub(r"\1[redacted]\2", message)
 
 
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: ("[redacted]" if str(k).lower() in _SECRET_KEYS else _scrub_value(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v) for v in value]
+    return value
+
+
 class _Guard(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.split(".")[0] in _CHATTY and record.levelno < logging.WARNING:
             return False
-        record.msg = scrub(record.getMessage())
-        record.args = None
+        if isinstance(record.msg, dict):  # a structlog event dict, rendered later by the formatter
+            record.msg = _scrub_value(record.msg)
+        else:
+            record.msg = scrub(record.getMessage())
+            record.args = None
         return True
 
 

@@ -58,9 +58,13 @@ def _reset_postgres(url: str) -> None:
         _PG_MIGRATED.add(url)
     engine = create_engine(url)
     with engine.begin() as conn:
-        tables = conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"
-        )).scalars().all()
+        tables = (
+            conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'")
+            )
+            .scalars()
+            .all()
+        )
         if tables:
             conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
     engine.dispose()
@@ -99,18 +103,37 @@ def base_config(db_url: str, sts_endpoint: str, **overrides: Any) -> dict[str, A
         "database_url": db_url,
         "secret_key": SECRET,
         "session": {"cookie_secure": False},
-        "aws": {"region": "us-east-1", "sts_endpoint_url": sts_endpoint, "federation_endpoint": None,
-                "max_attempts": 1},
+        "aws": {
+            "region": "us-east-1",
+            "sts_endpoint_url": sts_endpoint,
+            "federation_endpoint": None,
+            "max_attempts": 1,
+        },
         "identity_stores": [],
         "roles": [
-            {"name": "readonly", "role_arn": "arn:aws:iam::123456789012:role/ReadOnly", "account_name": "dev",
-             "grant": [{"groups": ["engineering"]}], "mfa": "mfa", "max_duration_seconds": 3600,
-             "session_tags": {"Email": "{email}"}, "transitive_tags": ["Email"],
-             "session_policy": {"Version": "2012-10-17",
-                                "Statement": [{"Effect": "Allow", "Action": "s3:List*", "Resource": "*"}]}},
-            {"name": "admin", "role_arn": "arn:aws:iam::123456789012:role/Admin",
-             "grant": [{"groups": ["admins"]}], "mfa": "phishing_resistant", "max_duration_seconds": 900,
-             "allow_admin": True, "policy_arns": ["arn:aws:iam::aws:policy/AdministratorAccess"]},
+            {
+                "name": "readonly",
+                "role_arn": "arn:aws:iam::123456789012:role/ReadOnly",
+                "account_name": "dev",
+                "grant": [{"groups": ["engineering"]}],
+                "mfa": "mfa",
+                "max_duration_seconds": 3600,
+                "session_tags": {"Email": "{email}"},
+                "transitive_tags": ["Email"],
+                "session_policy": {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "s3:List*", "Resource": "*"}],
+                },
+            },
+            {
+                "name": "admin",
+                "role_arn": "arn:aws:iam::123456789012:role/Admin",
+                "grant": [{"groups": ["admins"]}],
+                "mfa": "phishing_resistant",
+                "max_duration_seconds": 900,
+                "allow_admin": True,
+                "policy_arns": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+            },
         ],
     }
     config.update(overrides)

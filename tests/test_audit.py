@@ -25,8 +25,14 @@ def trail() -> AuditTrail:
 
 def fill(database: Database, trail: AuditTrail, n: int = 5) -> None:
     for i in range(n):
-        trail.record(database, event="login", outcome="ok", reason="authenticated", principal=f"user{i}",
-                     detail={"n": i, "groups": ["a", "b"], "unicode": "é\u202e"})
+        trail.record(
+            database,
+            event="login",
+            outcome="ok",
+            reason="authenticated",
+            principal=f"user{i}",
+            detail={"n": i, "groups": ["a", "b"], "unicode": "é\u202e"},
+        )
 
 
 def verify(database: Database, trail: AuditTrail) -> tuple[bool, int | None, str | None]:
@@ -93,16 +99,32 @@ def test_insert_is_detected(database: Database, trail: AuditTrail) -> None:
         s.execute(update(AuditEvent).where(AuditEvent.seq == 3).values(seq=4))
         first = s.get(AuditEvent, 2)
         assert first is not None
-        s.add(AuditEvent(seq=3, event_id="inserted", occurred_at=first.occurred_at, event="login", outcome="ok",
-                         reason="x", detail={}, prev_hash=first.hash, hash="f" * 64))
+        s.add(
+            AuditEvent(
+                seq=3,
+                event_id="inserted",
+                occurred_at=first.occurred_at,
+                event="login",
+                outcome="ok",
+                reason="x",
+                detail={},
+                prev_hash=first.hash,
+                hash="f" * 64,
+            )
+        )
         s.execute(update(AuditChainHead).values(seq=4))
     ok, bad, _ = verify(database, trail)
     assert (ok, bad) == (False, 3)
 
 
 def test_secret_shaped_detail_is_stored_only_as_hmac(database: Database, trail: AuditTrail) -> None:
-    trail.record(database, event="token", outcome="denied", reason="invalid_grant",
-                 detail={"subject_token": "eyJ.secret.jwt", "password": "hunter2", "role": "ro"})
+    trail.record(
+        database,
+        event="token",
+        outcome="denied",
+        reason="invalid_grant",
+        detail={"subject_token": "eyJ.secret.jwt", "password": "hunter2", "role": "ro"},
+    )
     with database.transaction() as s:
         row = s.scalars(select(AuditEvent)).one()
         raw = s.execute(text("SELECT detail FROM audit_events")).scalar_one()
@@ -122,8 +144,9 @@ def test_export_writes_json_lines_in_chain_order(database: Database, trail: Audi
     assert lines[0]["detail"]["unicode"] == "é\u202e"
 
 
-def test_concurrent_appends_from_two_processes_keep_one_chain(database: Database, db_url: str,
-                                                              trail: AuditTrail) -> None:
+def test_concurrent_appends_from_two_processes_keep_one_chain(
+    database: Database, db_url: str, trail: AuditTrail
+) -> None:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")

@@ -16,8 +16,13 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 def identity(**kw: Any) -> Identity:
     fields: dict[str, Any] = {
-        "subject": "u-1", "issuer": "https://idp.example", "store": "corp", "username": "alice",
-        "email": "alice@example.com", "groups": frozenset({"engineering"}), "attributes": {"team": "platform"},
+        "subject": "u-1",
+        "issuer": "https://idp.example",
+        "store": "corp",
+        "username": "alice",
+        "email": "alice@example.com",
+        "groups": frozenset({"engineering"}),
+        "attributes": {"team": "platform"},
         "mfa": MfaEvidence(MfaLevel.MFA, ("pwd", "otp"), NOW),
     }
     fields.update(kw)
@@ -25,8 +30,13 @@ def identity(**kw: Any) -> Identity:
 
 
 def role(**kw: Any) -> RoleConfig:
-    fields: dict[str, Any] = {"name": "readonly", "role_arn": "arn:aws:iam::123456789012:role/ReadOnly",
-                              "grant": [{"groups": ["engineering"]}], "mfa": "mfa", "max_duration_seconds": 3600}
+    fields: dict[str, Any] = {
+        "name": "readonly",
+        "role_arn": "arn:aws:iam::123456789012:role/ReadOnly",
+        "grant": [{"groups": ["engineering"]}],
+        "mfa": "mfa",
+        "max_duration_seconds": 3600,
+    }
     fields.update(kw)
     return RoleConfig(**fields)
 
@@ -37,33 +47,39 @@ def request(**kw: Any) -> AccessRequest:
     return AccessRequest(**fields)
 
 
-@pytest.mark.parametrize(("grant", "who", "allowed", "reason"), [
-    ([{"groups": ["engineering"]}], {}, True, "granted"),
-    ([{"groups": ["finance"]}], {}, False, "role_not_granted"),
-    ([{"groups": ["Engineering"]}], {}, False, "role_not_granted"),  # exact, no case folding
-    ([{"subjects": ["u-1"]}], {}, True, "granted"),
-    ([{"subjects": ["u-2"]}], {}, False, "role_not_granted"),
-    ([{"emails": ["alice@example.com"]}], {}, True, "granted"),
-    ([{"groups": ["engineering"], "stores": ["other"]}], {}, False, "role_not_granted"),  # all conditions
-    ([{"groups": ["engineering"], "stores": ["corp"]}], {}, True, "granted"),
-    ([{"groups": ["finance"]}, {"subjects": ["u-1"]}], {}, True, "granted"),  # any rule
-    ([{"claims": {"team": ["platform"]}}], {}, True, "granted"),
-    ([{"claims": {"team": ["data"]}}], {}, False, "role_not_granted"),
-    ([{"claims": {"missing": ["x"]}}], {}, False, "role_not_granted"),
-    ([{"everyone": True}], {"groups": frozenset()}, True, "granted"),
-])
+@pytest.mark.parametrize(
+    ("grant", "who", "allowed", "reason"),
+    [
+        ([{"groups": ["engineering"]}], {}, True, "granted"),
+        ([{"groups": ["finance"]}], {}, False, "role_not_granted"),
+        ([{"groups": ["Engineering"]}], {}, False, "role_not_granted"),  # exact, no case folding
+        ([{"subjects": ["u-1"]}], {}, True, "granted"),
+        ([{"subjects": ["u-2"]}], {}, False, "role_not_granted"),
+        ([{"emails": ["alice@example.com"]}], {}, True, "granted"),
+        ([{"groups": ["engineering"], "stores": ["other"]}], {}, False, "role_not_granted"),  # all conditions
+        ([{"groups": ["engineering"], "stores": ["corp"]}], {}, True, "granted"),
+        ([{"groups": ["finance"]}, {"subjects": ["u-1"]}], {}, True, "granted"),  # any rule
+        ([{"claims": {"team": ["platform"]}}], {}, True, "granted"),
+        ([{"claims": {"team": ["data"]}}], {}, False, "role_not_granted"),
+        ([{"claims": {"missing": ["x"]}}], {}, False, "role_not_granted"),
+        ([{"everyone": True}], {"groups": frozenset()}, True, "granted"),
+    ],
+)
 def test_grant_rules(grant: list[dict[str, Any]], who: dict[str, Any], allowed: bool, reason: str) -> None:
     decision = decide(identity(**who), [role(grant=grant)], request(), NOW)
     assert (decision.allowed, decision.reason) == (allowed, reason)
 
 
-@pytest.mark.parametrize(("required", "have", "allowed"), [
-    ("none", MfaLevel.NONE, True),
-    ("mfa", MfaLevel.NONE, False),
-    ("mfa", MfaLevel.MFA, True),
-    ("phishing_resistant", MfaLevel.MFA, False),
-    ("phishing_resistant", MfaLevel.PHISHING_RESISTANT, True),
-])
+@pytest.mark.parametrize(
+    ("required", "have", "allowed"),
+    [
+        ("none", MfaLevel.NONE, True),
+        ("mfa", MfaLevel.NONE, False),
+        ("mfa", MfaLevel.MFA, True),
+        ("phishing_resistant", MfaLevel.MFA, False),
+        ("phishing_resistant", MfaLevel.PHISHING_RESISTANT, True),
+    ],
+)
 def test_mfa_levels(required: str, have: MfaLevel, allowed: bool) -> None:
     decision = decide(identity(mfa=MfaEvidence(have)), [role(mfa=required)], request(), NOW)
     assert decision.allowed is allowed
@@ -77,18 +93,22 @@ def test_unknown_role_is_denied() -> None:
     assert (decision.allowed, decision.reason) == (False, "role_unknown")
 
 
-@pytest.mark.parametrize(("max_duration", "default", "requested", "chaining", "expected"), [
-    (3600, None, None, False, 3600),
-    (43200, None, None, False, 3600),        # shortest useful default: one hour
-    (43200, 7200, None, False, 7200),        # the role's default
-    (3600, None, 7200, False, 3600),         # clamped to the role's maximum
-    (3600, None, 60, False, 900),            # STS minimum is 900 seconds
-    (43200, None, 43200, False, 43200),
-    (43200, None, 43200, True, 3600),        # role chaining caps at one hour
-    (900, None, None, True, 900),
-])
-def test_duration_clamping(max_duration: int, default: int | None, requested: int | None, chaining: bool,
-                           expected: int) -> None:
+@pytest.mark.parametrize(
+    ("max_duration", "default", "requested", "chaining", "expected"),
+    [
+        (3600, None, None, False, 3600),
+        (43200, None, None, False, 3600),  # shortest useful default: one hour
+        (43200, 7200, None, False, 7200),  # the role's default
+        (3600, None, 7200, False, 3600),  # clamped to the role's maximum
+        (3600, None, 60, False, 900),  # STS minimum is 900 seconds
+        (43200, None, 43200, False, 43200),
+        (43200, None, 43200, True, 3600),  # role chaining caps at one hour
+        (900, None, None, True, 900),
+    ],
+)
+def test_duration_clamping(
+    max_duration: int, default: int | None, requested: int | None, chaining: bool, expected: int
+) -> None:
     r = role(max_duration_seconds=max_duration, default_duration_seconds=default)
     decision = decide(identity(), [r], request(duration_seconds=requested, role_chaining=chaining), NOW)
     assert decision.allowed
@@ -100,14 +120,17 @@ def test_negative_duration_is_denied() -> None:
     assert decision.reason == "duration_invalid"
 
 
-@pytest.mark.parametrize(("cidrs", "ip", "allowed"), [
-    ([], None, True),
-    (["10.0.0.0/8"], "10.1.2.3", True),
-    (["10.0.0.0/8"], "192.0.2.1", False),
-    (["10.0.0.0/8"], None, False),
-    (["10.0.0.0/8"], "not-an-ip", False),
-    (["2001:db8::/32"], "2001:db8::1", True),
-])
+@pytest.mark.parametrize(
+    ("cidrs", "ip", "allowed"),
+    [
+        ([], None, True),
+        (["10.0.0.0/8"], "10.1.2.3", True),
+        (["10.0.0.0/8"], "192.0.2.1", False),
+        (["10.0.0.0/8"], None, False),
+        (["10.0.0.0/8"], "not-an-ip", False),
+        (["2001:db8::/32"], "2001:db8::1", True),
+    ],
+)
 def test_source_networks(cidrs: list[str], ip: str | None, allowed: bool) -> None:
     decision = decide(identity(), [role(source_cidrs=cidrs)], request(client_ip=ip), NOW)
     assert decision.allowed is allowed
@@ -115,21 +138,26 @@ def test_source_networks(cidrs: list[str], ip: str | None, allowed: bool) -> Non
         assert decision.reason == "source_ip_not_allowed"
 
 
-@pytest.mark.parametrize(("template", "expected"), [
-    ("{email}", "alice@example.com"),
-    ("{username}@{store}", "alice@corp"),
-    ("{attr.team}", "platform"),
-    ("{attr.absent}", None),
-    ("static", "static"),
-    ("{unknown}", None),
-])
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{email}", "alice@example.com"),
+        ("{username}@{store}", "alice@corp"),
+        ("{attr.team}", "platform"),
+        ("{attr.absent}", None),
+        ("static", "static"),
+        ("{unknown}", None),
+    ],
+)
 def test_tag_templates(template: str, expected: str | None) -> None:
     assert render_template(template, identity()) == expected
 
 
 def test_tags_and_transitive_keys() -> None:
-    r = role(session_tags={"Email": "{email}", "Team": "{attr.team}", "Cost": "{attr.cost}"},
-             transitive_tags=["Email", "Cost"])
+    r = role(
+        session_tags={"Email": "{email}", "Team": "{attr.team}", "Cost": "{attr.cost}"},
+        transitive_tags=["Email", "Cost"],
+    )
     decision = decide(identity(), [r], request(), NOW)
     assert decision.tags == {"Email": "alice@example.com", "Team": "platform"}
     assert decision.transitive_tag_keys == ("Email",)  # Cost had no value, so it was not sent
@@ -148,9 +176,13 @@ def test_tag_value_over_256_characters_is_denied() -> None:
 
 
 def test_session_policy_over_sts_limit_is_denied() -> None:
-    big = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": f"s3:GetObject{i}", "Resource": f"arn:aws:s3:::bucket-{i}/*"}
-        for i in range(60)]}
+    big = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": f"s3:GetObject{i}", "Resource": f"arn:aws:s3:::bucket-{i}/*"}
+            for i in range(60)
+        ],
+    }
     decision = decide(identity(), [role(session_policy=big)], request(), NOW)
     assert decision.reason == "session_policy_too_large"
 
@@ -163,13 +195,16 @@ def test_session_policy_digest_is_stable() -> None:
     assert first.session_policy is not None and len(first.session_policy) < 2048
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("alice", "alice"),
-    ("alice@example.com", "alice@example.com"),
-    ("a", None),                     # too short: digest appended
-    ("auth0|12345", None),           # '|' is not allowed: replaced, digest appended
-    ("x" * 80, None),                # too long: truncated, digest appended
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("alice", "alice"),
+        ("alice@example.com", "alice@example.com"),
+        ("a", None),  # too short: digest appended
+        ("auth0|12345", None),  # '|' is not allowed: replaced, digest appended
+        ("x" * 80, None),  # too long: truncated, digest appended
+    ],
+)
 def test_sts_names(value: str, expected: str | None) -> None:
     name = sts_name(value)
     assert 2 <= len(name) <= 64

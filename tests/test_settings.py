@@ -28,8 +28,9 @@ def good() -> dict[str, Any]:
     return {
         "public_url": "https://broker.example.com",
         "secret_key": GOOD_SECRET,
-        "roles": [{"name": "ro", "role_arn": "arn:aws:iam::123456789012:role/ReadOnly",
-                   "grant": [{"groups": ["eng"]}]}],
+        "roles": [
+            {"name": "ro", "role_arn": "arn:aws:iam::123456789012:role/ReadOnly", "grant": [{"groups": ["eng"]}]}
+        ],
     }
 
 
@@ -54,14 +55,21 @@ def test_every_problem_is_reported_at_once_with_its_path(tmp_path: Path) -> None
     data["roles"] = [
         {"name": "no-grant", "role_arn": "arn:aws:iam::123456789012:role/A", "grant": []},
         {"name": "bad-arn", "role_arn": "arn:aws:s3:::bucket", "grant": [{"groups": ["x"]}]},
-        {"name": "admin", "role_arn": "arn:aws:iam::123456789012:role/B", "grant": [{"groups": ["x"]}],
-         "session_policy": {"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}},
-        {"name": "long", "role_arn": "arn:aws:iam::123456789012:role/C", "grant": [{"groups": ["x"]}],
-         "max_duration_seconds": 99999},
+        {
+            "name": "admin",
+            "role_arn": "arn:aws:iam::123456789012:role/B",
+            "grant": [{"groups": ["x"]}],
+            "session_policy": {"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]},
+        },
+        {
+            "name": "long",
+            "role_arn": "arn:aws:iam::123456789012:role/C",
+            "grant": [{"groups": ["x"]}],
+            "max_duration_seconds": 99999,
+        },
         {"name": "typo", "role_arn": "arn:aws:iam::123456789012:role/D", "grant": [{"group": ["x"]}]},
         {"name": "empty-rule", "role_arn": "arn:aws:iam::123456789012:role/E", "grant": [{}]},
-        {"name": "weak", "role_arn": "arn:aws:iam::123456789012:role/F", "grant": [{"groups": ["x"]}],
-         "mfa": "sms"},
+        {"name": "weak", "role_arn": "arn:aws:iam::123456789012:role/F", "grant": [{"groups": ["x"]}], "mfa": "sms"},
     ]
     found = problems(tmp_path, data)
     assert "placeholder" in found["secret_key"]
@@ -99,12 +107,16 @@ def test_short_secret_refused_outside_dev(tmp_path: Path) -> None:
 
 def test_secret_from_environment_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_BROKER_KEY", GOOD_SECRET)
-    assert load_settings(write(tmp_path, good() | {"secret_key": "env:MY_BROKER_KEY"})).secret_key \
-        .get_secret_value() == GOOD_SECRET
+    assert (
+        load_settings(write(tmp_path, good() | {"secret_key": "env:MY_BROKER_KEY"})).secret_key.get_secret_value()
+        == GOOD_SECRET
+    )
     secret_file = tmp_path / "key"
     secret_file.write_text(GOOD_SECRET + "\n")
-    assert load_settings(write(tmp_path, good() | {"secret_key": f"file:{secret_file}"})).secret_key \
-        .get_secret_value() == GOOD_SECRET
+    assert (
+        load_settings(write(tmp_path, good() | {"secret_key": f"file:{secret_file}"})).secret_key.get_secret_value()
+        == GOOD_SECRET
+    )
     found = problems(tmp_path, good() | {"secret_key": "env:NOT_SET_ANYWHERE"})
     assert "NOT_SET_ANYWHERE is not set" in found["secret_key"]
 
@@ -129,14 +141,22 @@ def test_grant_rule_naming_unknown_store_is_refused(tmp_path: Path) -> None:
 
 
 def test_local_account_needs_argon2id_hash(tmp_path: Path) -> None:
-    data = good() | {"identity_stores": [{"type": "local", "name": "bg", "accounts": [
-        {"username": "x", "password_hash": "plaintext", "totp_secret": "JBSWY3DPEHPK3PXP"}]}]}
+    data = good() | {
+        "identity_stores": [
+            {
+                "type": "local",
+                "name": "bg",
+                "accounts": [{"username": "x", "password_hash": "plaintext", "totp_secret": "JBSWY3DPEHPK3PXP"}],
+            }
+        ]
+    }
     assert "argon2id" in problems(tmp_path, data)["identity_stores[0].accounts[0].password_hash"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
 
 
 def test_config_check_command_lists_problems_and_exits_non_zero(tmp_path: Path) -> None:
@@ -161,8 +181,13 @@ def test_config_check_command_accepts_the_production_example(tmp_path: Path) -> 
     path = tmp_path / "prod.yaml"
     path.write_text(example)
     env = {"BROKER_SECRET_KEY": GOOD_SECRET, "BREAKGLASS_1_TOTP": "JBSWY3DPEHPK3PXP"}
-    result = subprocess.run([sys.executable, "-m", "broker.cli", "config", "check", str(path)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60,
-                            env={**__import__("os").environ, **env})
+    result = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**__import__("os").environ, **env},
+    )
     assert result.returncode == 0, result.stderr
     assert "2 role(s)" in result.stdout

@@ -76,8 +76,15 @@ def test_purge_removes_only_expired_rows(database: Database) -> None:
 
 def test_login_request_is_taken_once(database: Database) -> None:
     with database.transaction() as s:
-        queries.save_login_request(s, state_hmac="st", store="corp", browser_hmac="b", data={"nonce": "n"},
-                                   now=NOW, expires_at=NOW + timedelta(minutes=10))
+        queries.save_login_request(
+            s,
+            state_hmac="st",
+            store="corp",
+            browser_hmac="b",
+            data={"nonce": "n"},
+            now=NOW,
+            expires_at=NOW + timedelta(minutes=10),
+        )
     with database.transaction() as s:
         row = queries.take_login_request(s, state_hmac="st")
         assert row is not None and row.data == {"nonce": "n"}
@@ -89,12 +96,27 @@ HOSTILE = "quote' \" -- ; DROP TABLE principals; \u202e rtl " + "x" * 65536
 
 
 def test_hostile_identity_values_are_stored_verbatim(database: Database) -> None:
-    identity = Identity(subject=HOSTILE, issuer="https://idp", store="corp", username=HOSTILE, email=HOSTILE,
-                        groups=frozenset({HOSTILE}), attributes={"team": HOSTILE})
+    identity = Identity(
+        subject=HOSTILE,
+        issuer="https://idp",
+        store="corp",
+        username=HOSTILE,
+        email=HOSTILE,
+        groups=frozenset({HOSTILE}),
+        attributes={"team": HOSTILE},
+    )
     with database.transaction() as s:
         principal = queries.upsert_principal(s, identity=identity, now=NOW)
-        queries.create_session(s, id_hmac="h", principal=principal, identity=identity, now=NOW,
-                               expires_at=NOW + timedelta(hours=1), client_ip=None, user_agent=HOSTILE)
+        queries.create_session(
+            s,
+            id_hmac="h",
+            principal=principal,
+            identity=identity,
+            now=NOW,
+            expires_at=NOW + timedelta(hours=1),
+            client_ip=None,
+            user_agent=HOSTILE,
+        )
     with database.transaction() as s:
         row = queries.get_session(s, id_hmac="h")
         assert row is not None

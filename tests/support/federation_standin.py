@@ -77,9 +77,14 @@ class FederationStandIn:
         self.token_requests += 1
         try:
             session = json.loads(query["Session"])
-            client = boto3.client("sts", endpoint_url=self.sts_endpoint, region_name="us-east-1",
-                                  aws_access_key_id=session["sessionId"], aws_secret_access_key=session["sessionKey"],
-                                  aws_session_token=session["sessionToken"])
+            client = boto3.client(
+                "sts",
+                endpoint_url=self.sts_endpoint,
+                region_name="us-east-1",
+                aws_access_key_id=session["sessionId"],
+                aws_secret_access_key=session["sessionKey"],
+                aws_session_token=session["sessionToken"],
+            )
             arn = client.get_caller_identity()["Arn"]
         except (KeyError, ValueError, ClientError):
             handler._send(400, "text/plain", "invalid session")
@@ -97,8 +102,13 @@ class FederationStandIn:
             handler._send(400, "text/html", "<h1>Invalid or used sign-in token</h1>")
             return
         arn, duration = found
-        landing = Landing(arn=arn, issuer=query.get("Issuer", ""), destination=query.get("Destination", ""),
-                          session_duration=duration)
+        landing = Landing(
+            arn=arn, issuer=query.get("Issuer", ""), destination=query.get("Destination", ""), session_duration=duration
+        )
         self.logins.append(landing)
-        handler._send(200, "text/html", "<!doctype html><title>AWS console (test stand-in)</title>"
-                      f"<h1>AWS Management Console</h1><p id='arn'>{html.escape(arn)}</p>")
+        handler._send(
+            200,
+            "text/html",
+            "<!doctype html><title>AWS console (test stand-in)</title>"
+            f"<h1>AWS Management Console</h1><p id='arn'>{html.escape(arn)}</p>",
+        )

@@ -36,13 +36,21 @@ def wait_for_port(port: int, *, timeout: float = 20.0, process: subprocess.Popen
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's server (STS and IAM emulator) over HTTP on loopback; yields its endpoint URL."""
+def moto_server(*, enforce_auth: bool = False) -> Iterator[str]:
+    """moto's server (STS and IAM emulator) over HTTP on loopback; yields its endpoint URL.
+
+    ``enforce_auth`` turns on moto's IAM authentication (INITIAL_NO_AUTH_ACTION_COUNT=0), so calls signed
+    with keys moto does not know are refused as AWS would refuse them.
+    """
     port = free_port()
+    env = dict(os.environ)
+    if enforce_auth:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     try:
         wait_for_port(port, process=process)

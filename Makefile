@@ -1,0 +1,46 @@
+# The README's two commands: `make dev` runs the broker on its embedded default; `make test` passes the suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: dev test install install-test system-deps node-deps lint typecheck clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+
+## Run the broker offline: SQLite, a demo break-glass account, a local STS emulator.
+dev: install
+	$(VENV)/bin/broker dev
+
+## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer.
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xmlsec1 >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium xmlsec1; \
+	fi
+
+## The real OpenID Connect provider the tests talk to (npm oidc-provider, pinned by the lock file).
+node-deps:
+	npm ci --prefix tests/peers/oidc --no-audit --no-fund --loglevel=error
+
+install-test: $(PY) system-deps node-deps
+	$(PY) -m pip install -q -e '.[dev,test]'
+
+lint:
+	$(VENV)/bin/ruff check broker tests migrations bench
+	$(VENV)/bin/ruff format --check broker tests migrations bench
+
+typecheck:
+	$(VENV)/bin/mypy
+
+## Everything: lint, strict types, and the whole suite on SQLite and PostgreSQL against real peers.
+test: install-test lint typecheck
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache tests/peers/oidc/node_modules
