@@ -65,6 +65,21 @@ def db_upgrade(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
     out.print(f"[green]Database at revision {db.head_revision()}[/green]")
 
 
+@db_app.command("purge")
+def db_purge(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
+    """Delete expired replay-guard entries, sign-ins in flight and sessions (the server also does this hourly)."""
+    from datetime import UTC, datetime
+
+    from broker.store import queries
+    from broker.store.db import Database
+
+    settings = _load(config)
+    database = Database(settings.database_url)
+    with database.transaction() as session:
+        removed = queries.purge_expired(session, now=datetime.now(UTC))
+    out.print(f"Removed {removed} expired row(s).")
+
+
 @audit_app.command("verify")
 def audit_verify(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
     """Check the audit hash chain; name the first event that was edited, deleted, reordered or inserted."""

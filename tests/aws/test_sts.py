@@ -6,8 +6,8 @@ import boto3
 import pytest
 
 from broker.aws.console import signin_url
-from broker.aws.sts import AssumeRoleRequest, Sts
-from broker.errors import ServiceUnavailable, UpstreamError
+from broker.aws.sts import AssumeRoleRequest, Sts, translate
+from broker.errors import PolicyTooLarge, ServiceUnavailable, UpstreamError
 from broker.settings import AwsSettings
 from tests.support.federation_standin import FederationStandIn
 from tests.support.processes import free_port, moto_server
@@ -100,3 +100,26 @@ def test_console_refuses_credentials_sts_never_issued(sts_endpoint: str) -> None
         signin_url(
             fake, endpoint=standin.url, destination="https://console.aws.amazon.com/", issuer="x", session_duration=None
         )
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "reason"),
+    [
+        ("Throttling", ServiceUnavailable, "sts_throttled"),
+        ("RequestLimitExceeded", ServiceUnavailable, "sts_throttled"),
+        ("PackedPolicyTooLarge", PolicyTooLarge, "sts_packed_policy_too_large"),
+        ("AccessDenied", UpstreamError, "sts_access_denied"),
+        ("RegionDisabledException", UpstreamError, "sts_region_disabled"),
+        ("ExpiredTokenException", ServiceUnavailable, "sts_broker_credentials_expired"),
+        ("SomethingNew", UpstreamError, "sts_somethingnew"),
+    ],
+)
+def test_sts_error_codes_map_to_broker_errors(code: str, error: type[Exception], reason: str) -> None:
+    """STS error codes moto cannot produce on demand (throttling, packed policy size) map as documented."""
+    from botocore.exceptions import ClientError
+
+    translated = translate(ClientError({"Error": {"Code": code, "Message": "m"}}, "AssumeRole"))
+    assert type(translated) is error
+    assert translated.reason == reason
+    if code == "Throttling":
+        assert translated.retry_after and translated.status == 503

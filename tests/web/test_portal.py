@@ -306,3 +306,36 @@ def test_audit_failure_means_no_credentials(client: httpx.Client, database: Data
             conn.execute(
                 text("DROP TRIGGER refuse_issued" + ("" if db_url.startswith("sqlite") else " ON audit_events"))
             )
+
+
+def test_sts_down_is_a_503_with_retry_after_and_an_audit_event(
+    make_config: Callable[..., dict[str, Any]], database: Database
+) -> None:
+    from tests.support.processes import free_port
+
+    config = make_config(
+        identity_stores=[
+            {
+                "type": "local",
+                "name": "breakglass",
+                "accounts": [
+                    {
+                        "username": "alice",
+                        "password_hash": PASSWORD_HASH,
+                        "totp_secret": TOTP_SECRET,
+                        "groups": ["engineering"],
+                    }
+                ],
+            }
+        ]
+    )
+    config["aws"].update(sts_endpoint_url=f"http://127.0.0.1:{free_port()}", connect_timeout_seconds=0.5)
+    with LiveServer(create_app(load_settings(None, **config))) as server, httpx.Client(base_url=server.url) as client:
+        signed_in(client)
+        portal = client.get("/", headers={"Accept": "text/html"})
+        response = client.post("/credentials", data={"role": "readonly", "csrf": csrf_from(portal.text)})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert issuances(database) == []
+    assert events(database)[-1].reason == "sts_unavailable"
