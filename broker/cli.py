@@ -22,9 +22,19 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the broker's database schema.", no_args_is_help=True)
 audit_app = typer.Typer(help="Verify and export the hash-chained audit trail.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
-app.add_typer(db_app, name="db")
-app.add_typer(audit_app, name="audit")
+SERVER = "Operate the broker (server)"
+app.add_typer(config_app, name="config", rich_help_panel=SERVER)
+app.add_typer(db_app, name="db", rich_help_panel=SERVER)
+app.add_typer(audit_app, name="audit", rich_help_panel=SERVER)
+
+
+def _register_client() -> None:
+    from broker.client.commands import register
+
+    register(app)
+
+
+_register_client()
 
 out = Console()
 err = Console(stderr=True)
@@ -121,7 +131,7 @@ def audit_export(
     err.print(f"Exported {count} event(s).")
 
 
-@app.command("hash-password")
+@app.command("hash-password", rich_help_panel=SERVER)
 def hash_password() -> None:
     """Hash a break-glass password with argon2id for `identity_stores[].accounts[].password_hash`."""
     from broker.connectors.local import hash_password as make_hash
@@ -133,7 +143,7 @@ def hash_password() -> None:
     out.print(make_hash(password))
 
 
-@app.command("serve")
+@app.command("serve", rich_help_panel=SERVER)
 def serve(
     config: ConfigOption = Path(DEFAULT_CONFIG),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -160,7 +170,7 @@ def serve(
     )
 
 
-@app.command("dev")
+@app.command("dev", rich_help_panel=SERVER)
 def dev(
     port: Annotated[int, typer.Option(help="Port for the broker.")] = 8000,
     data_dir: Annotated[Path, typer.Option(help="Folder for the SQLite database and demo account.")] = Path("var/dev"),

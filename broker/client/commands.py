@@ -1,0 +1,229 @@
+"""The helper's typer commands, registered onto the `broker` command by ``broker.cli``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import webbrowser
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from broker.client import cache, store
+from broker.client.api import Broker, HelperError, not_signed_in
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+UrlOption = Annotated[str | None, typer.Option("--url", envvar="BROKER_URL", help="The broker's URL.")]
+RoleOption = Annotated[str, typer.Option("--role", "-r", help="Role name, as shown by `broker status`.")]
+DurationOption = Annotated[int | None, typer.Option("--duration", "-d", help="Seconds (capped by the role).")]
+
+
+def _url(url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    profile = store.load_profile()
+    if profile is None:
+        err.print("[red]No broker URL.[/red] Run `broker login --url https://broker.example.com` first.")
+        raise typer.Exit(2)
+    return profile.url
+
+
+def _fail(exc: HelperError) -> typer.Exit:
+    err.print(f"[red]broker:[/red] {exc.message}", markup=True)
+    return typer.Exit(1)
+
+
+def _can_open_browser() -> bool:
+    if sys.platform == "darwin" or os.name == "nt":
+        return True
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        return False
+    return True
+
+
+def login(
+    url: UrlOption = None,
+    device: Annotated[
+        bool,
+        typer.Option(
+            "--device", help="Use a code shown here instead of a browser on this machine (SSH sessions, containers)."
+        ),
+    ] = False,
+) -> None:
+    """Sign in to the broker; the refresh token goes to the OS keyring (or a 0600 file)."""
+    target = _url(url)
+    broker = Broker(target)
+    try:
+        if device or not _can_open_browser():
+            tokens = broker.login_device(err.print)
+        else:
+            tokens = broker.login_loopback(webbrowser.open, err.print)
+    except HelperError as exc:
+        raise _fail(exc) from None
+    finally:
+        broker.close()
+    store.set_refresh_token(target, tokens.refresh_token)
+    store.save_profile(
+        store.Profile(
+            url=target, principal=tokens.principal, mfa=tokens.mfa, session_expires_at=tokens.session_expires_at
+        )
+    )
+    cache.clear()
+    err.print(
+        f"[green]Signed in[/green] to {target} as [bold]{tokens.principal}[/bold] "
+        f"({tokens.mfa} sign-in) until {tokens.session_expires_at}. Token kept in {store.where()}."
+    )
+
+
+def logout(url: UrlOption = None) -> None:
+    """Revoke the broker session, forget the refresh token and delete cached credentials."""
+    target = _url(url)
+    refresh = store.get_refresh_token(target)
+    if refresh:
+        broker = Broker(target)
+        try:
+            broker.revoke(refresh)
+        except HelperError:
+            err.print("[yellow]Could not reach the broker to revoke the session; forgetting it locally.[/yellow]")
+        finally:
+            broker.close()
+    store.delete_refresh_token(target)
+    removed = cache.clear()
+    err.print(f"Signed out of {target}; removed {removed} cached credential set(s).")
+
+
+def status(url: UrlOption = None) -> None:
+    """Who is signed in, until when, and which roles can be used."""
+    target = _url(url)
+    profile = store.load_profile()
+    if not store.get_refresh_token(target):
+        raise _fail(not_signed_in(target))
+    broker = Broker(target)
+    try:
+        roles = broker.roles(broker.access_token())
+    except HelperError as exc:
+        raise _fail(exc) from None
+    finally:
+        broker.close()
+    if profile and profile.url == target:
+        out.print(
+            f"Signed in to {target} as [bold]{profile.principal}[/bold] ({profile.mfa}) until "
+            f"{profile.session_expires_at}"
+        )
+    table = Table("role", "account", "max duration", "usable", title="Roles you may use")
+    for role in roles:
+        table.add_row(
+            role["name"],
+            role["account"],
+            f"{role['max_duration_seconds'] // 60} min",
+            "yes" if role["usable"] else f"no: {role.get('missing') or ''}",
+        )
+    out.print(table)
+
+
+def credential_process(role: RoleOption, duration: DurationOption = None, url: UrlOption = None) -> None:
+    """Print credentials in the AWS `credential_process` format (used from ~/.aws/config)."""
+    from broker.client.process import main
+
+    args = ["--role", role] + (["--duration", str(duration)] if duration else []) + (["--url", url] if url else [])
+    raise typer.Exit(main(args))
+
+
+def configure_aws(
+    url: UrlOption = None,
+    prefix: Annotated[str, typer.Option(help="Prefix for profile names.")] = "",
+    region: Annotated[str | None, typer.Option(help="Region written to each profile.")] = None,
+) -> None:
+    """Write one AWS CLI profile per role you may use, leaving your other profiles untouched."""
+    from broker.client.aws_config import config_path, write_profiles
+
+    target = _url(url)
+    broker = Broker(target)
+    try:
+        roles = broker.roles(broker.access_token())
+    except HelperError as exc:
+        raise _fail(exc) from None
+    finally:
+        broker.close()
+    program = shutil.which("broker") or f"{sys.executable} -m broker.cli"
+    profiles = {}
+    for role in roles:
+        values = {"credential_process": f"{program} credential-process --role {role['name']} --url {target}"}
+        if region:
+            values["region"] = region
+        profiles[f"{prefix}{role['name']}"] = values
+    added, updated = write_profiles(profiles)
+    err.print(f"Wrote {len(profiles)} profile(s) to {config_path()} (added {len(added)}, updated {len(updated)}).")
+    for name in profiles:
+        err.print(f"  aws sts get-caller-identity --profile {name}")
+
+
+def console(
+    role: RoleOption,
+    duration: DurationOption = None,
+    url: UrlOption = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open it in the browser.")] = False,
+) -> None:
+    """Print (or open) an AWS console sign-in URL for a role."""
+    target = _url(url)
+    broker = Broker(target)
+    try:
+        link = broker.console_url(broker.access_token(), role, duration)
+    except HelperError as exc:
+        raise _fail(exc) from None
+    finally:
+        broker.close()
+    if open_browser and webbrowser.open(link):
+        err.print("Opened the AWS console in your browser.")
+    else:
+        out.print(link, soft_wrap=True)
+
+
+def exec_command(
+    role: RoleOption,
+    command: Annotated[list[str], typer.Argument(help="Command to run, after --.")],
+    duration: DurationOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Run a command with the role's credentials in its environment."""
+    from broker.client.process import fetch
+
+    target = _url(url)
+    try:
+        creds = fetch(target, role, duration)
+    except HelperError as exc:
+        raise _fail(exc) from None
+    env = dict(os.environ)
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        env.pop(name, None)
+    env.update(
+        AWS_ACCESS_KEY_ID=creds["AccessKeyId"],
+        AWS_SECRET_ACCESS_KEY=creds["SecretAccessKey"],
+        AWS_SESSION_TOKEN=creds["SessionToken"],
+        AWS_CREDENTIAL_EXPIRATION=creds["Expiration"],
+        BROKER_ROLE=role,
+    )
+    try:
+        os.execvpe(command[0], command, env)  # noqa: S606 (the user's own command, by design)
+    except FileNotFoundError:
+        err.print(f"[red]broker:[/red] command not found: {command[0]}")
+        raise typer.Exit(127) from None
+
+
+def register(app: typer.Typer) -> None:
+    panel = "Credential helper (your machine)"
+    app.command("login", rich_help_panel=panel)(login)
+    app.command("logout", rich_help_panel=panel)(logout)
+    app.command("status", rich_help_panel=panel)(status)
+    app.command("credential-process", rich_help_panel=panel)(credential_process)
+    app.command("configure-aws", rich_help_panel=panel)(configure_aws)
+    app.command("console", rich_help_panel=panel)(console)
+    app.command("exec", rich_help_panel=panel, context_settings={"allow_interspersed_args": False})(exec_command)

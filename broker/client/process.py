@@ -1,0 +1,78 @@
+"""`broker credential-process`: the AWS CLI and SDKs run this for every call (``credential_process`` in
+~/.aws/config), so the cache-hit path imports only the standard library and the cache cipher.
+
+Stdout carries exactly the credential_process JSON (Version 1). On failure: exit 1, one line on stderr, and
+nothing on stdout, so the SDK never reads partial credentials. No secret is ever written to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+USAGE = "usage: broker credential-process --role ROLE [--duration SECONDS] [--url BROKER_URL]"
+_FIELDS = ("Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
+
+
+def _parse(argv: list[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    items = iter(argv)
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in {"--role", "--duration", "--url"}:
+            raise ValueError(f"unknown option {item!r}")
+        options[name[2:]] = value or next(items, "")
+    if not options.get("role"):
+        raise ValueError("--role is required")
+    return options
+
+
+def _url(options: dict[str, str]) -> str:
+    url = options.get("url") or os.environ.get("BROKER_URL")
+    if not url:
+        from broker.client.store import load_profile
+
+        profile = load_profile()
+        url = profile.url if profile else ""
+    if not url:
+        raise ValueError("no broker URL: run `broker login --url URL` first, or pass --url")
+    return url.rstrip("/")
+
+
+def fetch(url: str, role: str, duration: int | None) -> dict[str, Any]:
+    """Cache hit, or one refresh-token rotation and one credentials call (then cached)."""
+    from broker.client import cache
+
+    cached = cache.read(url, role, duration)
+    if cached is not None:
+        return cached
+    from broker.client.api import Broker, HelperError
+
+    broker = Broker(url)
+    try:
+        creds = broker.credentials(broker.access_token(), role, duration)
+    finally:
+        broker.close()
+    if any(field not in creds for field in _FIELDS):
+        raise HelperError("the broker's answer lacked credential fields")
+    creds = {field: creds[field] for field in _FIELDS}
+    cache.write(url, role, duration, creds)
+    return creds
+
+
+def main(argv: list[str]) -> int:
+    try:
+        options = _parse(argv)
+        duration = int(options["duration"]) if options.get("duration") else None
+        creds = fetch(_url(options), options["role"], duration)
+    except ValueError as exc:
+        sys.stderr.write(f"broker: {exc}\n{USAGE}\n")
+        return 2
+    except Exception as exc:
+        message = getattr(exc, "message", None) or type(exc).__name__
+        sys.stderr.write(f"broker: {message}\n")
+        return 1
+    sys.stdout.write(json.dumps(creds) + "\n")
+    return 0
