@@ -1,33 +1,37 @@
 """The encrypted credential cache: AES-256-GCM under a per-user key, files mode 0600.
 
 The key lives in ``cache.key`` (mode 0600) in the helper's config folder; the long-lived secret, the broker
-refresh token, lives in the OS keyring (``store.py``). Cached credentials are served until ``REFRESH_MARGIN``
-before they expire, so a command never starts with credentials about to lapse.
+refresh token, lives in the OS keyring (``store.py``). Cached credentials are served until
+``REFRESH_MARGIN_SECONDS`` before they expire, so a command never starts with credentials about to lapse.
+
+File layout: ``b"BKC1"`` + expiry (8-byte big-endian Unix time) + 12-byte nonce + ciphertext of the exact
+credential_process JSON. The header is authenticated as associated data together with (url, role,
+duration), so the expiry cannot be edited and a file cannot be swapped in for another role. The plaintext is
+printed as it is: the cache-hit path needs no JSON parser.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from datetime import datetime
-from pathlib import Path
-from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from broker.client.paths import cache_file, config_dir, write_private
+from broker.client.paths import cache_dir, cache_file, config_dir, write_private
 
 # Refresh five minutes before expiry (the AWS SDKs refresh process credentials about as early).
 REFRESH_MARGIN_SECONDS = 300
+MAGIC = b"BKC1"
+_HEADER = len(MAGIC) + 8
 _NONCE = 12
 
 
 def _key() -> bytes:
-    path = config_dir() / "cache.key"
+    path = os.path.join(config_dir(), "cache.key")
     try:
-        key = path.read_bytes()
+        with open(path, "rb") as handle:
+            key = handle.read()
         if len(key) == 32:
             return key
     except FileNotFoundError:
@@ -37,39 +41,44 @@ def _key() -> bytes:
     return key
 
 
-def _aad(url: str, role: str) -> bytes:
-    # Binding the ciphertext to (broker, role) stops a cache file being swapped in for another role.
-    return f"{url}\n{role}".encode()
+def _aad(header: bytes, url: str, role: str, duration: int | None) -> bytes:
+    return header + f"\n{url}\n{role}\n{duration or 0}".encode()
 
 
-def read(url: str, role: str, duration: int | None, *, now: float | None = None) -> dict[str, Any] | None:
-    """The cached credential_process JSON if it is still fresh enough, else None."""
-    path = cache_file(url, role, duration)
+def read(url: str, role: str, duration: int | None, *, now: float | None = None) -> bytes | None:
+    """The cached credential_process JSON (bytes) if it is fresh enough, else None."""
     try:
-        blob = path.read_bytes()
-        plain = AESGCM(_key()).decrypt(blob[:_NONCE], blob[_NONCE:], _aad(url, role))
-        creds: dict[str, Any] = json.loads(plain)
-        expires = datetime.fromisoformat(creds["Expiration"].replace("Z", "+00:00")).timestamp()
-    except (OSError, ValueError, KeyError, InvalidTag):  # missing, truncated or tampered: fetch anew
+        with open(cache_file(url, role, duration), "rb") as handle:
+            blob = handle.read()
+    except OSError:
         return None
+    header = blob[:_HEADER]
+    if len(blob) <= _HEADER + _NONCE or not header.startswith(MAGIC):
+        return None
+    expires = int.from_bytes(header[len(MAGIC) :], "big")
     if expires - (time.time() if now is None else now) <= REFRESH_MARGIN_SECONDS:
         return None
-    return creds
+    nonce = blob[_HEADER : _HEADER + _NONCE]
+    try:
+        plain: bytes = AESGCM(_key()).decrypt(nonce, blob[_HEADER + _NONCE :], _aad(header, url, role, duration))
+    except InvalidTag:  # tampered, swapped, or written under another key: fetch anew
+        return None
+    return plain
 
 
-def write(url: str, role: str, duration: int | None, creds: dict[str, Any]) -> None:
+def write(url: str, role: str, duration: int | None, credentials_json: bytes, expires_at: float) -> None:
+    header = MAGIC + int(expires_at).to_bytes(8, "big")
     nonce = os.urandom(_NONCE)
-    sealed = AESGCM(_key()).encrypt(nonce, json.dumps(creds).encode(), _aad(url, role))
-    write_private(cache_file(url, role, duration), nonce + sealed)
+    sealed = AESGCM(_key()).encrypt(nonce, credentials_json, _aad(header, url, role, duration))
+    write_private(cache_file(url, role, duration), header + nonce + sealed)
 
 
 def clear() -> int:
-    from broker.client.paths import cache_dir
-
+    folder = cache_dir()
     removed = 0
-    folder: Path = cache_dir()
-    if folder.exists():
-        for item in folder.glob("*.cred"):
-            item.unlink()
-            removed += 1
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.endswith(".cred"):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
     return removed

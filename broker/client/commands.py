@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -198,7 +199,7 @@ def exec_command(
 
     target = _url(url)
     try:
-        creds = fetch(target, role, duration)
+        creds = json.loads(fetch(target, role, duration))
     except HelperError as exc:
         raise _fail(exc) from None
     env = dict(os.environ)

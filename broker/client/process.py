@@ -7,10 +7,8 @@ nothing on stdout, so the SDK never reads partial credentials. No secret is ever
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import Any
 
 USAGE = "usage: broker credential-process --role ROLE [--duration SECONDS] [--url BROKER_URL]"
 _FIELDS = ("Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
@@ -41,25 +39,30 @@ def _url(options: dict[str, str]) -> str:
     return url.rstrip("/")
 
 
-def fetch(url: str, role: str, duration: int | None) -> dict[str, Any]:
-    """Cache hit, or one refresh-token rotation and one credentials call (then cached)."""
+def fetch(url: str, role: str, duration: int | None) -> bytes:
+    """Cache hit (no parsing at all), or one refresh-token rotation and one credentials call (then cached)."""
     from broker.client import cache
 
     cached = cache.read(url, role, duration)
     if cached is not None:
         return cached
+    from datetime import datetime
+
     from broker.client.api import Broker, HelperError
 
     broker = Broker(url)
     try:
-        creds = broker.credentials(broker.access_token(), role, duration)
+        answer = broker.credentials(broker.access_token(), role, duration)
     finally:
         broker.close()
-    if any(field not in creds for field in _FIELDS):
+    if any(field not in answer for field in _FIELDS):
         raise HelperError("the broker's answer lacked credential fields")
-    creds = {field: creds[field] for field in _FIELDS}
-    cache.write(url, role, duration, creds)
-    return creds
+    import json
+
+    body = json.dumps({field: answer[field] for field in _FIELDS}).encode()
+    expires = datetime.fromisoformat(str(answer["Expiration"]).replace("Z", "+00:00")).timestamp()
+    cache.write(url, role, duration, body, expires)
+    return body
 
 
 def main(argv: list[str]) -> int:
@@ -74,5 +77,5 @@ def main(argv: list[str]) -> int:
         message = getattr(exc, "message", None) or type(exc).__name__
         sys.stderr.write(f"broker: {message}\n")
         return 1
-    sys.stdout.write(json.dumps(creds) + "\n")
+    sys.stdout.buffer.write(creds + b"\n")
     return 0

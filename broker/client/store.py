@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from broker.client.paths import config_dir, write_private
@@ -28,13 +27,14 @@ class Profile:
     session_expires_at: str = ""
 
 
-def _profile_path() -> Path:
-    return config_dir() / "profile.json"
+def _profile_path() -> str:
+    return os.path.join(config_dir(), "profile.json")
 
 
 def load_profile() -> Profile | None:
     try:
-        return Profile(**json.loads(_profile_path().read_text()))
+        with open(_profile_path()) as handle:
+            return Profile(**json.load(handle))
     except (OSError, ValueError, TypeError):
         return None
 
@@ -56,13 +56,14 @@ def _keyring() -> Any | None:
     return keyring
 
 
-def _token_file() -> Path:
-    return config_dir() / "refresh-tokens.json"
+def _token_file() -> str:
+    return os.path.join(config_dir(), "refresh-tokens.json")
 
 
 def _read_file() -> dict[str, str]:
     try:
-        data: dict[str, str] = json.loads(_token_file().read_text())
+        with open(_token_file()) as handle:
+            data: dict[str, str] = json.load(handle)
         return data
     except (OSError, ValueError):
         return {}
