@@ -16,10 +16,13 @@ from fastapi.templating import Jinja2Templates
 from broker.audit import Clock, utcnow
 from broker.aws.sts import Sts
 from broker.federation import Broker
+from broker.keys import Keys
 from broker.logs import get_logger
-from broker.settings import Settings
+from broker.oauth.server import OAuthServer
+from broker.oauth.tokens import TokenService
+from broker.settings import OidcStoreConfig, Settings
 from broker.store.db import Database
-from broker.web import errors, health, portal
+from broker.web import errors, health, oauth, oidc, portal, saml
 
 WEB = Path(__file__).parent / "web"
 log = get_logger("broker.access")
@@ -33,7 +36,12 @@ CSP = (
 
 def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     db = Database(settings.database_url)
-    broker = Broker(settings, db=db, sts=Sts(settings.aws), clock=clock)
+    # The broker's own signing keys: access tokens, and (aws.mode web_identity) the tokens STS trusts instead
+    # of an AWS access key.
+    tokens = TokenService(settings, db=db, keys=Keys(settings.secret_key), clock=clock)
+    web_identity = tokens.web_identity_token if settings.aws.mode == "web_identity" else None
+    broker = Broker(settings, db=db, sts=Sts(settings.aws, web_identity_token=web_identity), clock=clock)
+    oauth_server = OAuthServer(broker, tokens=tokens)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +57,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
             },
         )
         yield
+        oauth_server.close()
         db.dispose()
 
     app = FastAPI(
@@ -59,15 +68,24 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         redoc_url=None,
     )
     app.state.broker = broker
+    app.state.oauth = oauth_server
     app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
     app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     errors.install(app)
     app.include_router(health.router)
     app.include_router(portal.router)
+    app.include_router(oauth.router)
+    app.include_router(oidc.router)
+    app.include_router(saml.router)
 
     # Form posts may redirect to the console federation endpoint.
     federation = settings.aws.federation_endpoint or ""
     form_action = federation.split("?", 1)[0] if federation else ""
+    # ... and to OIDC identity providers (step-up from "Open console", RP-initiated logout from "Sign out").
+    idp_origins = {
+        "/".join(s.issuer.split("/", 3)[:3]) for s in settings.identity_stores if isinstance(s, OidcStoreConfig)
+    }
+    form_action = " ".join([form_action, *sorted(idp_origins)])
     csp = CSP.format(form_action=form_action).strip()
     hsts = settings.public_url.startswith("https://")
 

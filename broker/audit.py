@@ -150,7 +150,7 @@ class AuditTrail:
     def deny(self, db: Database, error: BrokerError, **kwargs: Any) -> BrokerError:
         """Audit a refusal with the error's reason code and return the error for the caller to raise."""
         detail = dict(kwargs.pop("detail", None) or {})
-        detail.setdefault("code", error.code)
+        detail.setdefault("error", error.code)
         self.record(db, outcome="denied", reason=error.reason, detail=detail, **kwargs)
         return error
 

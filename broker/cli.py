@@ -72,7 +72,7 @@ def db_upgrade(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
 
     settings = _load(config)
     db.upgrade(settings.database_url)
-    out.print(f"[green]Database at revision {db.head_revision()}[/green]")
+    out.print(f"[green]Database at revision {', '.join(sorted(db.head_revisions()))}[/green]")
 
 
 @db_app.command("purge")

@@ -56,8 +56,32 @@ class UnauthorizedClient(BrokerError):
     """RFC 6749 section 5.2 ``unauthorized_client``."""
 
     code = "unauthorized_client"
-    status = 401
+    status = 400
     default_message = "The client is not authorized for this request."
+
+
+class InvalidClient(BrokerError):
+    """RFC 6749 section 5.2 ``invalid_client``: client authentication failed (401 with a challenge)."""
+
+    code = "invalid_client"
+    status = 401
+    default_message = "Client authentication failed."
+
+
+class InvalidScope(BrokerError):
+    """RFC 6749 section 5.2 ``invalid_scope``: more scope than the subject may have, or an unknown scope."""
+
+    code = "invalid_scope"
+    status = 400
+    default_message = "The requested scope is not available to this subject."
+
+
+class UnsupportedGrantType(BrokerError):
+    """RFC 6749 section 5.2 ``unsupported_grant_type``."""
+
+    code = "unsupported_grant_type"
+    status = 400
+    default_message = "This grant type is not supported by this broker."
 
 
 class AuthenticationFailed(BrokerError):

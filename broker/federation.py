@@ -17,19 +17,24 @@ from broker.aws import console
 from broker.aws.sts import AssumeRoleRequest, Sts
 from broker.connectors.base import Connector
 from broker.connectors.local import TOTP_STEP_SECONDS, LocalConnector
+from broker.connectors.oidc import LOGIN_REQUEST_TTL_SECONDS, OidcConnector
+from broker.connectors.saml import SamlConnector
 from broker.errors import (
     AccessDenied,
     AuditUnavailable,
+    AuthenticationFailed,
     BrokerError,
+    InvalidRequest,
     LoginRequired,
     MfaRequired,
     NotFound,
+    ReplayDetected,
     ServiceUnavailable,
 )
-from broker.identity import Channel, Credentials, Identity
+from broker.identity import Channel, Credentials, Identity, MfaLevel
 from broker.keys import Keys
-from broker.policy import AccessRequest, Decision, decide, effective_duration, visible_roles
-from broker.settings import RoleConfig, Settings
+from broker.policy import AccessRequest, Decision, decide, effective_duration, grants, visible_roles
+from broker.settings import OidcStoreConfig, RoleConfig, SamlStoreConfig, Settings
 from broker.store import queries
 from broker.store.db import Database
 
@@ -38,6 +43,15 @@ from broker.store.db import Database
 class SignedIn:
     session_id: str
     identity: Identity
+
+
+@dataclass(frozen=True)
+class OidcSignedIn:
+    """A completed OIDC sign-in and what the browser asked for before it (a step-up's pending action)."""
+
+    signed_in: SignedIn
+    return_to: str
+    pending: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,8 @@ class RoleView:
     usable: bool
     max_duration_seconds: int
     missing: str | None
+    # The identity's OIDC provider can be asked for the missing strength (a step-up) when the role is opened.
+    step_up: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,23 @@ class Broker:
         }
         self.connectors: dict[str, Connector] = {}
         self.connectors.update(self.local_connectors)
+        self.oidc_connectors = {
+            s.name: OidcConnector(
+                s,
+                redirect_uri=f"{settings.public_url}/oidc/{s.name}/callback",
+                post_logout_redirect_uri=f"{settings.public_url}/signed-out",
+                clock=lambda: self.clock().timestamp(),
+            )
+            for s in settings.identity_stores
+            if isinstance(s, OidcStoreConfig)
+        }
+        self.connectors.update(self.oidc_connectors)
+        self.saml_connectors = {
+            s.name: SamlConnector(s, public_url=settings.public_url)
+            for s in settings.identity_stores
+            if isinstance(s, SamlStoreConfig)
+        }
+        self.connectors.update(self.saml_connectors)
 
     def sign_in_options(self) -> list[Connector]:
         """Every configured identity store, in configuration order, for the sign-in page."""
@@ -152,17 +185,20 @@ class Broker:
             queries.touch_session(session, id_hmac=id_hmac, now=now)
             return CurrentSession(id_hmac, row.principal_id, Identity.from_json(row.identity), row.expires_at)
 
-    def logout(self, session_id: str | None, ctx: Context) -> None:
+    def logout(self, session_id: str | None, ctx: Context) -> str | None:
+        """End the local session; return the IdP's logout URL when its identity store offers one."""
         if not session_id:
-            return
+            return None
         id_hmac = self.session_hmac(session_id)
         with self.db.transaction() as session:
             row = queries.get_session(session, id_hmac=id_hmac)
             if row is None:
-                return
+                return None
             identity = Identity.from_json(row.identity)
             queries.delete_session(session, id_hmac=id_hmac)
             self.audit.append(session, event="logout", outcome="ok", reason="user_logout", identity=identity, ctx=ctx)
+        oidc = self.oidc_connectors.get(identity.store)
+        return oidc.end_session_url() if oidc else None
 
     # ------------------------------------------------------------ break-glass sign-in
 
@@ -197,6 +233,162 @@ class Broker:
             ) from None
         return self.start_session(login.identity, ctx)
 
+    # ------------------------------------------------------------ OIDC sign-in and step-up
+
+    def oidc(self, store: str) -> OidcConnector:
+        connector = self.oidc_connectors.get(store)
+        if connector is None:
+            raise NotFound("There is no such sign-in option.")
+        return connector
+
+    def begin_oidc_login(
+        self, store: str, *, browser: str, return_to: str, pending: dict[str, Any] | None = None
+    ) -> str:
+        """Start an authorization request; state, nonce and PKCE verifier stay server-side, bound to the browser.
+
+        A pending step-up asks for its ``acr_values`` with ``max_age=0`` so the IdP must authenticate afresh
+        (OpenID Connect Core 1.0 section 3.1.2.1) rather than reuse its single sign-on session.
+        """
+        connector = self.oidc(store)
+        acr_values = list(pending["acr_values"]) if pending else []
+        request = connector.authorization_request(acr_values=acr_values, max_age=0 if pending else None)
+        now = self.clock()
+        with self.db.transaction() as session:
+            queries.save_login_request(
+                session,
+                state_hmac=self.keys.mac("oidc-state", request.state),
+                store=store,
+                browser_hmac=self.keys.mac("browser", browser),
+                data={**request.stored(), "return_to": return_to, "pending": pending},
+                now=now,
+                expires_at=now + timedelta(seconds=LOGIN_REQUEST_TTL_SECONDS),
+            )
+        return request.url
+
+    def finish_oidc_login(
+        self,
+        store: str,
+        params: dict[str, str],
+        *,
+        browser: str | None,
+        previous_session: str | None,
+        ctx: Context,
+    ) -> OidcSignedIn:
+        """Match the callback to its request (once, same browser, same store), verify, start a new session."""
+        try:
+            connector = self.oidc(store)
+            state = params.get("state")
+            if not state or len(state) > 256:
+                raise InvalidRequest(
+                    "The sign-in answer has no valid state. Start the sign-in again.", reason="oidc.state_missing"
+                )
+            now = self.clock()
+            with self.db.transaction() as session:
+                row = queries.take_login_request(session, state_hmac=self.keys.mac("oidc-state", state))
+                found = (row.store, row.browser_hmac, row.expires_at, dict(row.data)) if row else None
+            if found is None:
+                raise ReplayDetected(
+                    "This sign-in answer was already used, or the sign-in was not started here. Start again.",
+                    reason="oidc.state_unknown",
+                )
+            row_store, browser_hmac, expires_at, data = found
+            if row_store != store:
+                raise InvalidRequest(
+                    "This sign-in answer belongs to another sign-in option.", reason="oidc.state_store_mismatch"
+                )
+            if not browser or not self.keys.verify("browser", browser, browser_hmac):
+                raise AuthenticationFailed(
+                    "This sign-in was started in another browser. Start the sign-in again here.",
+                    reason="oidc.browser_mismatch",
+                )
+            if expires_at <= now:
+                raise AuthenticationFailed("The sign-in took too long. Start it again.", reason="oidc.state_expired")
+            login = connector.complete(params, data)
+        except BrokerError as exc:
+            raise self.audit.deny(self.db, exc, event="login", store=store, ctx=ctx) from None
+        if previous_session:
+            # The old session ends here: a session id never survives a sign-in (no fixation).
+            with self.db.transaction() as session:
+                queries.delete_session(session, id_hmac=self.session_hmac(previous_session))
+        pending = data.get("pending")
+        signed_in = self.start_session(login.identity, ctx, detail={"acr": login.acr, "step_up": bool(pending)})
+        return OidcSignedIn(signed_in, str(data.get("return_to") or "/"), pending)
+
+    def start_step_up(
+        self,
+        identity: Identity,
+        *,
+        role: str,
+        action: str,
+        duration_seconds: int | None,
+        browser: str,
+        ctx: Context,
+    ) -> str | None:
+        """The IdP URL that re-authenticates more strongly, when only MFA strength stands between this identity
+        and the role and the identity's IdP is configured to step up; otherwise None (issue decides)."""
+        connector = self.oidc_connectors.get(identity.store)
+        config = self.settings.role(role)
+        if connector is None or config is None or identity.mfa.level >= config.mfa or not grants(config, identity):
+            return None
+        acr_values = connector.step_up_acr_values(config.mfa)
+        if not acr_values:
+            return None
+        pending = {
+            "action": action,
+            "role": role,
+            "duration": duration_seconds,
+            "subject": identity.subject,
+            "required": config.mfa.label,
+            "acr_values": acr_values,
+        }
+        url = self.begin_oidc_login(identity.store, browser=browser, return_to="/", pending=pending)
+        self.audit.record(
+            self.db,
+            event="step_up",
+            outcome="started",
+            reason="mfa_step_up",
+            identity=identity,
+            ctx=ctx,
+            detail={"role": role, "required": config.mfa.label, "acr_values": acr_values},
+        )
+        return url
+
+    def after_oidc_sign_in(self, done: OidcSignedIn, ctx: Context) -> str:
+        """Where the browser goes next: back where it was, or on to the console after a step-up."""
+        pending, identity = done.pending, done.signed_in.identity
+        if not pending or pending.get("subject") != identity.subject:
+            return done.return_to
+        required = MfaLevel.parse(str(pending["required"]))
+        if identity.mfa.level < required:
+            label = required.label.replace("_", "-")
+            raise self.audit.deny(
+                self.db,
+                MfaRequired(
+                    f"{self.oidc(identity.store).display_name} signed you in again but did not confirm a {label} "
+                    f"sign-in, which the role {pending['role']} needs. Set up a stronger factor (for example a "
+                    "security key) with your identity provider, or ask your administrator.",
+                    reason="oidc.step_up_not_met",
+                ),
+                event="credentials",
+                identity=identity,
+                channel=str(pending["action"]),
+                ctx=ctx,
+                detail={
+                    "role": pending["role"],
+                    "acr": identity.attributes.get("acr"),
+                    "amr": list(identity.mfa.methods),
+                },
+            )
+        if pending["action"] == "console":
+            return self.console_url(
+                identity,
+                role=str(pending["role"]),
+                ctx=ctx,
+                duration_seconds=pending.get("duration"),
+                session_hmac=self.session_hmac(done.signed_in.session_id),
+            )
+        return "/"
+
     # ------------------------------------------------------------ roles and issuance
 
     def roles_for(self, identity: Identity) -> list[RoleView]:
@@ -206,7 +398,9 @@ class Broker:
             if identity.mfa.level < role.mfa:
                 missing = f"needs {role.mfa.label.replace('_', '-')} sign-in"
             ceiling = effective_duration(role, role.max_duration_seconds, role_chaining=self.settings.aws.role_chaining)
-            views.append(RoleView(role, missing is None, ceiling, missing))
+            oidc = self.oidc_connectors.get(identity.store)
+            step_up = bool(missing and oidc and oidc.step_up_acr_values(role.mfa))
+            views.append(RoleView(role, missing is None, ceiling, missing, step_up=step_up))
         return views
 
     def issue(
@@ -218,8 +412,12 @@ class Broker:
         ctx: Context,
         duration_seconds: int | None = None,
         session_hmac: str | None = None,
+        audit_detail: dict[str, Any] | None = None,
     ) -> Issued:
-        """Decide, call STS, then commit the issuance and its audit event together, or return nothing."""
+        """Decide, call STS, then commit the issuance and its audit event together, or return nothing.
+
+        ``audit_detail`` adds to every audit event of this issuance (e.g. a token exchange's ``act`` chain).
+        """
         request = AccessRequest(
             role=role,
             channel=channel,
@@ -248,7 +446,12 @@ class Broker:
                 )
             else:
                 error = AccessDenied(reason=decision.reason)
-            raise self.audit.deny(self.db, error, **audit_args, detail={"role": role, "why": list(decision.reasons)})
+            raise self.audit.deny(
+                self.db,
+                error,
+                **audit_args,
+                detail={"role": role, "why": list(decision.reasons), **(audit_detail or {})},
+            )
         assert decision.role is not None
         try:
             credentials = self.sts.assume_role(
@@ -264,7 +467,7 @@ class Broker:
                 )
             )
         except BrokerError as exc:
-            raise self.audit.deny(self.db, exc, **audit_args, detail={"role": role}) from None
+            raise self.audit.deny(self.db, exc, **audit_args, detail={"role": role, **(audit_detail or {})}) from None
         now = self.clock()
         try:
             with self.db.transaction() as session:
@@ -305,6 +508,7 @@ class Broker:
                         "issuance_id": row.id,
                         "break_glass": identity.break_glass,
                         "why": list(decision.reasons),
+                        **(audit_detail or {}),
                     },
                 )
                 issuance_id = row.id

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from broker.identity import Channel, Identity, MfaLevel
-from broker.settings import STS_MAX_DURATION, STS_MIN_DURATION, GrantRule, RoleConfig
+from broker.settings import STS_MAX_DURATION, STS_MIN_DURATION, AudienceBinding, GrantRule, RoleConfig
 
 # STS: role chaining caps a session at one hour (IAM User Guide, "Role chaining").
 ROLE_CHAINING_MAX_SECONDS = 3600
@@ -205,4 +205,49 @@ def decide(identity: Identity, roles: Sequence[RoleConfig], request: AccessReque
         session_policy=policy,
         policy_digest=digest,
         policy_arns=tuple(role.policy_arns),
+    )
+
+
+# ---------------------------------------------------------------- broker access tokens for internal services
+
+
+@dataclass(frozen=True)
+class AudienceDecision:
+    allowed: bool
+    reason: str
+    reasons: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    ttl_seconds: int | None = None
+
+
+def decide_audience(
+    identity: Identity, bindings: Sequence[AudienceBinding], audience: str, scopes: Sequence[str] | None
+) -> AudienceDecision:
+    """Default deny: a broker token for ``audience`` only if a binding for it grants this identity.
+
+    The grantable scopes are the union over the matching bindings; asking for any other scope is refused
+    (never silently narrowed, so a caller learns it asked for too much). ``scopes=None`` means "what the
+    bindings give".
+    """
+    named = [b for b in bindings if b.audience == audience]
+    if not named:
+        return AudienceDecision(False, "audience_unknown", (f"no audience binding for {audience!r}",))
+    matching = [b for b in named if any(rule_matches(rule, identity) for rule in b.grant)]
+    if not matching:
+        return AudienceDecision(
+            False, "audience_not_granted", (f"no grant rule for audience {audience!r} matches this identity",)
+        )
+    grantable = sorted({scope for b in matching for scope in b.scopes})
+    if scopes is not None:
+        extra = sorted(set(scopes) - set(grantable))
+        if extra:
+            return AudienceDecision(
+                False, "scope_not_granted", (f"scopes {extra} are not granted for audience {audience!r}",)
+            )
+        granted = tuple(sorted(set(scopes)))
+    else:
+        granted = tuple(grantable)
+    ttls = [b.ttl_seconds for b in matching if b.ttl_seconds]
+    return AudienceDecision(
+        True, "granted", (f"granted by an audience binding for {audience!r}",), granted, min(ttls) if ttls else None
     )

@@ -90,6 +90,10 @@ class AwsSettings(Strict):
     connect_timeout_seconds: float = Field(2.0, gt=0, le=30)
     read_timeout_seconds: float = Field(5.0, gt=0, le=60)
     max_attempts: int = Field(3, ge=1, le=10)
+    # assume_role: the broker's own AWS credentials call AssumeRole. web_identity: the broker signs a token for
+    # each request and calls AssumeRoleWithWebIdentity, with IAM trusting the broker as an OIDC provider, so
+    # the deployment holds no AWS access key at all (docs/token-exchange.md).
+    mode: Literal["assume_role", "web_identity"] = "assume_role"
 
 
 class LocalAccount(Strict):
@@ -130,23 +134,142 @@ class MfaMapping(Strict):
     phishing_resistant: list[str] = []
 
 
+# Asymmetric JWS algorithms only (RFC 7518 section 3.1): an ID token signed with the client secret (HS*) would
+# let anyone holding that secret mint identities, and "none" is never acceptable.
+OIDC_SIGNING_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_LOOPBACK_HTTP = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)")
+
+
 class OidcStoreConfig(Strict):
     """An OpenID Connect identity provider (owned by ``broker.connectors.oidc``)."""
 
     type: Literal["oidc"]
     name: str = Field(pattern=_NAME.pattern)
     display_name: str = "Company sign-in"
+    # Compared byte for byte with the discovery document's and the ID token's ``iss`` (OIDC Discovery 4.3).
     issuer: str
-    client_id: str
+    client_id: str = Field(min_length=1)
     client_secret: Secret | None = None
+    client_auth: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = "client_secret_basic"
+    # private_key_jwt (RFC 7523 section 2.2): a PEM private key reference and the key id registered at the IdP.
+    private_key: Secret | None = None
+    private_key_id: str | None = None
+    private_key_alg: Literal["RS256", "PS256", "ES256"] = "RS256"
+    scopes: list[str] = ["openid", "email", "profile"]
+    username_claim: str = "preferred_username"
+    email_claim: str = "email"
+    groups_claim: str = "groups"
+    # Further claims copied into Identity.attributes (string values only), for `claims:` grant rules.
+    attribute_claims: list[str] = []
+    # Which `amr` (RFC 8176) and `acr` values count as which MFA level.
+    amr: MfaMapping = MfaMapping(mfa=["mfa"])
+    acr: MfaMapping = MfaMapping()
+    # acr_values to request when a role needs more than the sign-in showed; empty: the IdP cannot step up.
+    step_up_acr_values: MfaMapping = MfaMapping()
+    userinfo: bool = False
+    algorithms: list[str] = Field(["RS256"], min_length=1)
+    # Tolerated clock difference for exp/iat/nbf/auth_time; a minute covers NTP-synced hosts.
+    clock_skew_seconds: int = Field(60, ge=0, le=300)
+    # Checked before any decoding; large group lists can push real ID tokens past 8 kB.
+    max_id_token_bytes: int = Field(32768, ge=1024, le=262144)
+    rp_logout: bool = True
+    timeout_seconds: float = Field(5.0, gt=0, le=30)
+
+    @field_validator("client_secret", "private_key", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any) -> Any:
+        return resolve_secret(value)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        if not (value.startswith("https://") or _LOOPBACK_HTTP.match(value)) or "?" in value or "#" in value:
+            raise ValueError("must be an https:// URL without query or fragment (http only on loopback)")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: list[str]) -> list[str]:
+        bad = sorted(set(value) - OIDC_SIGNING_ALGORITHMS)
+        if bad:
+            raise ValueError(f"{bad} not allowed; use asymmetric algorithms such as RS256 or ES256")
+        return value
+
+    @model_validator(mode="after")
+    def _client_auth(self) -> OidcStoreConfig:
+        problems = []
+        if "openid" not in self.scopes:
+            problems.append("scopes must include openid")
+        if self.client_auth == "private_key_jwt":
+            if self.private_key is None:
+                problems.append("client_auth private_key_jwt needs private_key (env:NAME or file:/path to a PEM)")
+        elif self.client_secret is None:
+            problems.append(f"client_auth {self.client_auth} needs client_secret (env:NAME or file:/path)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class SamlAttributeNames(Strict):
+    """Which SAML ``Attribute`` names carry what. ``username: null`` means the NameID is the username."""
+
+    username: str | None = None
+    email: str | None = "email"
+    groups: str | None = "groups"
+
+
+class SamlStepUp(Strict):
+    """``AuthnContextClassRef`` values to request (``RequestedAuthnContext``) when a role needs more.
+
+    Empty lists mean "request what ``authn_context`` maps to that level or above".
+    """
+
+    mfa: list[str] = []
+    phishing_resistant: list[str] = []
 
 
 class SamlStoreConfig(Strict):
-    """A SAML 2.0 identity provider (owned by ``broker.connectors.saml``)."""
+    """A SAML 2.0 identity provider (owned by ``broker.connectors.saml``).
+
+    The IdP is described either inline (``idp_entity_id``, ``sso_url``, ``certificates``) or by an IdP
+    metadata file (``metadata_file``) from which they are imported at start-up; inline values win. The SP
+    side (entity id, ACS URL) is built from ``public_url``, never from a request's Host header.
+    """
 
     type: Literal["saml"]
     name: str = Field(pattern=_NAME.pattern)
     display_name: str = "Company sign-in (SAML)"
+    idp_entity_id: str | None = None
+    sso_url: str | None = None
+    # PEM certificates (or base64 DER bodies) pinned for signature checks; more than one during rollover.
+    certificates: list[str] = []
+    metadata_file: Path | None = None
+    attributes: SamlAttributeNames = SamlAttributeNames()
+    authn_context: MfaMapping = MfaMapping()
+    step_up: SamlStepUp = SamlStepUp()
+    # Unsolicited (IdP-initiated) responses cannot be bound to a browser: login CSRF. Off unless needed.
+    allow_idp_initiated: bool = False
+    # Require the Response element to be signed as well as the Assertion (the Assertion always must be).
+    want_response_signed: bool = False
+    # An assertion older than this is refused even when the IdP sets no NotOnOrAfter (or a distant one).
+    max_assertion_age_seconds: int = Field(300, ge=30, le=3600)
+    # Tolerated difference between the IdP's clock and ours, for NotBefore/NotOnOrAfter/IssueInstant.
+    clock_skew_seconds: int = Field(60, ge=0, le=300)
+
+    @model_validator(mode="after")
+    def _idp_described(self) -> SamlStoreConfig:
+        if self.metadata_file is not None:
+            if not self.metadata_file.is_file():
+                raise ValueError(f"metadata_file {self.metadata_file} does not exist")
+            return self
+        missing = [key for key in ("idp_entity_id", "sso_url", "certificates") if not getattr(self, key)]
+        if missing:
+            raise ValueError(f"set metadata_file, or idp_entity_id, sso_url and certificates (missing: {missing})")
+        if self.sso_url and not re.match(r"^https?://", self.sso_url):
+            raise ValueError("sso_url must be an absolute http(s) URL")
+        return self
 
 
 IdentityStoreConfig = Annotated[LocalStoreConfig | OidcStoreConfig | SamlStoreConfig, Field(discriminator="type")]
@@ -266,6 +389,194 @@ class RoleConfig(Strict):
         return self
 
 
+# ---------------------------------------------------------------- service-to-service token exchange (RFC 8693)
+
+# Asymmetric JWS algorithms a workload issuer may use (RFC 7518 section 3.1). HS* is excluded: with a JWKS of
+# public keys, an HMAC "signature" keyed with a public key is the classic key-confusion forgery; "none" never.
+WORKLOAD_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+WorkloadAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+_LOOPBACK_URL = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)")
+
+
+def _https_or_loopback(value: str) -> str:
+    if not (value.startswith("https://") or _LOOPBACK_URL.match(value)) or "#" in value:
+        raise ValueError("must be an https:// URL (plain http only on loopback)")
+    return value
+
+
+def _public_jwks(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An inline JWKS must hold public keys only: a private or symmetric key in config is a leak or a bug."""
+    if value is None:
+        return None
+    keys = value.get("keys")
+    if not isinstance(keys, list) or not keys:
+        raise ValueError('must be a JWKS: {"keys": [...]} with at least one key')
+    for key in keys:
+        if not isinstance(key, dict) or key.get("kty") not in {"RSA", "EC", "OKP"}:
+            raise ValueError("keys must be RSA, EC or OKP public keys")
+        if "d" in key:
+            raise ValueError("keys must be public: remove the private part (d)")
+    return value
+
+
+class WorkloadIssuerConfig(Strict):
+    """A platform that vouches for workloads with signed JWTs: a Kubernetes cluster, GitHub Actions, a SPIFFE
+    trust domain, a company IdP's client-credentials grant. Owned by ``broker.oauth.workload``.
+
+    A verified token becomes an ``Identity`` whose ``store`` is ``name``, so roles and audiences bind to it with
+    ordinary grant rules (``stores: [name]`` plus ``subjects`` / ``claims``; nested claims are flattened with
+    dots, e.g. ``kubernetes.io.namespace``).
+    """
+
+    name: str = Field(pattern=_NAME.pattern)
+    # Compared byte for byte with the token's ``iss``.
+    issuer: str = Field(min_length=1)
+    jwks_uri: str | None = None
+    jwks: dict[str, Any] | None = None
+    # The token's ``aud`` must contain one of these (a token minted for another service is refused).
+    audiences: list[str] = Field(min_length=1)
+    algorithms: list[WorkloadAlgorithm] = Field(["RS256"], min_length=1)
+    # Which RFC 8693 subject_token_type values this issuer's tokens may arrive as. ``access_token`` requires
+    # the RFC 9068 ``typ: at+jwt`` header; ``jwt`` requires no ``typ`` or ``JWT`` (RFC 8725 section 3.11).
+    token_types: list[Literal["jwt", "access_token"]] = Field(["jwt"], min_length=1)
+    # A token issued (``iat``) longer ago than this is refused even if its ``exp`` is far away.
+    max_token_age_seconds: int = Field(3600, ge=60, le=86400)
+    # Claims that must be present (beyond iss, sub, aud, exp, iat, which always are).
+    required_claims: list[str] = []
+    # Refuse a second exchange of the same ``jti`` (then ``jti`` is required); remembered until ``exp``.
+    single_use_jti: bool = False
+    username_claim: str | None = None
+    groups_claim: str | None = None
+    # Tolerated clock difference for exp/nbf/iat; a minute covers NTP-synced hosts.
+    clock_skew_seconds: int = Field(60, ge=0, le=300)
+    # Checked before any decoding (THREATS.md: oversized tokens).
+    max_token_bytes: int = Field(16384, ge=1024, le=131072)
+    # How long a fetched JWKS is trusted before it is fetched again.
+    jwks_cache_seconds: int = Field(300, ge=10, le=86400)
+    # An unknown ``kid`` triggers at most one refetch per this interval (a flood of bogus kids cannot turn
+    # the broker into a load generator against the issuer).
+    jwks_refresh_interval_seconds: int = Field(30, ge=1, le=3600)
+    http_timeout_seconds: float = Field(3.0, gt=0, le=30)
+
+    @field_validator("jwks")
+    @classmethod
+    def _jwks(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _public_jwks(value)
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _jwks_uri(cls, value: str | None) -> str | None:
+        return _https_or_loopback(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> WorkloadIssuerConfig:
+        if (self.jwks_uri is None) == (self.jwks is None):
+            raise ValueError("set exactly one of jwks_uri and jwks")
+        return self
+
+
+class OAuthClientConfig(Strict):
+    """A confidential client of the token endpoint (RFC 6749 section 2.3; RFC 7523 section 2.2)."""
+
+    client_id: str = Field(pattern=r"^[A-Za-z0-9._:@-]{1,128}$")
+    auth_method: Literal["client_secret_basic", "private_key_jwt"]
+    client_secret: Secret | None = None
+    # private_key_jwt: the client's public keys, inline or by URL.
+    jwks: dict[str, Any] | None = None
+    jwks_uri: str | None = None
+    grant_types: list[str] = [TOKEN_EXCHANGE_GRANT]
+
+    @field_validator("jwks")
+    @classmethod
+    def _jwks(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _public_jwks(value)
+
+    @field_validator("client_secret", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any) -> Any:
+        return resolve_secret(value)
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _jwks_uri(cls, value: str | None) -> str | None:
+        return _https_or_loopback(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> OAuthClientConfig:
+        if self.auth_method == "client_secret_basic":
+            if self.client_secret is None or len(self.client_secret.get_secret_value()) < MIN_SECRET_LENGTH:
+                raise ValueError(f"client_secret_basic needs a client_secret of at least {MIN_SECRET_LENGTH} chars")
+        elif (self.jwks is None) == (self.jwks_uri is None):
+            raise ValueError("private_key_jwt needs exactly one of jwks and jwks_uri")
+        return self
+
+
+class AudienceBinding(Strict):
+    """Who may obtain a broker access token for one internal service (``aud``), and with which scopes."""
+
+    audience: str = Field(min_length=1, max_length=512)
+    scopes: list[str] = []
+    grant: list[GrantRule] = Field(min_length=1)
+    # Shorter than tokens.access_token_ttl_seconds if this service wants it.
+    ttl_seconds: int | None = Field(None, ge=30, le=3600)
+
+
+class TokenSettings(Strict):
+    """The broker's own signing keys and access tokens (``broker.oauth.tokens``)."""
+
+    # ES256 (P-256) and EdDSA (Ed25519) are compact and fast; AWS STS accepts ES256 but not EdDSA.
+    algorithm: Literal["ES256", "EdDSA"] = "ES256"
+    access_token_ttl_seconds: int = Field(300, ge=30, le=3600)
+    # A new signing key every period; the previous key stays in the JWKS until its last token has expired.
+    rotation_period_hours: int = Field(24 * 30, ge=1, le=24 * 365)
+    # How often a process re-reads the key table (another process may have rotated).
+    key_cache_seconds: int = Field(60, ge=1, le=3600)
+    # ``aud`` of the tokens the broker signs for AssumeRoleWithWebIdentity (aws.mode: web_identity).
+    web_identity_audience: str = "sts.amazonaws.com"
+    # Lifetime of those tokens: STS reads them once, immediately.
+    web_identity_ttl_seconds: int = Field(300, ge=60, le=3600)
+
+
+class OAuthSettings(Strict):
+    """The token endpoint: trusted workload issuers, clients, internal audiences, the broker's tokens."""
+
+    workload_issuers: list[WorkloadIssuerConfig] = []
+    clients: list[OAuthClientConfig] = []
+    audiences: list[AudienceBinding] = []
+    tokens: TokenSettings = TokenSettings()
+    # When true, every token request must carry client authentication, not only a workload token.
+    require_client_authentication: bool = False
+    # Form bodies larger than this are refused before parsing.
+    max_request_bytes: int = Field(65536, ge=4096, le=1048576)
+
+    @model_validator(mode="after")
+    def _unique(self) -> OAuthSettings:
+        problems = []
+        names = [i.name for i in self.workload_issuers]
+        if len(set(names)) != len(names):
+            problems.append("workload_issuers: names must be unique")
+        issuers = [i.issuer for i in self.workload_issuers]
+        if len(set(issuers)) != len(issuers):
+            problems.append("workload_issuers: each issuer may be configured once")
+        clients = [c.client_id for c in self.clients]
+        if len(set(clients)) != len(clients):
+            problems.append("clients: client_id values must be unique")
+        if any(a.audience == self.tokens.web_identity_audience for a in self.audiences):
+            # A workload holding a broker token with STS's audience could call AssumeRoleWithWebIdentity itself
+            # and bypass role policy.
+            problems.append("audiences: must not include tokens.web_identity_audience")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def issuer(self, name: str) -> WorkloadIssuerConfig | None:
+        return next((i for i in self.workload_issuers if i.name == name), None)
+
+    def client(self, client_id: str) -> OAuthClientConfig | None:
+        return next((c for c in self.clients if c.client_id == client_id), None)
+
+
 class Settings(BaseSettings):
     """The whole broker configuration. Build it with :func:`load_settings`; pass it to ``create_app``."""
 
@@ -282,6 +593,7 @@ class Settings(BaseSettings):
     aws: AwsSettings = AwsSettings()
     identity_stores: list[IdentityStoreConfig] = []
     roles: list[RoleConfig] = []
+    oauth: OAuthSettings = OAuthSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -324,6 +636,21 @@ class Settings(BaseSettings):
         store_names = [s.name for s in self.identity_stores]
         if len(set(store_names)) != len(store_names):
             problems.append("identity_stores: names must be unique")
+        # Workload issuers are identity stores for services: grant rules name them the same way.
+        workload_names = [i.name for i in self.oauth.workload_issuers]
+        if set(workload_names) & set(store_names):
+            problems.append("oauth.workload_issuers: names must differ from identity_stores names")
+        store_names = store_names + workload_names
+        for index, binding in enumerate(self.oauth.audiences):
+            for rule in binding.grant:
+                for store in rule.stores:
+                    if store not in store_names:
+                        problems.append(f"oauth.audiences[{index}].grant: unknown identity store {store!r}")
+        if any(i.issuer == self.public_url for i in self.oauth.workload_issuers):
+            # The broker's own tokens must never come back as workload tokens (token-type confusion).
+            problems.append("oauth.workload_issuers: the broker's own public_url cannot be a workload issuer")
+        if self.aws.mode == "web_identity" and self.oauth.tokens.algorithm != "ES256":
+            problems.append("aws.mode web_identity needs oauth.tokens.algorithm ES256 (STS does not accept EdDSA)")
         role_names = [r.name for r in self.roles]
         if len(set(role_names)) != len(role_names):
             problems.append("roles: names must be unique")

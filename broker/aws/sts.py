@@ -6,10 +6,12 @@ at WARNING whatever the broker's level is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
 
@@ -70,20 +72,35 @@ def translate(exc: Exception) -> BrokerError:
 
 
 class Sts:
-    """The broker's STS client, created once and reused (boto3 clients are thread-safe)."""
+    """The broker's STS client, created once and reused (boto3 clients are thread-safe).
 
-    def __init__(self, settings: AwsSettings) -> None:
+    With ``aws.mode: web_identity`` the client is unsigned (the broker holds no AWS key) and every
+    :meth:`assume_role` becomes ``AssumeRoleWithWebIdentity`` with a token from ``web_identity_token``, which
+    the broker signs itself for that one request.
+    """
+
+    def __init__(
+        self, settings: AwsSettings, *, web_identity_token: Callable[[AssumeRoleRequest], str] | None = None
+    ) -> None:
         self._settings = settings
+        self._web_identity_token = web_identity_token
+        if settings.mode == "web_identity" and web_identity_token is None:
+            raise ValueError("aws.mode web_identity needs a web identity token source")
+        options: dict[str, Any] = {"signature_version": UNSIGNED} if settings.mode == "web_identity" else {}
         config = Config(
             region_name=settings.region,
             connect_timeout=settings.connect_timeout_seconds,
             read_timeout=settings.read_timeout_seconds,
             retries={"mode": "standard", "max_attempts": settings.max_attempts},
+            **options,
         )
         endpoint = settings.sts_endpoint_url or f"https://sts.{settings.region}.amazonaws.com"
         self._client: STSClient = boto3.session.Session().client("sts", endpoint_url=endpoint, config=config)
 
     def assume_role(self, request: AssumeRoleRequest) -> Credentials:
+        if self._settings.mode == "web_identity":
+            assert self._web_identity_token is not None
+            return self.assume_role_with_web_identity(request, web_identity_token=self._web_identity_token(request))
         params: dict[str, Any] = {
             "RoleArn": request.role_arn,
             "RoleSessionName": request.role_session_name,
@@ -100,6 +117,35 @@ class Sts:
             params["PolicyArns"] = [{"arn": arn} for arn in request.policy_arns]
         try:
             response = self._client.assume_role(**params)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc) from None
+        creds = response["Credentials"]
+        return Credentials(
+            access_key_id=creds["AccessKeyId"],
+            secret_access_key=creds["SecretAccessKey"],
+            session_token=creds["SessionToken"],
+            expiration=creds["Expiration"],
+            assumed_role_arn=response.get("AssumedRoleUser", {}).get("Arn", ""),
+        )
+
+    def assume_role_with_web_identity(self, request: AssumeRoleRequest, *, web_identity_token: str) -> Credentials:
+        """AssumeRoleWithWebIdentity: no AWS key involved; the token proves the broker is asking.
+
+        STS takes SourceIdentity and session tags from the token's claims for this call, not from parameters
+        (IAM User Guide, "Passing session tags using AssumeRoleWithWebIdentity").
+        """
+        params: dict[str, Any] = {
+            "RoleArn": request.role_arn,
+            "RoleSessionName": request.role_session_name,
+            "WebIdentityToken": web_identity_token,
+            "DurationSeconds": request.duration_seconds,
+        }
+        if request.session_policy:
+            params["Policy"] = request.session_policy
+        if request.policy_arns:
+            params["PolicyArns"] = [{"arn": arn} for arn in request.policy_arns]
+        try:
+            response = self._client.assume_role_with_web_identity(**params)
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc) from None
         creds = response["Credentials"]

@@ -93,17 +93,18 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+def head_revisions() -> set[str]:
+    """The newest revision(s); more than one only while parallel branches await their merge revision."""
+    return set(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revisions(engine: Engine) -> set[str]:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return set(MigrationContext.configure(conn).get_current_heads())
 
 
 def is_ready(db: Database) -> tuple[bool, str]:
@@ -111,10 +112,10 @@ def is_ready(db: Database) -> tuple[bool, str]:
     try:
         with db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        current = current_revision(db.engine)
+        current = current_revisions(db.engine)
     except SQLAlchemyError:
         return False, "database unreachable"
-    head = head_revision()
-    if current != head:
-        return False, f"schema at {current}, migrations head is {head}: run `broker db upgrade`"
+    heads = head_revisions()
+    if current != heads:
+        return False, f"schema at {sorted(current)}, migrations at {sorted(heads)}: run `broker db upgrade`"
     return True, "ok"

@@ -168,3 +168,23 @@ class ReplayGuard(Base):
     expires_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_replay_guard_expires_at", "expires_at"),)
+
+
+class SigningKey(Base):
+    """One of the broker's own JWS signing keys (``broker.oauth.tokens``); the private half encrypted at rest.
+
+    ``generation`` is unique, so two processes rotating at the same moment cannot both add a key: one INSERT
+    wins and the other reloads. A key signs until ``retired_at`` and is published until ``publish_until``.
+    """
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, unique=True)
+    alg: Mapped[str] = mapped_column(String(16))
+    public_jwk: Mapped[dict[str, Any]]
+    # AES-256-GCM(key derived from the root secret, nonce || ciphertext, AAD = kid), base64url.
+    private_jwk_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    retired_at: Mapped[datetime | None]
+    publish_until: Mapped[datetime | None] = mapped_column(index=True)

@@ -20,6 +20,7 @@ from broker.store.models import (
     LoginRequest,
     Principal,
     ReplayGuard,
+    SigningKey,
 )
 
 # ---------------------------------------------------------------- principals
@@ -219,3 +220,46 @@ def list_audit_events(
     if principal:
         query = query.where(AuditEvent.principal == principal)
     return session.scalars(query).all()
+
+
+# ---------------------------------------------------------------- signing keys
+
+
+def list_signing_keys(session: Session, *, now: datetime) -> Sequence[SigningKey]:
+    """Keys still published (newest first): the current key and retired keys whose tokens may be live."""
+    query = (
+        select(SigningKey)
+        .where((SigningKey.publish_until.is_(None)) | (SigningKey.publish_until > now))
+        .order_by(SigningKey.generation.desc())
+    )
+    return session.scalars(query).all()
+
+
+def latest_signing_key(session: Session) -> SigningKey | None:
+    return session.scalars(select(SigningKey).order_by(SigningKey.generation.desc()).limit(1)).one_or_none()
+
+
+def add_signing_key(session: Session, *, key: SigningKey) -> bool:
+    """Insert a new key; False if another process added this generation first (unique in the database)."""
+    try:
+        with session.begin_nested():
+            session.add(key)
+    except IntegrityError:
+        return False
+    return True
+
+
+def retire_signing_key(session: Session, *, kid: str, retired_at: datetime, publish_until: datetime) -> None:
+    session.execute(
+        update(SigningKey)
+        .where(SigningKey.kid == kid, SigningKey.retired_at.is_(None))
+        .values(retired_at=retired_at, publish_until=publish_until)
+    )
+
+
+def delete_expired_signing_keys(session: Session, *, now: datetime) -> int:
+    """Remove keys no live token can need any more."""
+    result = session.execute(
+        delete(SigningKey).where(SigningKey.publish_until.is_not(None), SigningKey.publish_until <= now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -38,7 +38,12 @@ def render_error(request: Request, error: BrokerError) -> Response:
         )
         return page
     body = {"error": error.code, "error_description": error.message}
-    if error.code == "invalid_token" or error.status == 401:
+    # RFC 6749 section 5.2: a failed client authentication names the scheme the client used (Basic here);
+    # a failed bearer token gets an RFC 6750 challenge. Error bodies are never cached.
+    headers["Cache-Control"] = "no-store"
+    if error.code == "invalid_client":
+        headers["WWW-Authenticate"] = 'Basic realm="broker"'
+    elif error.status == 401:
         headers["WWW-Authenticate"] = f'Bearer error="{error.code}"'
     return JSONResponse(body, status_code=error.status, headers=headers)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from broker.identity import Channel
+from broker.audit import Context
+from broker.federation import Broker
+from broker.identity import Channel, Identity
 from broker.web.deps import (
     BROWSER_COOKIE,
     BrokerDep,
@@ -23,6 +26,11 @@ from broker.web.deps import (
 
 router = APIRouter(tags=["portal"])
 DURATION_CHOICES = (900, 1800, 3600, 7200, 14400, 28800, 43200)
+
+
+def start_path(connector: object) -> str:
+    """Where a sign-in with this connector starts: its own ``start_path`` (SAML), else ``/login/{name}``."""
+    return str(getattr(connector, "start_path", None) or f"/login/{getattr(connector, 'name', '')}")
 
 
 def browser_id(request: Request) -> str:
@@ -56,7 +64,7 @@ def login_page(request: Request, broker: BrokerDep, templates: TemplatesDep, nex
     browser = browser_id(request)
     stores = broker.sign_in_options()
     if len(stores) == 1 and stores[0].kind != "local":
-        response: Response = RedirectResponse(f"/login/{stores[0].name}?next={safe_return_path(next)}", 303)
+        response: Response = RedirectResponse(f"{start_path(stores[0])}?next={quote(safe_return_path(next))}", 303)
     else:
         response = templates.TemplateResponse(
             request,
@@ -113,6 +121,25 @@ def portal(request: Request, broker: BrokerDep, current: CurrentDep, templates: 
     )
 
 
+def _step_up(
+    request: Request,
+    broker: Broker,
+    identity: Identity,
+    role: str,
+    action: str,
+    duration: int | None,
+    ctx: Context,
+) -> Response | None:
+    """Send the browser to its IdP for a stronger sign-in when the role needs one and the IdP can give it."""
+    browser = browser_id(request)
+    url = broker.start_step_up(identity, role=role, action=action, duration_seconds=duration, browser=browser, ctx=ctx)
+    if url is None:
+        return None
+    response = RedirectResponse(url, status_code=303)
+    set_browser_cookie(response, request, browser)
+    return response
+
+
 @router.post("/console", summary="Open the AWS console in a role")
 def open_console(
     request: Request,
@@ -124,6 +151,9 @@ def open_console(
     duration: Annotated[int | None, Form()] = None,
 ) -> Response:
     check_csrf(broker, session_cookie(request), csrf)
+    step_up = _step_up(request, broker, current.identity, role, "console", duration, ctx)
+    if step_up is not None:
+        return step_up
     url = broker.console_url(
         current.identity, role=role, ctx=ctx, duration_seconds=duration, session_hmac=current.id_hmac
     )
@@ -142,6 +172,9 @@ def cli_credentials(
     duration: Annotated[int | None, Form()] = None,
 ) -> Response:
     check_csrf(broker, session_cookie(request), csrf)
+    step_up = _step_up(request, broker, current.identity, role, "credentials", duration, ctx)
+    if step_up is not None:
+        return step_up
     issued = broker.issue(
         current.identity,
         role=role,
@@ -171,7 +204,7 @@ def logout(
 ) -> Response:
     cookie = session_cookie(request)
     check_csrf(broker, cookie, csrf)
-    broker.logout(cookie, ctx)
-    response = RedirectResponse("/login", status_code=303)
+    idp_logout = broker.logout(cookie, ctx)
+    response = RedirectResponse(idp_logout or "/login", status_code=303)
     response.delete_cookie(broker.settings.session.cookie_name, path="/")
     return response

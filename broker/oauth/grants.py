@@ -1,0 +1,139 @@
+"""The token endpoint (RFC 6749 section 3.2) and its grant registry.
+
+Each grant type is a module with one class satisfying :class:`Grant` (``token_exchange`` today; device code
+and refresh later). The endpoint parses parameters once, authenticates the client, checks the client may use
+the grant, and hands over; the grant verifies, decides, issues and audits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Protocol
+
+from broker.audit import AuditTrail, Clock, Context, utcnow
+from broker.errors import (
+    BrokerError,
+    InvalidClient,
+    InvalidRequest,
+    ReplayDetected,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+)
+from broker.keys import Keys
+from broker.oauth.clients import AuthenticatedClient, ClientAuthenticator
+from broker.store import queries
+from broker.store.db import Database
+
+# RFC 8693 section 2.1: "audience" and "resource" may be given several times; nothing else may repeat.
+REPEATABLE = frozenset({"audience", "resource"})
+MAX_PARAMETERS = 64
+
+
+class Params:
+    """Token request parameters. Empty values count as absent (RFC 6749 section 3.1)."""
+
+    def __init__(self, items: Sequence[tuple[str, str]]) -> None:
+        if len(items) > MAX_PARAMETERS:
+            raise InvalidRequest("Too many parameters.", reason="request_too_many_parameters")
+        self._values: dict[str, list[str]] = {}
+        for name, value in items:
+            if value == "":
+                continue
+            values = self._values.setdefault(name, [])
+            if values and name not in REPEATABLE:
+                # RFC 6749 section 3.2: request parameters MUST NOT be included more than once.
+                raise InvalidRequest(f"The parameter {name[:40]!r} was given more than once.", reason="repeated_param")
+            values.append(value)
+
+    def get(self, name: str) -> str | None:
+        values = self._values.get(name)
+        return values[0] if values else None
+
+    def all(self, name: str) -> tuple[str, ...]:
+        return tuple(self._values.get(name, ()))
+
+    def first_values(self) -> Mapping[str, str]:
+        return {name: values[0] for name, values in self._values.items()}
+
+
+class Grant(Protocol):
+    """One grant type of the token endpoint."""
+
+    grant_type: str
+
+    def handle(self, params: Params, client: AuthenticatedClient | None, ctx: Context) -> dict[str, Any]:
+        """Verify, decide, issue and audit; return the JSON token response or raise a BrokerError."""
+        ...
+
+
+class TokenEndpoint:
+    """``POST /oauth2/token``: parameter parsing, client authentication, dispatch to the grant."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        audit: AuditTrail,
+        keys: Keys,
+        clients: ClientAuthenticator,
+        grants: Sequence[Grant],
+        clock: Clock = utcnow,
+    ) -> None:
+        self.db = db
+        self.audit = audit
+        self.keys = keys
+        self.clients = clients
+        self.grants = {g.grant_type: g for g in grants}
+        self.clock = clock
+
+    @property
+    def grant_types(self) -> list[str]:
+        return sorted(self.grants)
+
+    def token(self, items: Sequence[tuple[str, str]], *, authorization: str | None, ctx: Context) -> dict[str, Any]:
+        grant_type: str | None = None
+        client_id: str | None = None
+        try:
+            params = Params(items)
+            grant_type = params.get("grant_type")
+            client_id = params.get("client_id")
+            if grant_type is None:
+                raise InvalidRequest("grant_type is required.", reason="grant_type_missing")
+            grant = self.grants.get(grant_type)
+            if grant is None:
+                raise UnsupportedGrantType(reason="grant_type_unsupported")
+            client = self.clients.authenticate(authorization=authorization, form=params.first_values())
+            if client is not None:
+                client_id = client.client_id
+                if grant_type not in client.config.grant_types:
+                    raise UnauthorizedClient(
+                        "This client may not use this grant type.", reason="client.grant_type_not_allowed"
+                    )
+                if client.assertion_jti is not None:
+                    self._consume_assertion(client)
+        except BrokerError as exc:
+            raise self.audit.deny(
+                self.db,
+                exc,
+                event="oauth_token",
+                principal=client_id[:256] if client_id else None,
+                channel="service",
+                ctx=ctx,
+                detail={"grant_type": (grant_type or "")[:100], "client_id": client_id[:256] if client_id else None},
+            ) from None
+        return grant.handle(params, client, ctx)
+
+    def _consume_assertion(self, client: AuthenticatedClient) -> None:
+        assert client.assertion_jti is not None and client.assertion_expires_at is not None
+        try:
+            with self.db.transaction() as session:
+                queries.consume_once(
+                    session,
+                    kind="client_jti",
+                    key_hmac=self.keys.mac("client-assertion", f"{client.client_id}\n{client.assertion_jti}"),
+                    # Remembered until the assertion could no longer be accepted anyway.
+                    expires_at=client.assertion_expires_at + timedelta(seconds=120),
+                )
+        except ReplayDetected:
+            raise InvalidClient("This client assertion was already used.", reason="client.assertion_replay") from None

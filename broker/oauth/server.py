@@ -1,0 +1,69 @@
+"""The broker's authorization server, assembled: token endpoint, grants, keys, and its RFC 8414 metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from broker.federation import Broker
+from broker.oauth.clients import CLIENT_ASSERTION_TYPE, ClientAuthenticator
+from broker.oauth.grants import TokenEndpoint
+from broker.oauth.token_exchange import TOKEN_TYPE_AWS_CREDENTIALS, TokenExchangeGrant
+from broker.oauth.tokens import TokenService
+from broker.oauth.workload import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, WorkloadVerifier
+
+TOKEN_PATH = "/oauth2/token"  # noqa: S105 (a path, not a secret)
+JWKS_PATH = "/jwks.json"
+
+
+class OAuthServer:
+    """Everything the OAuth routes need, built once in ``create_app``."""
+
+    def __init__(self, broker: Broker, *, tokens: TokenService) -> None:
+        settings = broker.settings
+        self.settings = settings
+        self.tokens = tokens
+        self.issuer = settings.public_url
+        self.token_endpoint_url = settings.public_url + TOKEN_PATH
+        # One HTTP client for key fetches: no redirects, no proxy variables, short timeouts per request.
+        self.http = httpx.Client(follow_redirects=False, trust_env=False)
+        self.verifier = WorkloadVerifier(settings.oauth.workload_issuers, http=self.http, clock=broker.clock)
+        clients = ClientAuthenticator(
+            settings.oauth,
+            audiences=(self.token_endpoint_url, self.issuer),
+            http=self.http,
+            clock=broker.clock,
+        )
+        self.endpoint = TokenEndpoint(
+            db=broker.db,
+            audit=broker.audit,
+            keys=broker.keys,
+            clients=clients,
+            grants=[TokenExchangeGrant(broker, verifier=self.verifier, tokens=tokens)],
+            clock=broker.clock,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def metadata(self) -> dict[str, Any]:
+        """RFC 8414 authorization server metadata, also served as OpenID Provider metadata (the parts AWS IAM
+        and other relying parties read: ``issuer`` and ``jwks_uri``). The broker has no authorization endpoint.
+        """
+        alg = self.settings.oauth.tokens.algorithm
+        return {
+            "issuer": self.issuer,
+            "token_endpoint": self.token_endpoint_url,
+            "jwks_uri": self.issuer + JWKS_PATH,
+            "grant_types_supported": self.endpoint.grant_types,
+            "response_types_supported": [],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt", "none"],
+            "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256", "ES256", "EdDSA"],
+            "client_assertion_types_supported": [CLIENT_ASSERTION_TYPE],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [alg],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "act"],
+            "subject_token_types_supported": [TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS_TOKEN],
+            "requested_token_types_supported": [TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENTIALS],
+        }

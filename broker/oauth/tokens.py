@@ -1,0 +1,290 @@
+"""The broker's own signing keys, their rotation, the published JWKS, and the tokens the broker signs.
+
+- Access tokens follow RFC 9068 (JWT profile for OAuth 2.0 access tokens): header ``typ: at+jwt``, claims
+  ``iss``, ``sub``, ``aud``, ``exp``, ``iat``, ``jti``, ``client_id``, optional ``scope`` and ``act``
+  (RFC 8693 section 4.1).
+- Web-identity tokens are what the broker hands to STS ``AssumeRoleWithWebIdentity`` when ``aws.mode`` is
+  ``web_identity``: AWS IAM trusts the broker as an OIDC provider, so the broker needs no AWS key at all.
+- Keys (ES256 on P-256, or EdDSA on Ed25519) live in the ``signing_keys`` table with the private half
+  encrypted by AES-256-GCM under a key derived from the root secret. A new key is made every
+  ``rotation_period_hours``; the previous one stops signing at once but stays in the JWKS until every token
+  it may have signed has expired (RFC 7517 section 5 leaves the set's contents to the issuer).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import threading
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet, OKPKey, import_key
+
+from broker.audit import Clock, utcnow
+from broker.errors import InvalidRequest, ServiceUnavailable
+from broker.keys import Keys
+from broker.settings import Settings
+from broker.store import queries
+from broker.store.db import Database
+from broker.store.models import SigningKey
+
+if TYPE_CHECKING:
+    from broker.aws.sts import AssumeRoleRequest
+
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105
+# Tokens may be checked by hosts whose clocks differ a little; keep keys published that much longer.
+CLOCK_SKEW_SECONDS = 60
+_NONCE_BYTES = 12  # AES-GCM's standard 96-bit nonce (NIST SP 800-38D section 8.2)
+# AWS reads these claims of a web identity token (IAM User Guide, "Passing session tags using
+# AssumeRoleWithWebIdentity" and "Monitor and control actions taken with assumed roles").
+AWS_SOURCE_IDENTITY_CLAIM = "https://aws.amazon.com/source_identity"
+AWS_TAGS_CLAIM = "https://aws.amazon.com/tags"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    jti: str
+    issued_at: datetime
+    expires_at: datetime
+    kid: str
+
+    @property
+    def expires_in(self) -> int:
+        return int((self.expires_at - self.issued_at).total_seconds())
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """The current signing key and the published public keys, as cached by one process."""
+
+    kid: str
+    alg: str
+    private: ECKey | OKPKey
+    created_at: datetime
+    public: KeySet
+    public_jwks: dict[str, Any]
+    loaded_at: datetime
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenService:
+    """Signs the broker's tokens; one per process, shared by every request (thread-safe)."""
+
+    def __init__(self, settings: Settings, *, db: Database, keys: Keys, clock: Clock = utcnow) -> None:
+        self.settings = settings
+        self.config = settings.oauth.tokens
+        self.issuer = settings.public_url
+        self.db = db
+        self.clock = clock
+        self._aead = AESGCM(keys.key("signing-key-encryption"))
+        self._lock = threading.Lock()
+        self._loaded: _Loaded | None = None
+        if self.config.algorithm == "EdDSA":
+            # joserfc flags "EdDSA" as superseded by the fully specified "Ed25519" (RFC 9864); verifiers in the
+            # field still expect "EdDSA", which the configuration asked for.
+            warnings.filterwarnings("ignore", message="EdDSA is deprecated", module="joserfc")
+
+    # ------------------------------------------------------------ keys
+
+    @property
+    def max_token_lifetime(self) -> timedelta:
+        """The longest any token signed by a key can live: how long a retired key must stay published."""
+        ttls = [self.config.access_token_ttl_seconds, self.config.web_identity_ttl_seconds]
+        ttls += [a.ttl_seconds for a in self.settings.oauth.audiences if a.ttl_seconds]
+        # A process may keep signing with a retired key until it re-reads the key table.
+        return timedelta(seconds=max(ttls) + self.config.key_cache_seconds + CLOCK_SKEW_SECONDS)
+
+    def _encrypt(self, kid: str, private_jwk: dict[str, Any]) -> str:
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, json.dumps(private_jwk).encode(), kid.encode())
+        return _b64(nonce + sealed)
+
+    def _decrypt(self, row: SigningKey) -> ECKey | OKPKey:
+        raw = _unb64(row.private_jwk_encrypted)
+        try:
+            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], row.kid.encode())
+        except InvalidTag:
+            raise ServiceUnavailable(
+                "The broker's signing key cannot be decrypted (was the root secret changed?).",
+                reason="signing_key_undecryptable",
+            ) from None
+        key = import_key(json.loads(plain))
+        assert isinstance(key, ECKey | OKPKey)
+        return key
+
+    def _new_key(self, generation: int, now: datetime) -> SigningKey:
+        alg = self.config.algorithm
+        private: ECKey | OKPKey = (
+            ECKey.generate_key("P-256", private=True, auto_kid=True)
+            if alg == "ES256"
+            else OKPKey.generate_key("Ed25519", private=True, auto_kid=True)
+        )
+        kid = private.kid
+        assert kid is not None
+        public = {**private.as_dict(private=False), "alg": alg, "use": "sig"}
+        return SigningKey(
+            kid=kid,
+            generation=generation,
+            alg=alg,
+            public_jwk=public,
+            private_jwk_encrypted=self._encrypt(kid, private.as_dict(private=True)),
+            created_at=now,
+        )
+
+    def _due(self, row: SigningKey | None, now: datetime, *, force: bool = False) -> bool:
+        if row is None or force or row.retired_at is not None or row.alg != self.config.algorithm:
+            return True
+        return row.created_at + timedelta(hours=self.config.rotation_period_hours) <= now
+
+    def rotate(self, *, force: bool = False) -> str:
+        """Make a new current key if one is due (or ``force``); retire the old one; drop expired keys.
+
+        Returns the current kid. Safe to call from several processes at once: ``generation`` is unique in
+        the database, so exactly one new key wins.
+        """
+        now = self.clock()
+        with self.db.transaction() as session:
+            latest = queries.latest_signing_key(session)
+            if self._due(latest, now, force=force):
+                if latest is not None:
+                    queries.retire_signing_key(
+                        session, kid=latest.kid, retired_at=now, publish_until=now + self.max_token_lifetime
+                    )
+                generation = latest.generation + 1 if latest else 1
+                queries.add_signing_key(session, key=self._new_key(generation, now))
+            queries.delete_expired_signing_keys(session, now=now)
+        with self._lock:
+            self._loaded = None
+        return self._load().kid
+
+    def _load(self) -> _Loaded:
+        now = self.clock()
+        loaded = self._loaded
+        fresh = loaded is not None and (now - loaded.loaded_at).total_seconds() < self.config.key_cache_seconds
+        if loaded is not None and fresh and not self._due_at(loaded, now):
+            return loaded
+        with self._lock:
+            with self.db.transaction() as session:
+                rows = list(queries.list_signing_keys(session, now=now))
+            current = next((r for r in rows if r.retired_at is None), None)
+            if self._due(current, now):
+                self._loaded = None
+            else:
+                assert current is not None
+                public = [r.public_jwk for r in rows]
+                self._loaded = _Loaded(
+                    kid=current.kid,
+                    alg=current.alg,
+                    private=self._decrypt(current),
+                    created_at=current.created_at,
+                    public=KeySet.import_key_set({"keys": public}),
+                    public_jwks={"keys": public},
+                    loaded_at=now,
+                )
+                return self._loaded
+        self.rotate()
+        loaded = self._loaded
+        assert loaded is not None
+        return loaded
+
+    def _due_at(self, loaded: _Loaded, now: datetime) -> bool:
+        return loaded.created_at + timedelta(hours=self.config.rotation_period_hours) <= now
+
+    def jwks(self) -> dict[str, Any]:
+        """The published JWK Set: the current key and every retired key whose tokens may still be live."""
+        return self._load().public_jwks
+
+    # ------------------------------------------------------------ signing
+
+    def _sign(self, claims: dict[str, Any], *, typ: str, ttl_seconds: int) -> IssuedToken:
+        key = self._load()
+        now = self.clock()
+        jti = secrets.token_urlsafe(18)
+        expires = now + timedelta(seconds=ttl_seconds)
+        body = {
+            "iss": self.issuer,
+            "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()),
+            "exp": int(expires.timestamp()),
+            "jti": jti,
+            **claims,
+        }
+        header = {"alg": key.alg, "kid": key.kid, "typ": typ}
+        token = jwt.encode(header, body, key.private, algorithms=[key.alg])
+        return IssuedToken(token=token, jti=jti, issued_at=now, expires_at=expires, kid=key.kid)
+
+    def issue_access_token(
+        self,
+        *,
+        subject: str,
+        audience: str,
+        client_id: str,
+        scope: tuple[str, ...] = (),
+        act: dict[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> IssuedToken:
+        """An RFC 9068 access token for one internal service (``aud``), short-lived."""
+        claims: dict[str, Any] = {"sub": subject, "aud": audience, "client_id": client_id}
+        if scope:
+            claims["scope"] = " ".join(scope)
+        if act:
+            claims["act"] = act
+        ttl = min(ttl_seconds or self.config.access_token_ttl_seconds, self.config.access_token_ttl_seconds)
+        return self._sign(claims, typ=ACCESS_TOKEN_TYP, ttl_seconds=ttl)
+
+    def web_identity_token(self, request: AssumeRoleRequest) -> str:
+        """The token the broker presents to STS AssumeRoleWithWebIdentity for one AssumeRole request.
+
+        ``sub`` is the role ARN, so a role's trust policy can require that a token was minted for that very
+        role (``<issuer host>:sub``); the workload is carried as SourceIdentity and session tags.
+        """
+        claims: dict[str, Any] = {
+            "sub": request.role_arn,
+            "aud": self.config.web_identity_audience,
+            AWS_SOURCE_IDENTITY_CLAIM: request.source_identity,
+        }
+        if request.tags:
+            claims[AWS_TAGS_CLAIM] = {
+                "principal_tags": {k: [v] for k, v in request.tags.items()},
+                "transitive_tag_keys": list(request.transitive_tag_keys),
+            }
+        return self._sign(claims, typ="JWT", ttl_seconds=self.config.web_identity_ttl_seconds).token
+
+    # ------------------------------------------------------------ verification
+
+    def verify_access_token(self, token: str, *, audience: str) -> dict[str, Any]:
+        """Verify a broker access token against the published keys, as an internal service would."""
+        key = self._load()
+        try:
+            decoded = jwt.decode(token, key.public, algorithms=[key.alg, "ES256", "EdDSA"])
+            jwt.JWTClaimsRegistry(
+                now=int(self.clock().timestamp()),
+                leeway=CLOCK_SKEW_SECONDS,
+                iss={"essential": True, "value": self.issuer},
+                aud={"essential": True, "value": audience},
+                exp={"essential": True},
+            ).validate(decoded.claims)
+        except (JoseError, ValueError) as exc:
+            raise InvalidRequest(
+                "The token is not a valid broker access token.", reason="broker_token_invalid"
+            ) from exc
+        if decoded.header.get("typ") != ACCESS_TOKEN_TYP:
+            raise InvalidRequest("The token is not a broker access token.", reason="broker_token_typ")
+        return dict(decoded.claims)

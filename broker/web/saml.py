@@ -1,0 +1,94 @@
+"""SAML 2.0 endpoints: start a sign-in, SP metadata, and the Assertion Consumer Service (POST binding).
+
+The ACS reads the form body itself, capped, so an oversized message is refused before anything parses it.
+The browser that started a sign-in is recognised at the ACS by a dedicated binding cookie: the IdP's form
+POST is a cross-site request, on which browsers do not send ``SameSite=Lax`` cookies, so this one is
+``SameSite=None; Secure`` (``Lax`` only for plain-HTTP development, where ``None`` is refused by browsers).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse, Response
+
+from broker.connectors.saml import MAX_FORM_BYTES
+from broker.errors import InvalidRequest, PayloadTooLarge
+from broker.identity import MfaLevel
+from broker.saml_signin import LOGIN_REQUEST_TTL, SamlSignIn
+from broker.web.deps import BrokerDep, ContextDep, safe_return_path
+from broker.web.portal import set_session_cookie
+
+router = APIRouter(tags=["saml"])
+BINDING_COOKIE = "broker_saml"
+
+
+def get_saml(broker: BrokerDep) -> SamlSignIn:
+    return SamlSignIn(broker)
+
+
+SamlDep = Annotated[SamlSignIn, Depends(get_saml)]
+
+
+@router.get("/saml/{store}/login", summary="Start a SAML sign-in (HTTP-Redirect AuthnRequest)")
+def saml_login(
+    request: Request,
+    store: str,
+    saml: SamlDep,
+    next: Annotated[str | None, Query(max_length=2048)] = None,
+    level: Annotated[str, Query(pattern="^(none|mfa|phishing_resistant)$")] = "none",
+) -> Response:
+    binding = request.cookies.get(BINDING_COOKIE) or secrets.token_urlsafe(24)
+    url = saml.start(store, binding=binding, next_path=safe_return_path(next), level=MfaLevel.parse(level))
+    response = RedirectResponse(url, status_code=303)
+    secure = saml.broker.settings.session.cookie_secure
+    response.set_cookie(
+        BINDING_COOKIE,
+        binding,
+        httponly=True,
+        secure=secure,
+        samesite="none" if secure else "lax",
+        path="/saml/",
+        max_age=int(LOGIN_REQUEST_TTL.total_seconds()),
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.get("/saml/{store}/metadata", summary="SAML service-provider metadata for the IdP administrator")
+def saml_metadata(store: str, saml: SamlDep) -> Response:
+    return Response(saml.connector(store).metadata_xml(), media_type="application/samlmetadata+xml")
+
+
+@router.post("/saml/{store}/acs", summary="Assertion Consumer Service (HTTP-POST binding)")
+async def saml_acs(request: Request, store: str, saml: SamlDep, ctx: ContextDep) -> Response:
+    saml.connector(store)  # 404 for an unknown store, before reading anything
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_FORM_BYTES:
+            too_large = PayloadTooLarge("The sign-in response is too large.", reason="saml.too_large")
+            raise await run_in_threadpool(saml.refuse, store, too_large, ctx)
+    try:
+        form = parse_qs(body.decode("ascii"), max_num_fields=8, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        form = {}
+    responses = form.get("SAMLResponse", [])
+    if len(responses) != 1 or len(form.get("RelayState", [])) > 1:
+        malformed = InvalidRequest("The sign-in response is missing or malformed.", reason="saml.malformed")
+        raise await run_in_threadpool(saml.refuse, store, malformed, ctx)
+    relay_state = form["RelayState"][0] if "RelayState" in form else None
+    finished = await run_in_threadpool(
+        lambda: saml.finish(
+            store, responses[0], binding=request.cookies.get(BINDING_COOKIE), relay_state=relay_state, ctx=ctx
+        )
+    )
+    response = RedirectResponse(safe_return_path(finished.next_path), status_code=303)
+    set_session_cookie(response, request, finished.signed_in.session_id)
+    response.delete_cookie(BINDING_COOKIE, path="/saml/")
+    response.headers["Cache-Control"] = "no-store"
+    return response
