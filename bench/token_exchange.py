@@ -4,9 +4,15 @@ Both run on this machine in the same run, driven at the same fixed rate (open lo
 ``start + i / rate``, and latency is measured from when it was due, so a slow server is not flattered by the
 driver waiting for it). Phase 1 drives the ``oidc-provider`` peer's client-credentials grant (RS256 JWT access
 tokens, RFC 9068); phase 2 exchanges each of those tokens at the broker (verify against the IdP's JWKS,
-single-use ``jti`` in SQLite, policy, ES256 signing, audit-chain append) for a broker access token.
+single-use ``jti`` and the durable audit-chain append in SQLite or PostgreSQL, policy, ES256 signing) for a
+broker access token.
 
     .venv/bin/python bench/token_exchange.py --rate 100 --seconds 5
+    .venv/bin/python bench/token_exchange.py --rate 100 --seconds 10 \
+        --database postgresql://postgres@127.0.0.1:5432/postgres      # a throwaway database is created on it
+
+The broker's abuse limits stay enabled (their cost is measured) but with budgets above the offered rate:
+the benchmark measures the endpoint, not the limiter refusing it.
 
 It prints throughput and p50/p99 latency side by side and the broker/IdP ratio. It only prints: it is not a
 pass/fail test.
@@ -15,6 +21,7 @@ pass/fail test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -22,7 +29,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,15 +97,16 @@ def drive(name: str, count: int, rate: float, call: Callable[[int], bool], worke
     return Result(name, latencies, errors, time.perf_counter() - start)
 
 
-def broker_config(workdir: Path, issuer: str, port: int) -> Path:
+def broker_config(workdir: Path, issuer: str, port: int, database_url: str | None = None) -> Path:
     config = {
         "mode": "production",
         "public_url": f"http://127.0.0.1:{port}",
-        "database_url": f"sqlite:///{workdir / 'broker.db'}",
+        "database_url": database_url or f"sqlite:///{workdir / 'broker.db'}",
         "secret_key": "bench-root-secret-0123456789-abcdefghijklmnop",
         "log_level": "WARNING",
         "session": {"cookie_secure": False},
         "aws": {"federation_endpoint": None},
+        "rate_limits": {"limits": {"token.ip": "10000000/minute", "token.principal": "10000000/minute"}},
         "oauth": {
             "workload_issuers": [
                 {
@@ -123,10 +132,15 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second (both phases)")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each phase")
     parser.add_argument("--workers", type=int, default=32, help="driver threads")
+    parser.add_argument("--database", help="PostgreSQL server URL; a throwaway database is created (default SQLite)")
     args = parser.parse_args()
     count = max(1, int(args.rate * args.seconds))
 
-    with tempfile.TemporaryDirectory(prefix="broker-bench-") as tmp, OidcProvider() as idp:
+    with (
+        throwaway_database(args.database) as database_url,
+        tempfile.TemporaryDirectory(prefix="broker-bench-") as tmp,
+        OidcProvider() as idp,
+    ):
         idp.start(
             {
                 "clients": [
@@ -144,7 +158,7 @@ def main() -> None:
             }
         )
         port = free_port()
-        config = broker_config(Path(tmp), idp.issuer, port)
+        config = broker_config(Path(tmp), idp.issuer, port, database_url)
         env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
         env["BROKER_CONFIG"] = str(config)
         server = subprocess.Popen(
@@ -206,7 +220,8 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=10)
 
-    print(f"\n{count} requests per phase at {args.rate:g}/s offered, {args.workers} driver threads\n")
+    store = "PostgreSQL" if args.database else "SQLite"
+    print(f"\n{count} requests per phase at {args.rate:g}/s offered, {args.workers} driver threads, {store}\n")
     print(f"{'endpoint':<36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for r in results:
         print(f"{r.name:<36} {r.throughput:>8.1f} {r.percentile(50):>8.2f} {r.percentile(99):>8.2f} {r.errors:>7}")
@@ -216,6 +231,27 @@ def main() -> None:
         f"p50 {broker_result.percentile(50) / idp_result.percentile(50):.2f}x, "
         f"p99 {broker_result.percentile(99) / idp_result.percentile(99):.2f}x"
     )
+
+
+@contextlib.contextmanager
+def throwaway_database(server_url: str | None) -> Iterator[str | None]:
+    """A fresh PostgreSQL database on ``server_url`` for this run (dropped afterwards), or None for SQLite."""
+    if server_url is None:
+        yield None
+        return
+    from sqlalchemy import create_engine, text
+
+    base = store_db.normalize_url(server_url)
+    name = f"broker_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 if __name__ == "__main__":

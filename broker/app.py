@@ -14,15 +14,18 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from broker.audit import Clock, utcnow
-from broker.aws.sts import Sts
 from broker.federation import Broker
 from broker.keys import Keys
 from broker.logs import get_logger
+from broker.monitoring import Metrics, TimedSts
 from broker.oauth.server import OAuthServer
 from broker.oauth.tokens import TokenService
+from broker.operations import Operations, build_revoker
+from broker.ratelimit import RateLimiter
 from broker.settings import OidcStoreConfig, Settings
 from broker.store.db import Database
-from broker.web import errors, health, oauth, oidc, portal, saml
+from broker.web import admin, errors, health, mfa, oauth, oidc, portal, saml
+from broker.web.hardening import RequestLimits
 
 WEB = Path(__file__).parent / "web"
 log = get_logger("broker.access")
@@ -40,8 +43,14 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     # of an AWS access key.
     tokens = TokenService(settings, db=db, keys=Keys(settings.secret_key), clock=clock)
     web_identity = tokens.web_identity_token if settings.aws.mode == "web_identity" else None
-    broker = Broker(settings, db=db, sts=Sts(settings.aws, web_identity_token=web_identity), clock=clock)
+    # Metrics and alerts, temporary privilege and revocation, the background worker (issue 8).
+    metrics = Metrics()
+    sts = TimedSts(settings.aws, web_identity_token=web_identity, metrics=metrics)
+    broker = Broker(settings, db=db, sts=sts, clock=clock)
+    operations = Operations(broker, metrics=metrics, revoker=build_revoker(broker))
     oauth_server = OAuthServer(broker, tokens=tokens)
+    # Abuse limits (broker/ratelimit.py): in-process counters, or shared through Redis across processes.
+    ratelimiter = RateLimiter(settings.rate_limits, keys=broker.keys, audit=broker.audit, db=db)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -56,8 +65,11 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
                 "identity_stores": [s.name for s in settings.identity_stores],
             },
         )
+        operations.start()
         yield
+        operations.stop()
         oauth_server.close()
+        ratelimiter.close()
         db.dispose()
 
     app = FastAPI(
@@ -69,12 +81,22 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     )
     app.state.broker = broker
     app.state.oauth = oauth_server
+    app.state.operations = operations
+    app.state.ratelimiter = ratelimiter
     app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
     app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     errors.install(app)
     app.include_router(health.router)
     app.include_router(portal.router)
+    app.include_router(mfa.router)
     app.include_router(oauth.router)
+    app.include_router(admin.router)
+    if settings.oauth.cli.enabled:
+        # The credential helper's sign-in (authorize, device, revoke) and its bearer API (issue 6).
+        from broker.web import api, native_apps
+
+        app.include_router(native_apps.router)
+        app.include_router(api.router)
     app.include_router(oidc.router)
     app.include_router(saml.router)
 
@@ -86,8 +108,11 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         "/".join(s.issuer.split("/", 3)[:3]) for s in settings.identity_stores if isinstance(s, OidcStoreConfig)
     }
     form_action = " ".join([form_action, *sorted(idp_origins)])
+    if settings.oauth.cli.enabled:
+        # ... and, from the CLI consent page, to the helper's one-shot loopback listener (RFC 8252 section 7.3).
+        form_action += " http://127.0.0.1:*"
     csp = CSP.format(form_action=form_action).strip()
-    hsts = settings.public_url.startswith("https://")
+    hsts = settings.public_url.startswith("https://") or settings.server.tls_cert_file is not None
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -99,6 +124,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
         if hsts:
             response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         # The path only: query strings may carry codes and state values.
@@ -114,6 +141,10 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         )
         return response
 
+    # Outermost of the app's own middleware: size caps apply before routing, parsing or the log line.
+    app.add_middleware(
+        RequestLimits, max_body_bytes=settings.server.max_body_bytes, max_header_bytes=settings.server.max_header_bytes
+    )
     return app
 
 

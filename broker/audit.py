@@ -81,6 +81,9 @@ class AuditTrail:
         self._chain_key = keys.key("audit-chain")
         self._keys = keys
         self._clock = clock
+        # Called with every appended event, inside its transaction (metrics and alerts, ``broker.monitoring``).
+        # An observer must be cheap and must not raise; one that does is ignored, never the audit write.
+        self.observers: list[Callable[[AuditEvent], None]] = []
 
     def ref(self, value: str | bytes) -> str:
         """A keyed HMAC that identifies a secret value (for correlation) without revealing it."""
@@ -137,6 +140,11 @@ class AuditTrail:
         )
         row.hash = self._hash(head.hash, _hashed_fields(row))
         queries.insert_audit_event(session, head=head, event=row)
+        for observer in self.observers:
+            try:
+                observer(row)
+            except Exception:  # noqa: S112 - monitoring must never break the audit write
+                continue
         return row
 
     def record(self, db: Database, **kwargs: Any) -> AuditEvent:

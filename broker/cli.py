@@ -36,6 +36,25 @@ def _register_client() -> None:
 
 _register_client()
 
+
+def _register_mfa() -> None:
+    from broker.mfa.commands import register
+
+    register(app, panel=SERVER)
+
+
+_register_mfa()
+
+
+def _register_admin() -> None:
+    # Requests, revocation, principals, sessions, issuances, audit search, access report (issue 8).
+    from broker.admin_cli import register
+
+    register(app, audit_app, panel="Administer access (operator)")
+
+
+_register_admin()
+
 out = Console()
 err = Console(stderr=True)
 DEFAULT_CONFIG = "config/broker.yaml"
@@ -158,6 +177,10 @@ def serve(
 
     logs.configure(settings.log_level, json=settings.log_json)
     os.environ["BROKER_CONFIG"] = str(config)
+    server = settings.server
+    # X-Forwarded-For/-Proto only from the configured proxies; otherwise the TCP peer is the client (a client
+    # could otherwise pick its own address and escape per-address limits and source_cidrs).
+    trusted = [str(net) for net in server.forwarded_allow_ips]
     uvicorn.run(
         "broker.app:from_environment",
         factory=True,
@@ -166,7 +189,13 @@ def serve(
         workers=workers,
         log_config=None,
         access_log=False,
-        proxy_headers=False,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+        server_header=False,
+        timeout_graceful_shutdown=20,
+        # HTTPS without a terminating proxy (server.tls_cert_file / tls_key_file).
+        ssl_certfile=str(server.tls_cert_file) if server.tls_cert_file else None,
+        ssl_keyfile=str(server.tls_key_file) if server.tls_key_file else None,
     )
 
 

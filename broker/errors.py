@@ -177,6 +177,57 @@ class AuditUnavailable(ServiceUnavailable):
     default_message = "The audit trail is unavailable, so no credentials were issued. Try again in a minute."
 
 
+# ---------------------------------------------------------------- device flow and bearer tokens (issue 6)
+
+
+class AuthorizationPending(BrokerError):
+    """RFC 8628 section 3.5 ``authorization_pending``: the user has not confirmed the code yet (keep polling)."""
+
+    code = "authorization_pending"
+    status = 400
+    default_message = "The sign-in is waiting for you to confirm the code in your browser."
+
+
+class SlowDown(BrokerError):
+    """RFC 8628 section 3.5 ``slow_down``: polled faster than the interval; the interval grows by 5 seconds."""
+
+    code = "slow_down"
+    status = 400
+    default_message = "Polling too fast: wait 5 seconds longer between requests."
+
+
+class ExpiredToken(BrokerError):
+    """RFC 8628 section 3.5 ``expired_token``: the device code expired; start a new sign-in."""
+
+    code = "expired_token"
+    status = 400
+    default_message = "The sign-in code expired. Run `broker login` again."
+
+
+class AuthorizationDeclined(BrokerError):
+    """RFC 8628 section 3.5 / RFC 6749 section 4.1.2.1 ``access_denied``: the user refused the request."""
+
+    code = "access_denied"
+    status = 400
+    default_message = "The sign-in was denied in the browser."
+
+
+class UnsupportedResponseType(BrokerError):
+    """RFC 6749 section 4.1.2.1 ``unsupported_response_type``: only ``code`` is offered."""
+
+    code = "unsupported_response_type"
+    status = 400
+    default_message = "Only response_type=code is supported."
+
+
+class InvalidToken(BrokerError):
+    """RFC 6750 section 3.1 ``invalid_token``: the bearer token is missing, expired, revoked or malformed."""
+
+    code = "invalid_token"
+    status = 401
+    default_message = "The access token is not valid. Run `broker login` to sign in again."
+
+
 class ConfigError(Exception):
     """Configuration problems, each with the YAML path it concerns. Not an HTTP error: raised at start-up."""
 

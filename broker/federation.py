@@ -33,7 +33,17 @@ from broker.errors import (
 )
 from broker.identity import Channel, Credentials, Identity, MfaLevel
 from broker.keys import Keys
-from broker.policy import AccessRequest, Decision, decide, effective_duration, grants, visible_roles
+from broker.mfa.service import MfaService
+from broker.policy import (
+    AccessRequest,
+    ActiveGrant,
+    Decision,
+    decide,
+    effective_duration,
+    grants,
+    mfa_shortfall,
+    visible_roles,
+)
 from broker.settings import OidcStoreConfig, RoleConfig, SamlStoreConfig, Settings
 from broker.store import queries
 from broker.store.db import Database
@@ -113,6 +123,8 @@ class Broker:
             if isinstance(s, SamlStoreConfig)
         }
         self.connectors.update(self.saml_connectors)
+        # Factors the broker holds itself (TOTP, WebAuthn, recovery codes): step-up after any sign-in.
+        self.mfa = MfaService(settings, db=db, keys=self.keys, audit=self.audit, clock=lambda: self.clock())
 
     def sign_in_options(self) -> list[Connector]:
         """Every configured identity store, in configuration order, for the sign-in page."""
@@ -328,7 +340,12 @@ class Broker:
         and the role and the identity's IdP is configured to step up; otherwise None (issue decides)."""
         connector = self.oidc_connectors.get(identity.store)
         config = self.settings.role(role)
-        if connector is None or config is None or identity.mfa.level >= config.mfa or not grants(config, identity):
+        if (
+            connector is None
+            or config is None
+            or mfa_shortfall(identity, config, self.clock()) is None
+            or not grants(config, identity)
+        ):
             return None
         acr_values = connector.step_up_acr_values(config.mfa)
         if not acr_values:
@@ -395,8 +412,11 @@ class Broker:
         views = []
         for role in visible_roles(identity, self.settings.roles):
             missing = None
-            if identity.mfa.level < role.mfa:
+            shortfall = mfa_shortfall(identity, role, self.clock())
+            if shortfall is not None:
                 missing = f"needs {role.mfa.label.replace('_', '-')} sign-in"
+                if shortfall[0] == "mfa_stale":
+                    missing += f" within the last {role.mfa_max_age_minutes} minutes"
             ceiling = effective_duration(role, role.max_duration_seconds, role_chaining=self.settings.aws.role_chaining)
             oidc = self.oidc_connectors.get(identity.store)
             step_up = bool(missing and oidc and oidc.step_up_acr_values(role.mfa))
@@ -418,6 +438,20 @@ class Broker:
 
         ``audit_detail`` adds to every audit event of this issuance (e.g. a token exchange's ``act`` chain).
         """
+        with self.db.transaction() as session:
+            disabled = queries.principal_disabled(session, store=identity.store, subject=identity.subject)
+        if disabled:
+            # Checked at every issuance, whatever the channel: a disabled person's sessions, CLI sign-ins and
+            # tokens may outlive the moment they were disabled, their credentials may not.
+            raise self.audit.deny(
+                self.db,
+                AccessDenied("This account is disabled. Ask an administrator.", reason="principal_disabled"),
+                event="credentials",
+                identity=identity,
+                channel=channel.value,
+                ctx=ctx,
+                detail={"role": role},
+            )
         request = AccessRequest(
             role=role,
             channel=channel,
@@ -425,7 +459,9 @@ class Broker:
             client_ip=ctx.client_ip,
             role_chaining=self.settings.aws.role_chaining,
         )
-        decision = decide(identity, self.settings.roles, request, self.clock())
+        decision = decide(
+            identity, self.settings.roles, request, self.clock(), active_grants=self.active_grants(identity, role)
+        )
         audit_args: dict[str, Any] = {
             "event": "credentials",
             "identity": identity,
@@ -434,11 +470,12 @@ class Broker:
         }
         if not decision.allowed:
             error: BrokerError
-            if decision.reason == "mfa_insufficient":
+            if decision.reason in ("mfa_insufficient", "mfa_stale"):
                 error = (
                     MfaRequired(
                         f"This role needs a {decision.role.mfa.label.replace('_', '-')} sign-in "
-                        "(multi-factor). Sign in again with a stronger factor.",
+                        "(multi-factor). Sign in again with a stronger factor, or confirm with your security key "
+                        "or authenticator app at /mfa/verify.",
                         reason=decision.reason,
                     )
                     if decision.role
@@ -508,6 +545,7 @@ class Broker:
                         "issuance_id": row.id,
                         "break_glass": identity.break_glass,
                         "why": list(decision.reasons),
+                        "access_request_id": decision.grant_request_id,
                         **(audit_detail or {}),
                     },
                 )
@@ -516,6 +554,15 @@ class Broker:
             # The credentials exist at AWS but are never handed out: no audit row, no credentials.
             raise AuditUnavailable() from exc
         return Issued(credentials, decision, issuance_id)
+
+    def active_grants(self, identity: Identity, role: str) -> tuple[ActiveGrant, ...]:
+        """Open just-in-time windows (``broker.elevation``), read only for roles that need a request."""
+        config = self.settings.role(role)
+        if config is None or config.requires_request is None:
+            return ()
+        with self.db.transaction() as session:
+            rows = queries.open_grants_for(session, store=identity.store, subject=identity.subject, now=self.clock())
+            return tuple(ActiveGrant(r.role_name, r.id, r.grant_ends_at) for r in rows if r.grant_ends_at)
 
     def console_url(
         self,

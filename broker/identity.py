@@ -37,12 +37,55 @@ class Channel(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Factor:
+    """One proof held by this session, with its time: the IdP's sign-in, or a factor completed at the broker.
+
+    ``method`` is ``idp`` for the identity provider's evidence, else the broker factor (``totp``,
+    ``webauthn``, ``recovery_code``); ``level`` is what that proof alone is worth.
+    """
+
+    method: str
+    level: MfaLevel
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "level": self.level.label, "at": self.at.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Factor:
+        return cls(str(data["method"]), MfaLevel.parse(str(data["level"])), datetime.fromisoformat(data["at"]))
+
+
+@dataclass(frozen=True)
 class MfaEvidence:
-    """What the sign-in proved, with when: ``methods`` are RFC 8176 ``amr`` names or broker factors."""
+    """What the sign-in proved, with when: ``methods`` are RFC 8176 ``amr`` names or broker factors.
+
+    ``level`` is the strongest proof this session holds (the IdP's, raised by broker factors), so every reader
+    of ``level`` sees broker factors. ``factors`` lists each proof with its time once a broker factor was
+    added (the IdP's evidence first, as method ``idp``); :meth:`level_since` uses them for freshness.
+    """
 
     level: MfaLevel = MfaLevel.NONE
     methods: tuple[str, ...] = ()
     authenticated_at: datetime | None = None
+    factors: tuple[Factor, ...] = ()
+
+    def with_factor(self, factor: Factor, amr: str) -> MfaEvidence:
+        """This evidence plus one factor completed at the broker (``amr``: its RFC 8176 method name)."""
+        factors = self.factors
+        if not factors and self.authenticated_at is not None and self.level > MfaLevel.NONE:
+            factors = (Factor("idp", self.level, self.authenticated_at),)
+        methods = self.methods if amr in self.methods else (*self.methods, amr)
+        return MfaEvidence(max(self.level, factor.level), methods, self.authenticated_at, (*factors, factor))
+
+    def level_since(self, since: datetime | None) -> MfaLevel:
+        """The strongest level proven at or after ``since`` (``None``: at any time in this session)."""
+        if since is None:
+            return self.level
+        if not self.factors:
+            fresh = self.authenticated_at is not None and self.authenticated_at >= since
+            return self.level if fresh else MfaLevel.NONE
+        return max((f.level for f in self.factors if f.at >= since), default=MfaLevel.NONE)
 
 
 @dataclass(frozen=True)
@@ -77,6 +120,7 @@ class Identity:
                 "level": self.mfa.level.label,
                 "methods": list(self.mfa.methods),
                 "authenticated_at": self.mfa.authenticated_at.isoformat() if self.mfa.authenticated_at else None,
+                "factors": [f.to_json() for f in self.mfa.factors],
             },
             "break_glass": self.break_glass,
         }
@@ -97,6 +141,7 @@ class Identity:
                 level=MfaLevel.parse(mfa.get("level", "none")),
                 methods=tuple(mfa.get("methods") or ()),
                 authenticated_at=datetime.fromisoformat(at) if at else None,
+                factors=tuple(Factor.from_json(f) for f in mfa.get("factors") or ()),
             ),
             break_glass=bool(data.get("break_glass")),
         )

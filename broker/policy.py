@@ -13,7 +13,8 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from broker.identity import Channel, Identity, MfaLevel
 from broker.settings import STS_MAX_DURATION, STS_MIN_DURATION, AudienceBinding, GrantRule, RoleConfig
@@ -41,6 +42,15 @@ class AccessRequest:
 
 
 @dataclass(frozen=True)
+class ActiveGrant:
+    """An approved just-in-time window for one role (``broker.elevation``), passed to :func:`decide` as data."""
+
+    role: str
+    request_id: int
+    ends_at: datetime
+
+
+@dataclass(frozen=True)
 class Decision:
     allowed: bool
     reason: str
@@ -56,6 +66,8 @@ class Decision:
     session_policy: str | None = None
     policy_digest: str | None = None
     policy_arns: tuple[str, ...] = ()
+    # The just-in-time request whose approval made this role usable, if any.
+    grant_request_id: int | None = None
 
 
 def _deny(reason: str, *reasons: str, role: RoleConfig | None = None, required_mfa: MfaLevel | None = None) -> Decision:
@@ -129,6 +141,27 @@ def effective_duration(role: RoleConfig, requested: int | None, *, role_chaining
     return max(STS_MIN_DURATION, min(wanted, ceiling))
 
 
+def mfa_shortfall(identity: Identity, role: RoleConfig, now: datetime) -> tuple[str, str] | None:
+    """Why this identity's MFA evidence does not meet the role, as (reason code, sentence); None if it does.
+
+    The evidence is the IdP's plus every factor completed at the broker in this session, each with its time;
+    a role with ``mfa_max_age_minutes`` counts only proofs at least that recent (a step-up for sensitive roles).
+    """
+    if identity.mfa.level < role.mfa:
+        return (
+            "mfa_insufficient",
+            f"role {role.name!r} needs {role.mfa.label}, this sign-in has {identity.mfa.level.label}",
+        )
+    if role.mfa_max_age_minutes is not None and role.mfa > MfaLevel.NONE:
+        since = now - timedelta(minutes=role.mfa_max_age_minutes)
+        if identity.mfa.level_since(since) < role.mfa:
+            return (
+                "mfa_stale",
+                f"role {role.name!r} needs {role.mfa.label} proven within the last {role.mfa_max_age_minutes} minutes",
+            )
+    return None
+
+
 def _client_allowed(role: RoleConfig, client_ip: str | None) -> bool:
     if not role.source_cidrs:
         return True
@@ -141,20 +174,43 @@ def _client_allowed(role: RoleConfig, client_ip: str | None) -> bool:
     return any(address in network for network in role.source_cidrs)
 
 
-def decide(identity: Identity, roles: Sequence[RoleConfig], request: AccessRequest, now: datetime) -> Decision:
-    """Default deny: grant ``request.role`` only if every check passes. ``now`` is for time-bound rules."""
+def within_allowed_hours(role: RoleConfig, now: datetime) -> bool:
+    """True when ``now`` falls in the role's ``allowed_hours`` (always, when it has none)."""
+    hours = role.allowed_hours
+    if hours is None:
+        return True
+    local = now.astimezone(ZoneInfo(hours.timezone))
+    day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[local.weekday()]
+    return day in hours.days and hours.start_hour <= local.hour < hours.end_hour
+
+
+def active_grant(role: RoleConfig, grants_held: Sequence[ActiveGrant], now: datetime) -> ActiveGrant | None:
+    """The approved window for this role that lasts longest from ``now``, if one is open."""
+    open_ = [g for g in grants_held if g.role == role.name and g.ends_at > now]
+    return max(open_, key=lambda g: g.ends_at) if open_ else None
+
+
+def decide(
+    identity: Identity,
+    roles: Sequence[RoleConfig],
+    request: AccessRequest,
+    now: datetime,
+    *,
+    active_grants: Sequence[ActiveGrant] = (),
+) -> Decision:
+    """Default deny: grant ``request.role`` only if every check passes. ``now`` is for time-bound rules.
+
+    ``active_grants`` are the identity's approved just-in-time windows (read by the caller): a role with
+    ``requires_request`` is usable only inside one, and its credentials are capped to the window's end.
+    """
     role = next((r for r in roles if r.name == request.role), None)
     if role is None:
         return _deny("role_unknown", f"no role named {request.role!r}")
     if not grants(role, identity):
         return _deny("role_not_granted", f"no grant rule of role {role.name!r} matches this identity", role=role)
-    if identity.mfa.level < role.mfa:
-        return _deny(
-            "mfa_insufficient",
-            f"role {role.name!r} needs {role.mfa.label}, this sign-in has {identity.mfa.level.label}",
-            role=role,
-            required_mfa=role.mfa,
-        )
+    shortfall = mfa_shortfall(identity, role, now)
+    if shortfall is not None:
+        return _deny(shortfall[0], shortfall[1], role=role, required_mfa=role.mfa)
     if not _client_allowed(role, request.client_ip):
         return _deny(
             "source_ip_not_allowed",
@@ -163,6 +219,17 @@ def decide(identity: Identity, roles: Sequence[RoleConfig], request: AccessReque
         )
     if request.duration_seconds is not None and request.duration_seconds < 0:
         return _deny("duration_invalid", "duration must be positive", role=role)
+    if not within_allowed_hours(role, now):
+        return _deny("outside_allowed_hours", f"role {role.name!r} may not be used at this time", role=role)
+    window: ActiveGrant | None = None
+    if role.requires_request is not None:
+        window = active_grant(role, active_grants, now)
+        if window is None:
+            return _deny(
+                "request_required",
+                f"role {role.name!r} needs an approved access request; none is active for this identity",
+                role=role,
+            )
 
     tags: dict[str, str] = {}
     for key, template in role.session_tags.items():
@@ -189,6 +256,12 @@ def decide(identity: Identity, roles: Sequence[RoleConfig], request: AccessReque
 
     duration = effective_duration(role, request.duration_seconds, role_chaining=request.role_chaining)
     reasons = [f"granted by role {role.name!r}"]
+    if window is not None:
+        # Credentials should not outlive the approval; STS cannot go below its minimum, and revocation at the
+        # window's end (broker.revocation) covers the remainder.
+        remaining = int((window.ends_at - now) / timedelta(seconds=1))
+        duration = max(STS_MIN_DURATION, min(duration, remaining))
+        reasons.append(f"within access request {window.request_id}, approved until {window.ends_at.isoformat()}")
     if request.duration_seconds and duration != request.duration_seconds:
         reasons.append(f"duration clamped from {request.duration_seconds}s to {duration}s")
     return Decision(
@@ -205,6 +278,7 @@ def decide(identity: Identity, roles: Sequence[RoleConfig], request: AccessReque
         session_policy=policy,
         policy_digest=digest,
         policy_arns=tuple(role.policy_arns),
+        grant_request_id=window.request_id if window else None,
     )
 
 

@@ -82,6 +82,8 @@ class AwsSettings(Strict):
     region: str = "us-east-1"
     # Set to the STS emulator in development and tests; None means AWS's regional endpoint.
     sts_endpoint_url: str | None = None
+    # IAM endpoint for revocation (PutRolePolicy); None: the STS endpoint when set (emulators), else AWS's.
+    iam_endpoint_url: str | None = None
     # AWS's console federation endpoint. AWS offers no emulator for it; tests point this at a stand-in.
     federation_endpoint: str | None = "https://signin.aws.amazon.com/federation"
     console_destination: str = "https://console.aws.amazon.com/"
@@ -309,6 +311,49 @@ def _is_admin_statement(statement: Any) -> bool:
     return has_star("Action") and has_star("Resource")
 
 
+# ---------------------------------------------------------------- just-in-time access and allowed hours (issue 8)
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class RequiresRequest(Strict):
+    """A role nobody holds standing: eligible people (its grant rules) ask, someone in ``approvers`` approves,
+    and the role is usable for the approved window only (``broker.elevation``)."""
+
+    approvers: list[str] = Field(min_length=1)
+    # The longest window one approval may open; a request asking for more is capped to this.
+    max_duration_seconds: int = Field(4 * 3600, ge=STS_MIN_DURATION, le=7 * 24 * 3600)
+    # A request nobody answers within this expires (and its requester is told).
+    request_ttl_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
+
+
+class AllowedHours(Strict):
+    """When a role may be issued: ``start_hour`` <= local hour < ``end_hour`` on ``days``, in ``timezone``."""
+
+    timezone: str = "UTC"
+    start_hour: int = Field(0, ge=0, le=23)
+    end_hour: int = Field(24, ge=1, le=24)
+    days: list[Weekday] = list(WEEKDAYS)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Berlin") from None
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> AllowedHours:
+        if self.start_hour >= self.end_hour:
+            raise ValueError("start_hour must be before end_hour")
+        return self
+
+
 class RoleConfig(Strict):
     name: str = Field(pattern=_NAME.pattern)
     description: str = ""
@@ -316,6 +361,8 @@ class RoleConfig(Strict):
     account_name: str | None = None
     grant: list[GrantRule] = Field(min_length=1)
     mfa: MfaLevel = MfaLevel.MFA
+    # Step-up for sensitive roles: the proof of `mfa` must be younger than this (IdP sign-in or broker factor).
+    mfa_max_age_minutes: int | None = Field(None, ge=1, le=24 * 60)
     max_duration_seconds: int = Field(3600, ge=STS_MIN_DURATION, le=STS_MAX_DURATION)
     default_duration_seconds: int | None = Field(None, ge=STS_MIN_DURATION, le=STS_MAX_DURATION)
     session_policy: dict[str, Any] | None = None
@@ -324,6 +371,9 @@ class RoleConfig(Strict):
     session_tags: dict[str, str] = {}
     transitive_tags: list[str] = []
     source_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    # Just-in-time: the grant rules say who may *ask*; only an approved request makes the role usable.
+    requires_request: RequiresRequest | None = None
+    allowed_hours: AllowedHours | None = None
 
     @field_validator("mfa", mode="before")
     @classmethod
@@ -538,6 +588,22 @@ class TokenSettings(Strict):
     web_identity_ttl_seconds: int = Field(300, ge=60, le=3600)
 
 
+class CliSettings(Strict):
+    """The credential helper's sign-in (issue 6; ``broker.oauth.device``, ``authorization_code``, ``refresh``).
+
+    The helper is the public client ``broker-cli`` (RFC 8252 section 8.4: no secret, PKCE instead)."""
+
+    enabled: bool = True
+    # A CLI sign-in lasts this long at most, and never longer than the browser session that approved it
+    # (the MFA proof is that session's). Refresh tokens rotate inside that window but never extend it.
+    refresh_token_ttl_hours: int = Field(12, ge=1, le=7 * 24)
+    # RFC 8628 section 3.2: how long the user has to confirm the code, and the minimum polling interval.
+    device_code_ttl_seconds: int = Field(600, ge=60, le=1800)
+    device_poll_interval_seconds: int = Field(5, ge=1, le=60)
+    # RFC 6749 section 4.1.2: authorization codes are short-lived (10 minutes at most; one is plenty here).
+    authorization_code_ttl_seconds: int = Field(60, ge=10, le=600)
+
+
 class OAuthSettings(Strict):
     """The token endpoint: trusted workload issuers, clients, internal audiences, the broker's tokens."""
 
@@ -545,6 +611,7 @@ class OAuthSettings(Strict):
     clients: list[OAuthClientConfig] = []
     audiences: list[AudienceBinding] = []
     tokens: TokenSettings = TokenSettings()
+    cli: CliSettings = CliSettings()
     # When true, every token request must carry client authentication, not only a workload token.
     require_client_authentication: bool = False
     # Form bodies larger than this are refused before parsing.
@@ -577,6 +644,177 @@ class OAuthSettings(Strict):
         return next((c for c in self.clients if c.client_id == client_id), None)
 
 
+# ---------------------------------------------------------------- hardening and scale-out (issue 9)
+
+
+class RateLimitSettings(Strict):
+    """Abuse limits (``broker.ratelimit``). ``storage_url`` ``memory://`` keeps counters in each process;
+    ``redis://host:6379`` shares them between every broker process behind the load balancer."""
+
+    enabled: bool = True
+    storage_url: str = "memory://"
+    # Overrides of ``broker.ratelimit.DEFAULT_LIMITS``, keyed "<name>.<ip|principal>", e.g.
+    # {"login.ip": "30/minute"}; the value is a `limits` expression ("10/minute", "100 per hour").
+    limits: dict[str, str] = {}
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        if not re.match(r"^(memory://$|rediss?://)", value):
+            raise ValueError("must be memory:// or a redis:// / rediss:// URL")
+        return value
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, value: dict[str, str]) -> dict[str, str]:
+        from limits import parse_many
+
+        for key, expression in value.items():
+            if not re.match(r"^[a-z0-9_-]+\.(ip|principal)$", key):
+                raise ValueError(f"{key!r}: keys are <name>.ip or <name>.principal")
+            try:
+                parse_many(expression)
+            except ValueError:
+                raise ValueError(f"{key}: {expression!r} is not a rate such as 10/minute") from None
+        return value
+
+
+class ServerSettings(Strict):
+    """How ``broker serve`` listens: request size caps, trusted proxies, TLS without a terminating proxy."""
+
+    # Whole request bodies above this are refused with 413 before any route reads them (routes may cap lower).
+    # The default stays above the SAML ACS's own audited cap (512 kB) so that refusal keeps its SAML reason.
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=4096, le=16 * 1024 * 1024)
+    # All request headers together (names and values) above this are refused with 431 (RFC 6585 section 5).
+    max_header_bytes: int = Field(16384, ge=2048, le=262144)
+    # X-Forwarded-For / -Proto are honoured only from these peer addresses (uvicorn forwarded_allow_ips);
+    # empty: never (the TCP peer is the client).
+    forwarded_allow_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    # Serve HTTPS directly: PEM certificate chain and private key paths.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls(self) -> ServerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} does not exist")
+        return self
+
+
+# ---------------------------------------------------------------- administration, notifications, alerts (issue 8)
+
+
+class AdminSettings(Strict):
+    """Who may use the admin API (``/api/v1/admin``): membership of these IdP groups. Empty: nobody."""
+
+    admin_groups: list[str] = []
+    auditor_groups: list[str] = []
+    # Changes (revoke, approve, disable) need at least this sign-in strength; reads need ``read_mfa``.
+    change_mfa: MfaLevel = MfaLevel.PHISHING_RESISTANT
+    read_mfa: MfaLevel = MfaLevel.MFA
+
+    @field_validator("change_mfa", "read_mfa", mode="before")
+    @classmethod
+    def _mfa(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return MfaLevel.parse(value)
+            except KeyError:
+                raise ValueError("must be one of none, mfa, phishing_resistant") from None
+        return value
+
+
+class NotificationSettings(Strict):
+    """Slack-compatible webhook (``{"text": ...}``) for requests, approvals, revocations and alerts.
+
+    Deliveries are queued in the database and sent by a background worker (``broker.notify``), so a slow or
+    failing receiver never blocks a request; failures are retried and then audited.
+    """
+
+    # A Slack incoming-webhook URL is itself a credential: env:NAME or file:/path.
+    webhook_url: Secret | None = None
+    timeout_seconds: float = Field(5.0, gt=0, le=30)
+    max_attempts: int = Field(5, ge=1, le=20)
+    # Backoff before attempt n+1 is retry_base_seconds * 2**(n-1).
+    retry_base_seconds: float = Field(10.0, gt=0, le=3600)
+
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any) -> Any:
+        return resolve_secret(value)
+
+
+class AlertSettings(Strict):
+    """Suspicious-behaviour alerts (``broker.monitoring``): audit events plus a webhook call."""
+
+    enabled: bool = True
+    # This many refusals (or MFA failures) for one principal within the window is a burst.
+    burst_threshold: int = Field(5, ge=2, le=1000)
+    burst_window_seconds: int = Field(300, ge=10, le=86400)
+    # A sign-in from outside every network (this prefix) the user signed in from before is "new".
+    ipv4_prefix: int = Field(24, ge=8, le=32)
+    ipv6_prefix: int = Field(64, ge=16, le=128)
+    # How often the background worker sweeps expired requests and ended grants and sends deliveries.
+    worker_interval_seconds: float = Field(15.0, gt=0, le=3600)
+
+
+# ---------------------------------------------------------------- MFA held by the broker (issue 5)
+
+
+class MfaSettings(Strict):
+    """Factors the broker itself holds (``broker.mfa``): TOTP, WebAuthn, recovery codes, lockout."""
+
+    # AES-256-GCM keys for TOTP secrets at rest (any string of 32+ characters, from env:NAME or file:/path).
+    # The first encrypts; every key decrypts, so rotation is: prepend the new key, keep the old ones until
+    # `broker mfa rotate-key` has re-encrypted every secret. Empty: a key derived from secret_key.
+    encryption_keys: list[Secret] = []
+    # The label authenticator apps show next to the account name.
+    totp_issuer: str = Field("Identity broker", min_length=1, max_length=64)
+    # WebAuthn relying party: the RP ID defaults to public_url's host, the allowed origins to its origin.
+    rp_id: str | None = None
+    rp_name: str = Field("Identity broker", min_length=1, max_length=64)
+    origins: list[str] = []
+    # Lockout (per principal): this many failed codes in a row lock the principal's broker factors.
+    max_failures: int = Field(5, ge=1, le=100)
+    # Lockout (per client address): failures against any principal from one address.
+    max_failures_per_address: int = Field(20, ge=1, le=1000)
+    # Failures older than this no longer count towards a lockout.
+    failure_window_seconds: int = Field(900, ge=60, le=86400)
+    # The first lockout lasts this long, each further one twice as long as the last, up to the maximum.
+    lockout_seconds: int = Field(60, ge=1, le=3600)
+    max_lockout_seconds: int = Field(3600, ge=1, le=86400)
+    recovery_codes: int = Field(10, ge=4, le=20)
+    # Adding or removing a factor needs a broker factor completed in this session within this many minutes.
+    manage_max_age_minutes: int = Field(15, ge=1, le=240)
+    # Who may approve an operator reset of someone's factors (`broker mfa reset`), with a phishing-resistant
+    # sign-in fresher than reset_max_age_minutes. Empty: nobody can.
+    operators: list[GrantRule] = []
+    reset_max_age_minutes: int = Field(10, ge=1, le=60)
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        resolved = [resolve_secret(item) for item in value]
+        for item in resolved:
+            raw = item.get_secret_value() if isinstance(item, SecretStr) else str(item)
+            if len(raw) < MIN_SECRET_LENGTH:
+                raise ValueError(f"each key must be at least {MIN_SECRET_LENGTH} characters")
+        return resolved
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.match(r"^https?://[^/?#]+$", origin):
+                raise ValueError(f"{origin!r} is not an origin such as https://broker.example.com")
+        return value
+
+
 class Settings(BaseSettings):
     """The whole broker configuration. Build it with :func:`load_settings`; pass it to ``create_app``."""
 
@@ -594,6 +832,12 @@ class Settings(BaseSettings):
     identity_stores: list[IdentityStoreConfig] = []
     roles: list[RoleConfig] = []
     oauth: OAuthSettings = OAuthSettings()
+    mfa: MfaSettings = MfaSettings()
+    admin: AdminSettings = AdminSettings()
+    notifications: NotificationSettings = NotificationSettings()
+    alerts: AlertSettings = AlertSettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
+    server: ServerSettings = ServerSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -146,3 +146,12 @@ def make_config(db_url: str, sts_endpoint: str) -> Callable[..., dict[str, Any]]
         return base_config(db_url, sts_endpoint, **overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for the session; each test opens its own context (fresh cookies and storage)."""
+    from tests.support.browser import launch_chromium
+
+    with launch_chromium() as browser:
+        yield browser

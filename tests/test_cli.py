@@ -97,7 +97,7 @@ def test_readyz_reports_a_database_that_needs_migrating(tmp_path: Path) -> None:
 
     db.upgrade(settings.database_url)
     with Database(settings.database_url).engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = 'old'"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))  # behind this release
     with LiveServer(create_app(settings)) as server:
         response = httpx.get(server.url + "/readyz")
     assert response.status_code == 503 and "broker db upgrade" in response.json()["detail"]

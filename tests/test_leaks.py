@@ -162,3 +162,130 @@ def test_whole_flow_at_debug_leaks_nothing(tmp_path: Path, sts_endpoint: str) ->
         if what != "TOTP code":  # six digits can occur by chance inside hashes; checked in the logs only
             assert value not in dump, f"{what} appears in the database"
     assert creds["AWS_ACCESS_KEY_ID"] in dump  # the key id (not a secret) is recorded for CloudTrail tracing
+
+
+def test_federated_flows_at_debug_leak_nothing(tmp_path: Path, sts_endpoint: str) -> None:
+    """OIDC sign-in, SAML sign-in and token exchange on a `broker serve` process with every logger at DEBUG:
+    logs, every table and the HTTP answers are searched for ID tokens, assertions, codes, client secrets,
+    session cookies and workload/broker tokens."""
+    import base64
+    import re
+    from urllib.parse import parse_qs, urlsplit
+
+    from tests.support.broker_process import BrokerProcess, migrate, write_config
+    from tests.support.oidc_flow import ACCOUNTS, CLIENT_SECRET, provider_config, store_config
+    from tests.support.oidc_provider import OidcProvider, login_over_http
+    from tests.support.saml_broker import USERS, saml_store
+    from tests.support.saml_idp import AC_MFA, SamlIdpServer
+    from tests.support.workload_tokens import TestIssuer
+
+    db_url = f"sqlite:///{tmp_path / 'broker.db'}"
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    cluster = TestIssuer("https://k8s.leak.test")
+    idp = SamlIdpServer(f"{public}/saml/corp/metadata", f"{public}/saml/corp/acs", USERS)
+    idp.start()
+    answers: list[str] = []
+    seen: dict[str, str] = {"oidc client secret": CLIENT_SECRET}
+    try:
+        with OidcProvider() as op:
+            op.start(provider_config(public, "oidc"))
+            config = base_config(
+                db_url,
+                sts_endpoint,
+                public_url=public,
+                log_level="DEBUG",
+                identity_stores=[saml_store(idp), store_config("oidc", op.issuer)],
+                oauth={
+                    "workload_issuers": [
+                        {"name": "k8s", "issuer": cluster.issuer, "jwks": cluster.jwks(), "audiences": ["broker"]}
+                    ],
+                    "audiences": [{"audience": "https://payments.internal", "grant": [{"stores": ["k8s"]}]}],
+                },
+            )
+            path = write_config(tmp_path / "broker.yaml", config)
+            migrate(path)
+            with BrokerProcess(path, port=port) as server, httpx.Client(timeout=30) as browser:
+                # OIDC: authorization code and state travel through the browser; the ID token never should.
+                start = browser.get(f"{public}/login/oidc")
+                callback = login_over_http(browser, start.headers["location"], "alice", ACCOUNTS["alice"]["password"])
+                params = parse_qs(urlsplit(callback.headers["location"]).query)
+                seen["authorization code"] = params["code"][0]
+                seen["oidc state"] = params["state"][0]
+                done = browser.get(callback.headers["location"])
+                answers.append(done.text + _headers(done))
+                seen["oidc session cookie"] = browser.cookies.get("broker_session") or ""
+                browser.cookies.clear()
+                # SAML: the signed response and its assertion.
+                begin = browser.get(f"{public}/saml/corp/login", headers={"Accept": "text/html"})
+                request = idp.idp.parse_authn_request_full(
+                    parse_qs(urlsplit(begin.headers["location"]).query)["SAMLRequest"][0], None
+                )
+                xml = idp.idp.make_response(
+                    name_id="alice@corp.example",
+                    attributes=USERS["alice"].get("attributes"),
+                    authn_context_class_ref=AC_MFA,
+                    in_response_to=request.request_id,
+                )
+                encoded = base64.b64encode(xml.encode()).decode()
+                seen["saml response"] = encoded[:80]
+                seen["saml assertion id"] = re.findall(r'<(?:\w+:)?Assertion\b[^>]*?\bID="([^"]+)"', xml)[0]
+                acs = browser.post(f"{public}/saml/corp/acs", data={"SAMLResponse": encoded})
+                assert acs.status_code == 303, acs.text
+                answers.append(acs.text + _headers(acs))
+                seen["saml session cookie"] = browser.cookies.get("broker_session") or ""
+                # Replay it: the error page must not echo it either.
+                replay = browser.post(f"{public}/saml/corp/acs", data={"SAMLResponse": encoded})
+                answers.append(replay.text)
+                # Token exchange: the workload token in, a broker token out.
+                workload = cluster.token(audience="broker")
+                seen["workload token"] = workload
+                exchanged = httpx.post(
+                    f"{public}/oauth2/token",
+                    data={
+                        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                        "subject_token": workload,
+                        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                        "audience": "https://payments.internal",
+                    },
+                    timeout=30,
+                )
+                assert exchanged.status_code == 200, exchanged.text
+                seen["broker access token"] = exchanged.json()["access_token"]
+                again = httpx.post(
+                    f"{public}/oauth2/token",
+                    data={"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": workload},
+                    timeout=30,
+                )
+                answers.append(again.text)
+            output = server.output
+    finally:
+        idp.stop()
+    assert "/oauth2/token" in output and "debug" in output.lower()  # logs captured, at DEBUG
+    database = Database(db_url)
+    with database.engine.connect() as conn:
+        dump = "\n".join(
+            str(row)
+            for table in (
+                "audit_events",
+                "issuances",
+                "broker_sessions",
+                "principals",
+                "replay_guard",
+                "login_requests",
+            )
+            for row in conn.execute(text(f"SELECT * FROM {table}"))  # noqa: S608 (fixed table names)
+        )
+    database.dispose()
+    for what, value in seen.items():
+        assert value, what
+        assert value not in output, f"{what} appears in the logs"
+        assert value not in dump, f"{what} appears in the database"
+        assert all(value not in answer for answer in answers), f"{what} appears in an HTTP answer"
+    # No JWT at all (ID token, workload token, broker token) in the logs or the database.
+    assert not re.search(r"eyJ[\w-]{10,}\.eyJ[\w-]{10,}\.", output + dump)
+
+
+def _headers(response: httpx.Response) -> str:
+    """Every header but Set-Cookie (where the session cookie legitimately goes, once)."""
+    return str([(k, v) for k, v in response.headers.multi_items() if k.lower() != "set-cookie"])

@@ -111,22 +111,7 @@ class Sts:
             params["Tags"] = [{"Key": k, "Value": v} for k, v in request.tags.items()]
         if request.transitive_tag_keys:
             params["TransitiveTagKeys"] = list(request.transitive_tag_keys)
-        if request.session_policy:
-            params["Policy"] = request.session_policy
-        if request.policy_arns:
-            params["PolicyArns"] = [{"arn": arn} for arn in request.policy_arns]
-        try:
-            response = self._client.assume_role(**params)
-        except (ClientError, BotoCoreError) as exc:
-            raise translate(exc) from None
-        creds = response["Credentials"]
-        return Credentials(
-            access_key_id=creds["AccessKeyId"],
-            secret_access_key=creds["SecretAccessKey"],
-            session_token=creds["SessionToken"],
-            expiration=creds["Expiration"],
-            assumed_role_arn=response.get("AssumedRoleUser", {}).get("Arn", ""),
-        )
+        return self._call(self._client.assume_role, params, request)
 
     def assume_role_with_web_identity(self, request: AssumeRoleRequest, *, web_identity_token: str) -> Credentials:
         """AssumeRoleWithWebIdentity: no AWS key involved; the token proves the broker is asking.
@@ -140,12 +125,17 @@ class Sts:
             "WebIdentityToken": web_identity_token,
             "DurationSeconds": request.duration_seconds,
         }
+        return self._call(self._client.assume_role_with_web_identity, params, request)
+
+    @staticmethod
+    def _call(operation: Any, params: dict[str, Any], request: AssumeRoleRequest) -> Credentials:
+        """Add the session policies both calls share, call STS, and translate its answer or its error."""
         if request.session_policy:
             params["Policy"] = request.session_policy
         if request.policy_arns:
             params["PolicyArns"] = [{"arn": arn} for arn in request.policy_arns]
         try:
-            response = self._client.assume_role_with_web_identity(**params)
+            response = operation(**params)
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc) from None
         creds = response["Credentials"]

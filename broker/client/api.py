@@ -196,20 +196,21 @@ class Broker:
 
     def access_token(self) -> str:
         """Trade the stored refresh token for an access token; the rotated refresh token replaces it."""
-        refresh = store.get_refresh_token(self.url)
-        if not refresh:
-            raise not_signed_in(self.url)
-        try:
-            body = self._token({"grant_type": "refresh_token", "refresh_token": refresh, "client_id": CLIENT_ID})
-        except HelperError as exc:
-            if "invalid_grant" in exc.reason:
-                store.delete_refresh_token(self.url)
-                raise HelperError(
-                    f"your broker sign-in has ended or was revoked: run `broker login --url {self.url}`",
-                    reason="invalid_grant",
-                ) from None
-            raise
-        store.set_refresh_token(self.url, body["refresh_token"])
+        with store.refresh_lock(self.url):
+            refresh = store.get_refresh_token(self.url)
+            if not refresh:
+                raise not_signed_in(self.url)
+            try:
+                body = self._token({"grant_type": "refresh_token", "refresh_token": refresh, "client_id": CLIENT_ID})
+            except HelperError as exc:
+                if "invalid_grant" in exc.reason:
+                    store.delete_refresh_token(self.url)
+                    raise HelperError(
+                        f"your broker sign-in has ended or was revoked: run `broker login --url {self.url}`",
+                        reason="invalid_grant",
+                    ) from None
+                raise
+            store.set_refresh_token(self.url, body["refresh_token"])
         token: str = body["access_token"]
         return token
 

@@ -154,7 +154,12 @@ def configure_aws(
         raise _fail(exc) from None
     finally:
         broker.close()
-    program = shutil.which("broker") or f"{sys.executable} -m broker.cli"
+    # The `broker` installed next to this Python (a virtualenv's), else the one on PATH.
+    program = (
+        shutil.which("broker", path=os.path.dirname(sys.executable))
+        or shutil.which("broker")
+        or f"{sys.executable} -m broker.cli"
+    )
     profiles = {}
     for role in roles:
         values = {"credential_process": f"{program} credential-process --role {role['name']} --url {target}"}

@@ -49,12 +49,18 @@ def fetch(url: str, role: str, duration: int | None) -> bytes:
     from datetime import datetime
 
     from broker.client.api import Broker, HelperError
+    from broker.client.store import refresh_lock
 
-    broker = Broker(url)
-    try:
-        answer = broker.credentials(broker.access_token(), role, duration)
-    finally:
-        broker.close()
+    with refresh_lock(url):
+        # Another helper process may have refreshed while this one waited for the lock.
+        cached = cache.read(url, role, duration)
+        if cached is not None:
+            return cached
+        broker = Broker(url)
+        try:
+            answer = broker.credentials(broker.access_token(), role, duration)
+        finally:
+            broker.close()
     if any(field not in answer for field in _FIELDS):
         raise HelperError("the broker's answer lacked credential fields")
     import json

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from broker.client.paths import config_dir, write_private
+from broker.client.paths import config_dir, private_dir, write_private
 
 SERVICE = "identity-broker"
 
@@ -41,6 +43,42 @@ def load_profile() -> Profile | None:
 
 def save_profile(profile: Profile) -> None:
     write_private(_profile_path(), json.dumps(asdict(profile)).encode())
+
+
+_held: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def refresh_lock(url: str) -> Iterator[None]:
+    """Serialize refresh-token rotation between helper processes on this machine.
+
+    The AWS CLI and SDKs (Terraform with several providers, parallel jobs) may start many
+    ``credential-process`` runs at once; two rotating the same refresh token would look like token theft to
+    the broker, which then revokes the sign-in (reuse detection). Reentrant within one process.
+    """
+    if _held.get(url):
+        _held[url] += 1
+        try:
+            yield
+        finally:
+            _held[url] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent refreshes there may end the sign-in
+        fcntl = None  # type: ignore[assignment]
+    path = os.path.join(private_dir(config_dir()), f"refresh-{zlib.crc32(url.encode()):08x}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _held[url] = 1
+        try:
+            yield
+        finally:
+            _held.pop(url, None)
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _keyring() -> Any | None:

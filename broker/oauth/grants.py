@@ -103,7 +103,17 @@ class TokenEndpoint:
             grant = self.grants.get(grant_type)
             if grant is None:
                 raise UnsupportedGrantType(reason="grant_type_unsupported")
-            client = self.clients.authenticate(authorization=authorization, form=params.first_values())
+            public_client_id: str | None = getattr(grant, "public_client_id", None)
+            client: AuthenticatedClient | None = None
+            if public_client_id is not None:
+                # RFC 8252 section 8.4: a native app is a public client, known by its client_id alone; PKCE or
+                # the device code binds the request to it. Credentials sent anyway are a misconfiguration.
+                if client_id != public_client_id or authorization or "client_assertion" in params.first_values():
+                    raise InvalidClient(
+                        f"This grant is for the public client {public_client_id}.", reason="client.public"
+                    )
+            else:
+                client = self.clients.authenticate(authorization=authorization, form=params.first_values())
             if client is not None:
                 client_id = client.client_id
                 if grant_type not in client.config.grant_types:
@@ -118,7 +128,7 @@ class TokenEndpoint:
                 exc,
                 event="oauth_token",
                 principal=client_id[:256] if client_id else None,
-                channel="service",
+                channel="cli" if client_id == "broker-cli" else "service",
                 ctx=ctx,
                 detail={"grant_type": (grant_type or "")[:100], "client_id": client_id[:256] if client_id else None},
             ) from None

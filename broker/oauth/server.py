@@ -7,14 +7,19 @@ from typing import Any
 import httpx
 
 from broker.federation import Broker
+from broker.oauth.authorization_code import AUTHORIZE_PATH, AuthorizationCodeGrant, AuthorizationFlow
 from broker.oauth.clients import CLIENT_ASSERTION_TYPE, ClientAuthenticator
-from broker.oauth.grants import TokenEndpoint
+from broker.oauth.device import DeviceCodeGrant, DeviceFlow
+from broker.oauth.grants import Grant, TokenEndpoint
+from broker.oauth.refresh import CliSessions, RefreshTokenGrant
 from broker.oauth.token_exchange import TOKEN_TYPE_AWS_CREDENTIALS, TokenExchangeGrant
 from broker.oauth.tokens import TokenService
 from broker.oauth.workload import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, WorkloadVerifier
 
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 (a path, not a secret)
 JWKS_PATH = "/jwks.json"
+DEVICE_AUTHORIZATION_PATH = "/oauth2/device_authorization"
+REVOCATION_PATH = "/oauth2/revoke"
 
 
 class OAuthServer:
@@ -35,12 +40,23 @@ class OAuthServer:
             http=self.http,
             clock=broker.clock,
         )
+        # The credential helper (public client broker-cli): device code, loopback code + PKCE, refresh.
+        self.cli = CliSessions(broker, tokens=tokens)
+        self.device = DeviceFlow(broker, self.cli)
+        self.authorization = AuthorizationFlow(broker, self.cli)
+        grants: list[Grant] = [TokenExchangeGrant(broker, verifier=self.verifier, tokens=tokens)]
+        if settings.oauth.cli.enabled:
+            grants += [
+                DeviceCodeGrant(broker, self.cli),
+                AuthorizationCodeGrant(broker, self.cli),
+                RefreshTokenGrant(self.cli),
+            ]
         self.endpoint = TokenEndpoint(
             db=broker.db,
             audit=broker.audit,
             keys=broker.keys,
             clients=clients,
-            grants=[TokenExchangeGrant(broker, verifier=self.verifier, tokens=tokens)],
+            grants=grants,
             clock=broker.clock,
         )
 
@@ -49,15 +65,27 @@ class OAuthServer:
 
     def metadata(self) -> dict[str, Any]:
         """RFC 8414 authorization server metadata, also served as OpenID Provider metadata (the parts AWS IAM
-        and other relying parties read: ``issuer`` and ``jwks_uri``). The broker has no authorization endpoint.
+        and other relying parties read: ``issuer`` and ``jwks_uri``). The authorization, device authorization
+        (RFC 8628 section 4) and revocation (RFC 7009) endpoints serve the credential helper only.
         """
         alg = self.settings.oauth.tokens.algorithm
+        cli: dict[str, Any] = {}
+        if self.settings.oauth.cli.enabled:
+            cli = {
+                "authorization_endpoint": self.issuer + AUTHORIZE_PATH,
+                "device_authorization_endpoint": self.issuer + DEVICE_AUTHORIZATION_PATH,
+                "revocation_endpoint": self.issuer + REVOCATION_PATH,
+                "revocation_endpoint_auth_methods_supported": ["none"],
+                "code_challenge_methods_supported": ["S256"],
+                "authorization_response_iss_parameter_supported": True,
+            }
         return {
+            **cli,
             "issuer": self.issuer,
             "token_endpoint": self.token_endpoint_url,
             "jwks_uri": self.issuer + JWKS_PATH,
             "grant_types_supported": self.endpoint.grant_types,
-            "response_types_supported": [],
+            "response_types_supported": ["code"] if cli else [],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt", "none"],
             "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256", "ES256", "EdDSA"],
             "client_assertion_types_supported": [CLIENT_ASSERTION_TYPE],

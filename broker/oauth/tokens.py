@@ -239,9 +239,13 @@ class TokenService:
         scope: tuple[str, ...] = (),
         act: dict[str, Any] | None = None,
         ttl_seconds: int | None = None,
+        extra_claims: dict[str, Any] | None = None,
     ) -> IssuedToken:
-        """An RFC 9068 access token for one internal service (``aud``), short-lived."""
-        claims: dict[str, Any] = {"sub": subject, "aud": audience, "client_id": client_id}
+        """An RFC 9068 access token for one internal service (``aud``), short-lived.
+
+        ``extra_claims`` adds private claims (e.g. the CLI sign-in's ``sid``); it cannot replace registered ones.
+        """
+        claims: dict[str, Any] = {**(extra_claims or {}), "sub": subject, "aud": audience, "client_id": client_id}
         if scope:
             claims["scope"] = " ".join(scope)
         if act:

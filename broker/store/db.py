@@ -117,5 +117,12 @@ def is_ready(db: Database) -> tuple[bool, str]:
         return False, "database unreachable"
     heads = head_revisions()
     if current != heads:
+        # During a rolling upgrade the migration Job runs first, so the old release briefly sees revisions it
+        # does not know. Migrations are expand-only within a release (docs/deployment.md), so a newer schema
+        # still serves the old code: stay ready rather than take every old replica out of the load balancer.
+        scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+        known = {script.revision for script in scripts.walk_revisions()}
+        if current and not current <= known:
+            return True, f"schema {sorted(current)} is newer than this release: rolling upgrade in progress"
         return False, f"schema at {sorted(current)}, migrations at {sorted(heads)}: run `broker db upgrade`"
     return True, "ok"

@@ -188,3 +188,215 @@ class SigningKey(Base):
     created_at: Mapped[datetime]
     retired_at: Mapped[datetime | None]
     publish_until: Mapped[datetime | None] = mapped_column(index=True)
+
+
+# ---------------------------------------------------------------- temporary privilege and revocation (issue 8)
+
+
+class AccessRequestRow(Base):
+    """A just-in-time request for a role (``broker.elevation``). Status moves one way:
+    pending -> approved -> ended | revoked, or pending -> denied | expired | cancelled."""
+
+    __tablename__ = "access_requests"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    principal_id: Mapped[int] = mapped_column(BigId, ForeignKey("principals.id"), index=True)
+    principal: Mapped[str] = mapped_column(Text)
+    role_name: Mapped[str] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    duration_seconds: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime]
+    # A pending request nobody answers is expired after this.
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    decided_by: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None]
+    decision_note: Mapped[str | None] = mapped_column(Text)
+    grant_starts_at: Mapped[datetime | None]
+    grant_ends_at: Mapped[datetime | None] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None]
+
+
+class Revocation(Base):
+    """One revocation: of an issuance, a principal's sessions, or a role's sessions, and whether AWS took it."""
+
+    __tablename__ = "revocations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    role_name: Mapped[str | None] = mapped_column(String(64))
+    principal_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("principals.id"))
+    issuance_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("issuances.id"))
+    source_identity: Mapped[str | None] = mapped_column(String(64))
+    revoked_before: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    # Role ARNs whose inline deny policy was written, and the ones that failed (retry with `broker revoke`).
+    aws_applied: Mapped[list[Any]]
+    aws_failed: Mapped[list[Any]]
+
+
+class WebhookDelivery(Base):
+    """A notification in the outbox: written with the action it reports, sent later by the background worker."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+
+class PrincipalNetwork(Base):
+    """A network (CIDR) a principal signed in from; a sign-in from a network not listed here raises an alert."""
+
+    __tablename__ = "principal_networks"
+    __table_args__ = (UniqueConstraint("principal", "network", name="uq_principal_networks"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    principal: Mapped[str] = mapped_column(String(320))
+    network: Mapped[str] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime]
+
+
+# ---------------------------------------------------------------- credential helper sign-in (issue 6)
+
+
+class DeviceAuthorization(Base):
+    """An RFC 8628 device authorization in flight. Both codes are bearer secrets: only HMACs are stored.
+
+    ``status`` moves pending -> approved | denied -> consumed; the move to ``consumed`` is one conditional
+    UPDATE, so a device code yields tokens once even with several broker processes polling.
+    """
+
+    __tablename__ = "device_authorizations"
+
+    device_code_hmac: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_code_hmac: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    interval_seconds: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    last_polled_at: Mapped[datetime | None]
+    requester_ip: Mapped[str | None] = mapped_column(String(64))
+    requester_agent: Mapped[str | None] = mapped_column(Text)
+    # Set when a signed-in person approves: who, how strongly, and until when their browser session lasts.
+    identity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    session_expires_at: Mapped[datetime | None]
+    decided_at: Mapped[datetime | None]
+    family_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class AuthorizationCode(Base):
+    """An RFC 6749 section 4.1 authorization code for the loopback flow (RFC 8252), with its PKCE challenge."""
+
+    __tablename__ = "authorization_codes"
+
+    code_hmac: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    identity: Mapped[dict[str, Any]]
+    session_expires_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    consumed_at: Mapped[datetime | None]
+    family_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class RefreshFamily(Base):
+    """One CLI sign-in: the identity and MFA level reached at login, and the absolute end of the sign-in.
+
+    Every refresh token rotated from the same sign-in belongs to it; revoking the family ends them all.
+    """
+
+    __tablename__ = "refresh_families"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    principal_id: Mapped[int] = mapped_column(BigId, ForeignKey("principals.id"), index=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    grant_type: Mapped[str] = mapped_column(String(64))
+    identity: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(String(64))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+
+
+class RefreshToken(Base):
+    """One refresh token of a family (only its HMAC). ``(family_id, generation)`` is unique, so two racing
+    rotations of the same token cannot both mint a successor."""
+
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (UniqueConstraint("family_id", "generation", name="uq_refresh_tokens_family_generation"),)
+
+    token_hmac: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("refresh_families.id", ondelete="CASCADE"), index=True
+    )
+    generation: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    rotated_at: Mapped[datetime | None]
+
+
+# ---------------------------------------------------------------- MFA held by the broker (issue 5)
+
+
+class MfaFactor(Base):
+    """A second factor the broker holds for a principal: a TOTP secret or a WebAuthn credential.
+
+    A TOTP factor is pending (``confirmed_at`` NULL) until its first valid code; its secret is stored only
+    AES-256-GCM encrypted (``broker.mfa.crypto``). A WebAuthn credential id is unique across all principals.
+    """
+
+    __tablename__ = "mfa_factors"
+    __table_args__ = (UniqueConstraint("principal_id", "name", name="uq_mfa_factors_principal_name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    principal_id: Mapped[int] = mapped_column(BigId, ForeignKey("principals.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    confirmed_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    credential_id: Mapped[str | None] = mapped_column(String(1400), unique=True)
+    public_key: Mapped[str | None] = mapped_column(Text)
+    sign_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    user_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class MfaRecoveryCode(Base):
+    """A single-use recovery code, stored only as a keyed HMAC; ``used_at`` is set once, atomically."""
+
+    __tablename__ = "mfa_recovery_codes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    principal_id: Mapped[int] = mapped_column(BigId, ForeignKey("principals.id"), index=True)
+    code_hmac: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class MfaLockout(Base):
+    """Failed second-factor attempts for one principal or one client address (keyed by HMAC).
+
+    In the database, not in process memory, so a lockout holds across every broker process.
+    """
+
+    __tablename__ = "mfa_lockouts"
+
+    key_hmac: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    lockouts: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime | None]
+    locked_until: Mapped[datetime | None]

@@ -13,14 +13,25 @@ from sqlalchemy.orm import Session
 from broker.errors import ReplayDetected
 from broker.identity import Identity
 from broker.store.models import (
+    AccessRequestRow,
     AuditChainHead,
     AuditEvent,
+    AuthorizationCode,
     BrokerSession,
+    DeviceAuthorization,
     Issuance,
     LoginRequest,
+    MfaFactor,
+    MfaLockout,
+    MfaRecoveryCode,
     Principal,
+    PrincipalNetwork,
+    RefreshFamily,
+    RefreshToken,
     ReplayGuard,
+    Revocation,
     SigningKey,
+    WebhookDelivery,
 )
 
 # ---------------------------------------------------------------- principals
@@ -49,6 +60,12 @@ def upsert_principal(session: Session, *, identity: Identity, now: datetime) -> 
         principal.groups = sorted(identity.groups)
         principal.last_seen_at = now
     return principal
+
+
+def principal_disabled(session: Session, *, store: str, subject: str) -> bool:
+    """True when an administrator disabled this principal (no row yet means not disabled)."""
+    disabled = session.scalar(select(Principal.disabled).where(Principal.store == store, Principal.subject == subject))
+    return bool(disabled)
 
 
 # ---------------------------------------------------------------- broker sessions
@@ -139,13 +156,6 @@ def record_issuance(session: Session, **fields: Any) -> Issuance:
     return row
 
 
-def list_issuances(session: Session, *, principal_id: int | None = None, limit: int = 100) -> Sequence[Issuance]:
-    query = select(Issuance).order_by(Issuance.id.desc()).limit(limit)
-    if principal_id is not None:
-        query = query.where(Issuance.principal_id == principal_id)
-    return session.scalars(query).all()
-
-
 # ---------------------------------------------------------------- replay guard
 
 
@@ -168,6 +178,7 @@ def purge_expired(session: Session, *, now: datetime) -> int:
     for model in (ReplayGuard, LoginRequest, BrokerSession):
         result = session.execute(delete(model).where(model.expires_at < now))
         total += int(getattr(result, "rowcount", 0) or 0)
+    total += purge_cli_sign_ins(session, now=now)
     return total
 
 
@@ -211,17 +222,6 @@ def get_chain_head(session: Session) -> AuditChainHead | None:
     return session.get(AuditChainHead, 1)
 
 
-def list_audit_events(
-    session: Session, *, event: str | None = None, principal: str | None = None, limit: int = 100
-) -> Sequence[AuditEvent]:
-    query = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(limit)
-    if event:
-        query = query.where(AuditEvent.event == event)
-    if principal:
-        query = query.where(AuditEvent.principal == principal)
-    return session.scalars(query).all()
-
-
 # ---------------------------------------------------------------- signing keys
 
 
@@ -263,3 +263,553 @@ def delete_expired_signing_keys(session: Session, *, now: datetime) -> int:
         delete(SigningKey).where(SigningKey.publish_until.is_not(None), SigningKey.publish_until <= now)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# ---------------------------------------------------------------- MFA held by the broker (issue 5)
+
+
+def find_principals(session: Session, *, name: str) -> Sequence[Principal]:
+    """Principals whose email or username is ``name``, or the one named ``store:subject``."""
+    query = select(Principal).where((Principal.email == name) | (Principal.username == name))
+    if ":" in name:
+        store, subject = name.split(":", 1)
+        query = select(Principal).where(
+            (Principal.email == name)
+            | (Principal.username == name)
+            | ((Principal.store == store) & (Principal.subject == subject))
+        )
+    return session.scalars(query.order_by(Principal.id)).all()
+
+
+def get_principal(session: Session, *, principal_id: int) -> Principal | None:
+    return session.get(Principal, principal_id)
+
+
+def add_mfa_factor(session: Session, *, factor: MfaFactor) -> bool:
+    """Insert a factor; False if the name (per principal) or the WebAuthn credential id is already taken."""
+    try:
+        with session.begin_nested():
+            session.add(factor)
+    except IntegrityError:
+        return False
+    return True
+
+
+def list_mfa_factors(session: Session, *, principal_id: int, confirmed_only: bool = True) -> Sequence[MfaFactor]:
+    query = select(MfaFactor).where(MfaFactor.principal_id == principal_id)
+    if confirmed_only:
+        query = query.where(MfaFactor.confirmed_at.is_not(None))
+    return session.scalars(query.order_by(MfaFactor.id)).all()
+
+
+def get_mfa_factor(session: Session, *, principal_id: int, factor_id: int) -> MfaFactor | None:
+    factor = session.get(MfaFactor, factor_id)
+    return factor if factor is not None and factor.principal_id == principal_id else None
+
+
+def get_mfa_factor_by_credential(session: Session, *, credential_id: str) -> MfaFactor | None:
+    return session.scalars(select(MfaFactor).where(MfaFactor.credential_id == credential_id)).one_or_none()
+
+
+def delete_mfa_factor(session: Session, *, principal_id: int, factor_id: int) -> bool:
+    result = session.execute(delete(MfaFactor).where(MfaFactor.id == factor_id, MfaFactor.principal_id == principal_id))
+    return bool(getattr(result, "rowcount", 0))
+
+
+def delete_pending_totp(session: Session, *, principal_id: int) -> None:
+    """An unconfirmed enrolment is replaced by a new one (its secret was shown but never proven)."""
+    session.execute(
+        delete(MfaFactor).where(
+            MfaFactor.principal_id == principal_id, MfaFactor.kind == "totp", MfaFactor.confirmed_at.is_(None)
+        )
+    )
+
+
+def used_mfa_factor(session: Session, *, factor_id: int, now: datetime, secret_encrypted: str | None = None) -> None:
+    """Mark a factor used (and confirmed, on first use); optionally store its secret re-encrypted."""
+    values: dict[str, Any] = {"last_used_at": now}
+    if secret_encrypted is not None:
+        values["secret_encrypted"] = secret_encrypted
+    session.execute(update(MfaFactor).where(MfaFactor.id == factor_id).values(**values))
+    session.execute(
+        update(MfaFactor).where(MfaFactor.id == factor_id, MfaFactor.confirmed_at.is_(None)).values(confirmed_at=now)
+    )
+
+
+def advance_sign_count(session: Session, *, factor_id: int, expected: int, new: int, now: datetime) -> bool:
+    """Compare-and-set the WebAuthn signature counter: two racing assertions cannot both move it."""
+    result = session.execute(
+        update(MfaFactor)
+        .where(MfaFactor.id == factor_id, MfaFactor.sign_count == expected)
+        .values(sign_count=new, last_used_at=now)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def list_totp_factors(session: Session) -> Sequence[MfaFactor]:
+    """Every TOTP factor (for re-encryption under a new key)."""
+    return session.scalars(select(MfaFactor).where(MfaFactor.kind == "totp").order_by(MfaFactor.id)).all()
+
+
+def replace_recovery_codes(session: Session, *, principal_id: int, code_hmacs: Sequence[str], now: datetime) -> None:
+    session.execute(delete(MfaRecoveryCode).where(MfaRecoveryCode.principal_id == principal_id))
+    session.add_all(
+        MfaRecoveryCode(principal_id=principal_id, code_hmac=code_hmac, created_at=now) for code_hmac in code_hmacs
+    )
+    session.flush()
+
+
+def use_recovery_code(session: Session, *, principal_id: int, code_hmac: str, now: datetime) -> bool:
+    """Spend a recovery code: one UPDATE guarded by ``used_at IS NULL``, so it works once across processes."""
+    result = session.execute(
+        update(MfaRecoveryCode)
+        .where(
+            MfaRecoveryCode.principal_id == principal_id,
+            MfaRecoveryCode.code_hmac == code_hmac,
+            MfaRecoveryCode.used_at.is_(None),
+        )
+        .values(used_at=now)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def count_recovery_codes(session: Session, *, principal_id: int) -> int:
+    rows = session.scalars(
+        select(MfaRecoveryCode.id).where(
+            MfaRecoveryCode.principal_id == principal_id, MfaRecoveryCode.used_at.is_(None)
+        )
+    ).all()
+    return len(rows)
+
+
+def lock_mfa_lockout(session: Session, *, key_hmac: str, scope: str) -> MfaLockout:
+    """The failure counter for one principal or address, row-locked for this transaction (created if new)."""
+    row = session.get(MfaLockout, key_hmac, with_for_update=True)
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.add(MfaLockout(key_hmac=key_hmac, scope=scope, failures=0, lockouts=0))
+        except IntegrityError:
+            pass  # another process created it first
+        row = session.get(MfaLockout, key_hmac, with_for_update=True, populate_existing=True)
+        assert row is not None
+    return row
+
+
+def delete_mfa_lockout(session: Session, *, key_hmac: str) -> bool:
+    result = session.execute(delete(MfaLockout).where(MfaLockout.key_hmac == key_hmac))
+    return bool(getattr(result, "rowcount", 0))
+
+
+def delete_mfa_state(session: Session, *, principal_id: int) -> int:
+    """Remove every factor and recovery code of a principal (operator reset); returns the factors removed."""
+    session.execute(delete(MfaRecoveryCode).where(MfaRecoveryCode.principal_id == principal_id))
+    result = session.execute(delete(MfaFactor).where(MfaFactor.principal_id == principal_id))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# ---------------------------------------------------------------- temporary privilege and revocation (issue 8)
+
+
+# get_principal and find_principals (shared with issue 5) are defined above.
+
+
+def list_principals(session: Session) -> Sequence[Principal]:
+    return session.scalars(select(Principal).order_by(Principal.id)).all()
+
+
+def set_principal_disabled(session: Session, *, principal_id: int, disabled: bool) -> None:
+    session.execute(update(Principal).where(Principal.id == principal_id).values(disabled=disabled))
+
+
+def list_sessions(
+    session: Session, *, principal_id: int | None = None, now: datetime | None = None, limit: int = 100
+) -> Sequence[BrokerSession]:
+    query = select(BrokerSession).order_by(BrokerSession.created_at.desc()).limit(limit)
+    if principal_id is not None:
+        query = query.where(BrokerSession.principal_id == principal_id)
+    if now is not None:
+        query = query.where(BrokerSession.expires_at > now, BrokerSession.revoked_at.is_(None))
+    return session.scalars(query).all()
+
+
+def revoke_sessions(session: Session, *, principal_id: int, now: datetime) -> int:
+    result = session.execute(
+        update(BrokerSession)
+        .where(BrokerSession.principal_id == principal_id, BrokerSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def get_issuance(session: Session, *, issuance_id: int) -> Issuance | None:
+    return session.get(Issuance, issuance_id)
+
+
+def find_issuances(
+    session: Session,
+    *,
+    principal_id: int | None = None,
+    role_name: str | None = None,
+    live_at: datetime | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> Sequence[Issuance]:
+    """Issuances, newest first; ``live_at`` keeps those unexpired and unrevoked at that instant."""
+    query = select(Issuance).order_by(Issuance.id.desc()).limit(limit)
+    if principal_id is not None:
+        query = query.where(Issuance.principal_id == principal_id)
+    if role_name is not None:
+        query = query.where(Issuance.role_name == role_name)
+    if live_at is not None:
+        query = query.where(Issuance.expires_at > live_at, Issuance.revoked_at.is_(None))
+    if since is not None:
+        query = query.where(Issuance.issued_at >= since)
+    return session.scalars(query).all()
+
+
+def mark_issuances_revoked(session: Session, *, ids: Sequence[int], now: datetime) -> None:
+    if ids:
+        session.execute(
+            update(Issuance).where(Issuance.id.in_(list(ids)), Issuance.revoked_at.is_(None)).values(revoked_at=now)
+        )
+
+
+def usage_since(session: Session, *, since: datetime) -> list[tuple[str, int, int, datetime]]:
+    """(role, principal id, issuances, last issued) for every issuance since ``since``."""
+    from sqlalchemy import func
+
+    query = (
+        select(Issuance.role_name, Issuance.principal_id, func.count(), func.max(Issuance.issued_at))
+        .where(Issuance.issued_at >= since)
+        .group_by(Issuance.role_name, Issuance.principal_id)
+    )
+    return [(str(r), int(p), int(c), last) for r, p, c, last in session.execute(query).all()]
+
+
+def create_access_request(session: Session, **fields: Any) -> AccessRequestRow:
+    row = AccessRequestRow(**fields)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_access_request(session: Session, *, request_id: int, lock: bool = False) -> AccessRequestRow | None:
+    return session.get(AccessRequestRow, request_id, with_for_update=lock)
+
+
+def list_access_requests(
+    session: Session,
+    *,
+    status: str | None = None,
+    principal_id: int | None = None,
+    role_name: str | None = None,
+    limit: int = 100,
+) -> Sequence[AccessRequestRow]:
+    query = select(AccessRequestRow).order_by(AccessRequestRow.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(AccessRequestRow.status == status)
+    if principal_id is not None:
+        query = query.where(AccessRequestRow.principal_id == principal_id)
+    if role_name is not None:
+        query = query.where(AccessRequestRow.role_name == role_name)
+    return session.scalars(query).all()
+
+
+def open_grants(session: Session, *, principal_id: int, now: datetime) -> Sequence[AccessRequestRow]:
+    """Approved requests whose window is open now."""
+    query = select(AccessRequestRow).where(
+        AccessRequestRow.principal_id == principal_id,
+        AccessRequestRow.status == "approved",
+        AccessRequestRow.grant_ends_at > now,
+    )
+    return session.scalars(query).all()
+
+
+def open_grants_for(session: Session, *, store: str, subject: str, now: datetime) -> Sequence[AccessRequestRow]:
+    principal = session.scalars(
+        select(Principal).where(Principal.store == store, Principal.subject == subject)
+    ).one_or_none()
+    return open_grants(session, principal_id=principal.id, now=now) if principal else []
+
+
+def due_requests(session: Session, *, now: datetime, limit: int = 100) -> Sequence[AccessRequestRow]:
+    """Pending requests past their answer deadline, locked so one process expires each."""
+    query = (
+        select(AccessRequestRow)
+        .where(AccessRequestRow.status == "pending", AccessRequestRow.expires_at <= now)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return session.scalars(query).all()
+
+
+def due_grants(session: Session, *, now: datetime, limit: int = 100) -> Sequence[AccessRequestRow]:
+    """Approved requests whose window has closed, locked so one process ends each."""
+    query = (
+        select(AccessRequestRow)
+        .where(AccessRequestRow.status == "approved", AccessRequestRow.grant_ends_at <= now)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return session.scalars(query).all()
+
+
+def record_revocation(session: Session, **fields: Any) -> Revocation:
+    row = Revocation(**fields)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_revocations(session: Session, *, limit: int = 100) -> Sequence[Revocation]:
+    return session.scalars(select(Revocation).order_by(Revocation.id.desc()).limit(limit)).all()
+
+
+def enqueue_delivery(session: Session, *, kind: str, payload: dict[str, Any], now: datetime) -> WebhookDelivery:
+    row = WebhookDelivery(kind=kind, payload=payload, status="pending", attempts=0, next_attempt_at=now, created_at=now)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def due_deliveries(session: Session, *, now: datetime, limit: int = 20) -> Sequence[WebhookDelivery]:
+    """Pending deliveries whose next attempt is due, locked (SKIP LOCKED) so each goes out from one process."""
+    query = (
+        select(WebhookDelivery)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+        .order_by(WebhookDelivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return session.scalars(query).all()
+
+
+def list_deliveries(session: Session, *, status: str | None = None, limit: int = 100) -> Sequence[WebhookDelivery]:
+    query = select(WebhookDelivery).order_by(WebhookDelivery.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(WebhookDelivery.status == status)
+    return session.scalars(query).all()
+
+
+def remember_network(session: Session, *, principal: str, network: str, now: datetime) -> tuple[bool, bool]:
+    """Record that ``principal`` signed in from ``network``; returns (network was new, principal had others)."""
+    known = session.scalars(select(PrincipalNetwork.network).where(PrincipalNetwork.principal == principal)).all()
+    if network in known:
+        return False, True
+    try:
+        with session.begin_nested():
+            session.add(PrincipalNetwork(principal=principal, network=network, first_seen_at=now))
+    except IntegrityError:
+        return False, True  # another process recorded it first
+    return True, bool(known)
+
+
+def search_audit_events(
+    session: Session,
+    *,
+    event: str | None = None,
+    principal: str | None = None,
+    outcome: str | None = None,
+    reason: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> Sequence[AuditEvent]:
+    query = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(limit)
+    if event:
+        query = query.where(AuditEvent.event == event)
+    if principal:
+        query = query.where(AuditEvent.principal == principal)
+    if outcome:
+        query = query.where(AuditEvent.outcome == outcome)
+    if reason:
+        query = query.where(AuditEvent.reason == reason)
+    if since:
+        query = query.where(AuditEvent.occurred_at >= since)
+    if until:
+        query = query.where(AuditEvent.occurred_at < until)
+    return session.scalars(query).all()
+
+
+def count_audit_events(
+    session: Session, *, principal: str, since: datetime, outcome: str | None = None, event: str | None = None
+) -> int:
+    from sqlalchemy import func
+
+    query = (
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(AuditEvent.principal == principal, AuditEvent.occurred_at >= since)
+    )
+    if outcome:
+        query = query.where(AuditEvent.outcome == outcome)
+    if event:
+        query = query.where(AuditEvent.event == event)
+    return int(session.scalar(query) or 0)
+
+
+# ---------------------------------------------------------------- credential helper sign-in (issue 6)
+
+
+def _changed(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def add_device_authorization(session: Session, *, row: DeviceAuthorization) -> bool:
+    """Insert a device authorization; False if its user code collides with a live one (unique in the DB)."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        return False
+    return True
+
+
+def get_device_authorization(
+    session: Session, *, device_code_hmac: str | None = None, user_code_hmac: str | None = None
+) -> DeviceAuthorization | None:
+    query = select(DeviceAuthorization).execution_options(populate_existing=True)
+    if device_code_hmac is not None:
+        query = query.where(DeviceAuthorization.device_code_hmac == device_code_hmac)
+    elif user_code_hmac is not None:
+        query = query.where(DeviceAuthorization.user_code_hmac == user_code_hmac)
+    else:
+        return None
+    return session.scalars(query).one_or_none()
+
+
+def record_device_poll(session: Session, *, device_code_hmac: str, now: datetime, interval_seconds: int) -> None:
+    session.execute(
+        update(DeviceAuthorization)
+        .where(DeviceAuthorization.device_code_hmac == device_code_hmac)
+        .values(last_polled_at=now, interval_seconds=interval_seconds)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def move_device_authorization(
+    session: Session, *, device_code_hmac: str, from_status: str, to_status: str, **values: Any
+) -> bool:
+    """Compare-and-set the status: True for exactly one caller, across every broker process."""
+    result = session.execute(
+        update(DeviceAuthorization)
+        .where(DeviceAuthorization.device_code_hmac == device_code_hmac, DeviceAuthorization.status == from_status)
+        .values(status=to_status, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return _changed(result) == 1
+
+
+def add_authorization_code(session: Session, *, row: AuthorizationCode) -> None:
+    session.add(row)
+
+
+def get_authorization_code(session: Session, *, code_hmac: str) -> AuthorizationCode | None:
+    return session.get(AuthorizationCode, code_hmac, populate_existing=True)
+
+
+def consume_authorization_code(session: Session, *, code_hmac: str, now: datetime) -> bool:
+    """Mark the code used; True for exactly one caller (RFC 6749 section 4.1.2: a code is used once)."""
+    result = session.execute(
+        update(AuthorizationCode)
+        .where(AuthorizationCode.code_hmac == code_hmac, AuthorizationCode.consumed_at.is_(None))
+        .values(consumed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return _changed(result) == 1
+
+
+def link_authorization_code(session: Session, *, code_hmac: str, family_id: str) -> None:
+    session.execute(
+        update(AuthorizationCode)
+        .where(AuthorizationCode.code_hmac == code_hmac)
+        .values(family_id=family_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def create_refresh_family(session: Session, *, family: RefreshFamily, token_hmac: str) -> None:
+    session.add(family)
+    session.flush()
+    session.add(RefreshToken(token_hmac=token_hmac, family_id=family.id, generation=0, created_at=family.created_at))
+    session.flush()
+
+
+def get_refresh_token(session: Session, *, token_hmac: str) -> tuple[RefreshToken, RefreshFamily] | None:
+    row = session.execute(
+        select(RefreshToken, RefreshFamily)
+        .join(RefreshFamily, RefreshFamily.id == RefreshToken.family_id)
+        .where(RefreshToken.token_hmac == token_hmac)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    return (row[0], row[1]) if row is not None else None
+
+
+def get_refresh_family(session: Session, *, family_id: str) -> RefreshFamily | None:
+    return session.get(RefreshFamily, family_id, populate_existing=True)
+
+
+def rotate_refresh_token(
+    session: Session, *, token_hmac: str, family_id: str, generation: int, new_token_hmac: str, now: datetime
+) -> bool:
+    """Retire a refresh token and add its successor; False if it was already rotated (a reuse, or a race lost
+    to another process: ``(family_id, generation)`` is unique, so only one successor can exist)."""
+    result = session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.token_hmac == token_hmac, RefreshToken.rotated_at.is_(None))
+        .values(rotated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if _changed(result) != 1:
+        return False
+    try:
+        with session.begin_nested():
+            session.add(
+                RefreshToken(token_hmac=new_token_hmac, family_id=family_id, generation=generation, created_at=now)
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def revoke_refresh_family(session: Session, *, family_id: str, now: datetime, reason: str) -> bool:
+    """Revoke one CLI sign-in (every refresh token of the family); True if it was live."""
+    result = session.execute(
+        update(RefreshFamily)
+        .where(RefreshFamily.id == family_id, RefreshFamily.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason[:64])
+        .execution_options(synchronize_session=False)
+    )
+    return _changed(result) == 1
+
+
+def revoke_refresh_families_of(session: Session, *, principal_id: int, now: datetime, reason: str) -> int:
+    """Revoke every live CLI sign-in of a principal (for administrators); returns how many."""
+    result = session.execute(
+        update(RefreshFamily)
+        .where(RefreshFamily.principal_id == principal_id, RefreshFamily.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason[:64])
+        .execution_options(synchronize_session=False)
+    )
+    return _changed(result)
+
+
+def purge_cli_sign_ins(session: Session, *, now: datetime) -> int:
+    """Remove device authorizations, authorization codes and CLI sign-ins that have ended."""
+    total = 0
+    for model in (DeviceAuthorization, AuthorizationCode):
+        total += _changed(session.execute(delete(model).where(model.expires_at < now)))
+    ended = select(RefreshFamily.id).where(RefreshFamily.expires_at < now)
+    total += _changed(session.execute(delete(RefreshToken).where(RefreshToken.family_id.in_(ended))))
+    total += _changed(session.execute(delete(RefreshFamily).where(RefreshFamily.expires_at < now)))
+    return total
+
+
+def get_delivery(session: Session, *, delivery_id: int) -> WebhookDelivery | None:
+    return session.get(WebhookDelivery, delivery_id)
+
+
+def get_login_request(session: Session, *, state_hmac: str) -> LoginRequest | None:
+    """Read a request in flight without consuming it (an operator reset shown before it is approved)."""
+    return session.get(LoginRequest, state_hmac)

@@ -14,8 +14,9 @@ from broker.federation import Broker, CurrentSession
 
 BROWSER_COOKIE = "broker_browser"
 # Paths a sign-in may return to. Anything else (other hosts, scheme-relative URLs, unknown paths) goes to
-# the portal: no open redirect.
-RETURN_PATHS = ("/", "/device", "/mfa", "/account")
+# the portal: no open redirect. ``/oauth2/authorize`` comes back with its query (the credential helper's
+# request), which that endpoint validates again and shows on a consent page before any redirect.
+RETURN_PATHS = ("/", "/device", "/mfa", "/account", "/oauth2/authorize")
 
 
 def get_broker(request: Request) -> Broker:

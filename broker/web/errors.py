@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from broker.errors import BrokerError, InvalidRequest, LoginRequired, NotFound
+from broker.errors import BrokerError, InvalidRequest, LoginRequired, NotFound, PayloadTooLarge
 from broker.logs import get_logger
 
 log = get_logger("broker.web")
@@ -67,6 +67,11 @@ def install(app: FastAPI) -> None:
             return render_error(
                 request, InvalidRequest("This address does not accept that method.", reason="method_not_allowed")
             )
+        if exc.status_code == 413:
+            return render_error(request, PayloadTooLarge(reason="request_too_large"))
+        if 400 <= exc.status_code < 500:
+            # e.g. FastAPI's "error parsing the body": the client's fault, never a 500.
+            return render_error(request, InvalidRequest("The request could not be read.", reason="request_invalid"))
         return render_error(request, BrokerError())
 
     @app.exception_handler(Exception)

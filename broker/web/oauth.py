@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from broker.errors import InvalidRequest, PayloadTooLarge
 from broker.oauth.grants import MAX_PARAMETERS
 from broker.oauth.server import JWKS_PATH, TOKEN_PATH, OAuthServer
+from broker.ratelimit import rate_limited
 from broker.web.deps import ContextDep
 
 router = APIRouter(tags=["oauth"])
@@ -47,7 +48,11 @@ async def _form_items(request: Request, limit: int) -> list[tuple[str, str]]:
         raise InvalidRequest("The form body is malformed.", reason="form_malformed") from None
 
 
-@router.post(TOKEN_PATH, summary="OAuth 2.0 token endpoint (RFC 8693 token exchange)")
+@router.post(
+    TOKEN_PATH,
+    summary="OAuth 2.0 token endpoint (RFC 8693 token exchange)",
+    dependencies=[rate_limited("token", per="ip")],
+)
 async def token(request: Request, oauth: OAuthDep, ctx: ContextDep) -> JSONResponse:
     items = await _form_items(request, oauth.settings.oauth.max_request_bytes)
     result: dict[str, Any] = await run_in_threadpool(

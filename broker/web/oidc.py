@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from broker.errors import BrokerError, InvalidRequest
+from broker.ratelimit import rate_limited
 from broker.web.deps import BROWSER_COOKIE, BrokerDep, ContextDep, TemplatesDep, safe_return_path, session_cookie
 from broker.web.errors import render_error
 from broker.web.portal import browser_id, set_browser_cookie, set_session_cookie
@@ -16,7 +17,11 @@ router = APIRouter(tags=["oidc"])
 MAX_PARAM_CHARS = 4096
 
 
-@router.get("/login/{store}", summary="Sign in with an OpenID Connect identity provider")
+@router.get(
+    "/login/{store}",
+    summary="Sign in with an OpenID Connect identity provider",
+    dependencies=[rate_limited("login", per="ip")],
+)
 def start(request: Request, store: str, broker: BrokerDep, next: str | None = None) -> Response:
     browser = browser_id(request)
     url = broker.begin_oidc_login(store, browser=browser, return_to=safe_return_path(next))
@@ -26,7 +31,11 @@ def start(request: Request, store: str, broker: BrokerDep, next: str | None = No
     return response
 
 
-@router.get("/oidc/{store}/callback", summary="The identity provider's authorization response")
+@router.get(
+    "/oidc/{store}/callback",
+    summary="The identity provider's authorization response",
+    dependencies=[rate_limited("callback", per="ip")],
+)
 def callback(request: Request, store: str, broker: BrokerDep, ctx: ContextDep) -> Response:
     items = request.query_params.multi_items()
     names = [name for name, _ in items]

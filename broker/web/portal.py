@@ -11,8 +11,9 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from broker.audit import Context
-from broker.federation import Broker
+from broker.federation import Broker, RoleView
 from broker.identity import Channel, Identity
+from broker.ratelimit import limiter_of, rate_limited
 from broker.web.deps import (
     BROWSER_COOKIE,
     BrokerDep,
@@ -81,7 +82,11 @@ def login_page(request: Request, broker: BrokerDep, templates: TemplatesDep, nex
     return response
 
 
-@router.post("/login/local/{store}", summary="Break-glass sign-in with password and TOTP code")
+@router.post(
+    "/login/local/{store}",
+    summary="Break-glass sign-in with password and TOTP code",
+    dependencies=[rate_limited("login", per="ip")],
+)
 def login_local(
     request: Request,
     store: str,
@@ -94,6 +99,10 @@ def login_local(
     next: Annotated[str, Form(max_length=2048)] = "/",
 ) -> Response:
     check_csrf(broker, request.cookies.get(BROWSER_COOKIE), csrf)
+    # Per account as well as per address: password guessing spread over many addresses still stops.
+    limiter = limiter_of(request)
+    if limiter is not None:
+        limiter.hit("login", per="principal", key=f"{store}:{username}", ctx=ctx, principal=username[:256], store=store)
     signed_in = broker.login_local(store, username, password, totp, ctx)
     response = RedirectResponse(safe_return_path(next), status_code=303)
     set_session_cookie(response, request, signed_in.session_id)
@@ -102,21 +111,27 @@ def login_local(
 
 @router.get("/", response_class=HTMLResponse, summary="The roles you may use")
 def portal(request: Request, broker: BrokerDep, current: CurrentDep, templates: TemplatesDep) -> Response:
-    accounts: dict[str, list[object]] = defaultdict(list)
+    # One section per AWS account (by id), titled with the account's name where any of its roles gives one.
+    by_account: dict[str, list[RoleView]] = defaultdict(list)
     for view in broker.roles_for(current.identity):
-        label = view.role.account_name or view.role.account
-        accounts[f"{label} ({view.role.account})" if view.role.account_name else label].append(view)
+        by_account[view.role.account].append(view)
+    accounts: dict[str, list[RoleView]] = {}
+    for account, views in sorted(by_account.items()):
+        name = next((v.role.account_name for v in views if v.role.account_name), None)
+        accounts[f"{name} ({account})" if name else account] = views
     return templates.TemplateResponse(
         request,
         "portal.html",
         {
             "title": "Your AWS access",
             "identity": current.identity,
-            "accounts": dict(sorted(accounts.items())),
+            "accounts": accounts,
             "durations": DURATION_CHOICES,
             "csrf": broker.csrf_token(session_cookie(request) or ""),
             "console_enabled": bool(broker.settings.aws.federation_endpoint),
             "dev": broker.settings.dev,
+            # The strongest factor the broker holds for this person: offered as a step-up where a role needs it.
+            "broker_factor": broker.mfa.overview(current.principal_id).strongest,
         },
     )
 

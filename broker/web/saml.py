@@ -19,6 +19,7 @@ from fastapi.responses import RedirectResponse, Response
 from broker.connectors.saml import MAX_FORM_BYTES
 from broker.errors import InvalidRequest, PayloadTooLarge
 from broker.identity import MfaLevel
+from broker.ratelimit import rate_limited
 from broker.saml_signin import LOGIN_REQUEST_TTL, SamlSignIn
 from broker.web.deps import BrokerDep, ContextDep, safe_return_path
 from broker.web.portal import set_session_cookie
@@ -34,7 +35,11 @@ def get_saml(broker: BrokerDep) -> SamlSignIn:
 SamlDep = Annotated[SamlSignIn, Depends(get_saml)]
 
 
-@router.get("/saml/{store}/login", summary="Start a SAML sign-in (HTTP-Redirect AuthnRequest)")
+@router.get(
+    "/saml/{store}/login",
+    summary="Start a SAML sign-in (HTTP-Redirect AuthnRequest)",
+    dependencies=[rate_limited("login", per="ip")],
+)
 def saml_login(
     request: Request,
     store: str,
@@ -64,7 +69,11 @@ def saml_metadata(store: str, saml: SamlDep) -> Response:
     return Response(saml.connector(store).metadata_xml(), media_type="application/samlmetadata+xml")
 
 
-@router.post("/saml/{store}/acs", summary="Assertion Consumer Service (HTTP-POST binding)")
+@router.post(
+    "/saml/{store}/acs",
+    summary="Assertion Consumer Service (HTTP-POST binding)",
+    dependencies=[rate_limited("acs", per="ip")],
+)
 async def saml_acs(request: Request, store: str, saml: SamlDep, ctx: ContextDep) -> Response:
     saml.connector(store)  # 404 for an unknown store, before reading anything
     body = bytearray()

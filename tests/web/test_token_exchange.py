@@ -285,7 +285,10 @@ def test_discovery_documents(broker: Running) -> None:
         assert metadata["issuer"] == "http://127.0.0.1:8000"
         assert metadata["jwks_uri"] == "http://127.0.0.1:8000/jwks.json"
         assert metadata["token_endpoint"] == "http://127.0.0.1:8000/oauth2/token"
-        assert metadata["grant_types_supported"] == [GRANT]
+        # Token exchange, plus the credential helper's grants (docs/cli.md).
+        assert metadata["grant_types_supported"] == sorted(
+            [GRANT, "authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code"]
+        )
         assert TOKEN_TYPE_AWS_CREDENTIALS in metadata["requested_token_types_supported"]
     keys = httpx.get(broker.url + "/jwks.json").json()["keys"]
     assert len(keys) == 1 and keys[0]["alg"] == "ES256" and "d" not in keys[0]

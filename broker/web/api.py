@@ -1,0 +1,109 @@
+"""The credential helper's API (``/api/v1``), authorized by a broker access token (RFC 6750 bearer).
+
+Every issuance goes through ``Broker.issue``: the same policy, MFA check, STS call and audit as the portal,
+with channel ``cli`` and the identity (and MFA level) captured when the helper signed in.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from broker.audit import Context
+from broker.errors import BrokerError, InvalidRequest
+from broker.federation import Broker
+from broker.identity import Channel
+from broker.oauth.refresh import API_PATH, CliSignIn
+from broker.web.deps import BrokerDep, ContextDep
+from broker.web.oauth import NO_STORE, OAuthDep
+
+router = APIRouter(prefix=API_PATH, tags=["credential helper API"])
+MAX_BODY_BYTES = 4096
+
+
+def get_cli_sign_in(request: Request, oauth: OAuthDep, ctx: ContextDep) -> CliSignIn:
+    signed_in = oauth.cli.authenticate(request.headers.get("authorization"), ctx)
+    request.state.principal = signed_in.identity.principal
+    return signed_in
+
+
+CliSignInDep = Annotated[CliSignIn, Depends(get_cli_sign_in)]
+
+
+async def _role_request(
+    request: Request, broker: Broker, signed_in: CliSignIn, ctx: Context, event: str
+) -> tuple[str, int | None]:
+    """``{"role": str, "duration_seconds": int?}``; anything else is refused and audited."""
+    try:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidRequest("The request is too large.", reason="api_body_too_large")
+        try:
+            data: Any = json.loads(body)
+        except ValueError:
+            raise InvalidRequest("Send a JSON object.", reason="api_body_not_json") from None
+        if not isinstance(data, dict) or set(data) - {"role", "duration_seconds"}:
+            raise InvalidRequest('Send {"role": ..., "duration_seconds": ...} only.', reason="api_body_shape")
+        role, duration = data.get("role"), data.get("duration_seconds")
+        if not isinstance(role, str) or not 0 < len(role) <= 64:
+            raise InvalidRequest("role must be a role name.", reason="api_role_invalid")
+        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int)):
+            raise InvalidRequest("duration_seconds must be a whole number.", reason="api_duration_invalid")
+    except BrokerError as exc:
+        raise broker.audit.deny(
+            broker.db, exc, event=event, identity=signed_in.identity, channel=Channel.CLI.value, ctx=ctx
+        ) from None
+    return role, duration
+
+
+@router.get("/roles", summary="The roles the signed-in person may use")
+def roles(broker: BrokerDep, signed_in: CliSignInDep) -> JSONResponse:
+    views = broker.roles_for(signed_in.identity)
+    return JSONResponse(
+        {
+            "principal": signed_in.identity.principal,
+            "mfa": signed_in.identity.mfa.level.label,
+            "roles": [
+                {
+                    "name": view.role.name,
+                    "account": view.role.account,
+                    "account_name": view.role.account_name,
+                    "description": view.role.description,
+                    "max_duration_seconds": view.max_duration_seconds,
+                    "usable": view.usable,
+                    "missing": view.missing,
+                }
+                for view in views
+            ],
+        },
+        headers=NO_STORE,
+    )
+
+
+@router.post("/credentials", summary="STS credentials in the AWS credential_process format")
+async def credentials(request: Request, broker: BrokerDep, signed_in: CliSignInDep, ctx: ContextDep) -> JSONResponse:
+    role, duration = await _role_request(request, broker, signed_in, ctx, "credentials")
+    issued = await run_in_threadpool(
+        lambda: broker.issue(
+            signed_in.identity,
+            role=role,
+            channel=Channel.CLI,
+            ctx=ctx,
+            duration_seconds=duration,
+            audit_detail={"cli_sign_in": signed_in.family_id},
+        )
+    )
+    return JSONResponse(issued.credentials.process_json(), headers=NO_STORE)
+
+
+@router.post("/console", summary="An AWS console sign-in URL for a role")
+async def console(request: Request, broker: BrokerDep, signed_in: CliSignInDep, ctx: ContextDep) -> JSONResponse:
+    role, duration = await _role_request(request, broker, signed_in, ctx, "console")
+    url = await run_in_threadpool(
+        lambda: broker.console_url(signed_in.identity, role=role, ctx=ctx, duration_seconds=duration)
+    )
+    return JSONResponse({"url": url}, headers=NO_STORE)

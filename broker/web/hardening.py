@@ -1,0 +1,96 @@
+"""Request size limits as a pure ASGI middleware, applied before any route or parser sees the request.
+
+* All request headers together larger than ``server.max_header_bytes``: 431 (RFC 6585 section 5).
+* A body larger than ``server.max_body_bytes``: 413 (RFC 9110 section 15.5.14), either at once from
+  ``Content-Length`` or, for a chunked body, as soon as the running total passes the cap (reading the body
+  then raises a 413 ``HTTPException``, rendered as :class:`~broker.errors.PayloadTooLarge` by the one handler).
+
+Routes keep their own, tighter caps (the SAML ACS, the token endpoint), which audit the refusal with a
+protocol-specific reason. These outer caps are only logged: they sit in front of everything, including
+unauthenticated floods, and an audit append per oversized request would let a flood serialize on the
+audit chain head (see ``broker.ratelimit``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from broker.logs import get_logger
+
+log = get_logger("broker.access")
+
+
+class RequestLimits:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+        if sum(len(name) + len(value) + 4 for name, value in headers) > self.max_header_bytes:
+            await _refuse(scope, send, 431, "request_header_fields_too_large", "The request headers are too large.")
+            return
+        declared = next((value for name, value in headers if name == b"content-length"), None)
+        if declared is not None:
+            if not declared.isdigit():
+                await _refuse(scope, send, 400, "invalid_request", "The Content-Length header is malformed.")
+                return
+            if int(declared) > self.max_body_bytes:
+                await _refuse(scope, send, 413, "payload_too_large", "The request is too large.")
+                return
+        received = 0
+        limit = self.max_body_bytes
+        overflowed = False
+        refused = False
+
+        async def capped() -> Message:
+            nonlocal received, overflowed
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    overflowed = True
+                    log.info("request refused", reason="request_too_large", path=scope.get("path", ""))
+                    # An HTTPException passes FastAPI's body parsing unchanged; web/errors.py renders it as 413.
+                    raise HTTPException(status_code=413)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            # Middleware between here and the route may turn the exception into another error response (or
+            # the route may have parsed a truncated body): whatever the app answers, the client gets the 413.
+            nonlocal refused
+            if overflowed:
+                if message["type"] == "http.response.start":
+                    refused = True
+                    await _refuse(scope, send, 413, "payload_too_large", "The request is too large.")
+                return
+            await send(message)
+
+        await self.app(scope, capped, guarded_send)
+        if overflowed and not refused:
+            await _refuse(scope, send, 413, "payload_too_large", "The request is too large.")
+
+
+async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+    log.info("request refused", reason=code, status=status, path=scope.get("path", ""))
+    body = json.dumps({"error": code, "error_description": message}).encode()
+    start: dict[str, Any] = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"connection", b"close"),
+        ],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,142 @@
+"""Alerts and metrics from the audit trail; the access report and its CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from broker.audit import Context
+from broker.aws.sts import Sts
+from broker.errors import AccessDenied
+from broker.federation import Broker
+from broker.identity import Channel, Identity, MfaEvidence, MfaLevel
+from broker.operations import Operations
+from broker.settings import load_settings
+from broker.store import queries
+from broker.store.db import Database
+from tests.support.webhook_receiver import WebhookReceiver
+
+
+def person(name: str, groups: set[str], *, break_glass: bool = False) -> Identity:
+    return Identity(
+        subject=f"u-{name}",
+        issuer="https://idp.example.test",
+        store="corp",
+        username=name,
+        email=f"{name}@example.test",
+        groups=frozenset(groups),
+        mfa=MfaEvidence(level=MfaLevel.MFA),
+        break_glass=break_glass,
+    )
+
+
+@pytest.fixture
+def ops(make_config: Callable[..., dict[str, Any]]) -> Any:
+    made: list[Operations] = []
+
+    def build(**overrides: Any) -> Operations:
+        settings = load_settings(None, **make_config(**overrides))
+        broker = Broker(settings, db=Database(settings.database_url), sts=Sts(settings.aws))
+        made.append(Operations(broker, revoker=None))
+        return made[-1]
+
+    yield build
+    for o in made:
+        o.db.dispose()
+
+
+def alerts(o: Operations) -> list[tuple[str | None, str]]:
+    with o.db.transaction() as session:
+        return [(e.principal, e.reason) for e in queries.search_audit_events(session, event="alert")][::-1]
+
+
+def test_denial_burst_raises_one_alert_per_window(ops: Any) -> None:
+    with WebhookReceiver() as hook:
+        o = ops(notifications={"webhook_url": hook.url}, alerts={"burst_threshold": 3})
+        carol = person("carol", {"sales"})
+        for _ in range(5):
+            with pytest.raises(AccessDenied):
+                o.broker.issue(carol, role="readonly", channel=Channel.CLI, ctx=Context())
+        o.run_once()
+        assert alerts(o) == [("carol@example.test", "denial_burst")]
+        [message] = hook.wait_for(1)
+        assert message["event"] == "alert.denial_burst" and "carol@example.test" in message["text"]
+        metrics = o.metrics.render().decode()
+        assert 'broker_denials_total{event="credentials",reason="role_not_granted"} 5.0' in metrics
+        assert 'broker_alerts_total{rule="denial_burst"} 1.0' in metrics
+
+
+def test_break_glass_and_new_network_alerts(ops: Any) -> None:
+    o = ops()
+    o.broker.start_session(person("bg", set(), break_glass=True), Context(client_ip="10.0.0.5"))
+    dana = person("dana", {"engineering"})
+    o.broker.start_session(dana, Context(client_ip="10.1.0.5"))  # first sign-in: the baseline
+    o.broker.start_session(dana, Context(client_ip="10.1.0.77"))  # same /24
+    o.broker.start_session(dana, Context(client_ip="203.0.113.9"))  # new network
+    o.run_once()
+    assert alerts(o) == [("bg@example.test", "break_glass_used"), ("dana@example.test", "new_network")]
+
+
+def test_outside_allowed_hours_is_refused_by_policy_and_alerted(ops: Any) -> None:
+    hour = datetime.now(UTC).hour
+    closed = {"timezone": "UTC", "start_hour": (hour + 2) % 24, "end_hour": (hour + 2) % 24 + 1}
+    o = ops(
+        roles=[
+            {
+                "name": "readonly",
+                "role_arn": "arn:aws:iam::123456789012:role/ReadOnly",
+                "grant": [{"groups": ["engineering"]}],
+                "allowed_hours": closed,
+            }
+        ]
+    )
+    with pytest.raises(AccessDenied) as refused:
+        o.broker.issue(person("erin", {"engineering"}), role="readonly", channel=Channel.CLI, ctx=Context())
+    assert refused.value.reason == "outside_allowed_hours"
+    o.run_once()
+    assert alerts(o) == [("erin@example.test", "outside_allowed_hours")]
+
+
+def test_access_report_and_cli(ops: Any, make_config: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    o = ops()
+    eng = person("eve", {"engineering"})
+    idle = person("ian", {"engineering"})
+    o.broker.start_session(idle, Context())
+    o.broker.issue(eng, role="readonly", channel=Channel.CLI, ctx=Context())
+    o.broker.issue(eng, role="readonly", channel=Channel.CLI, ctx=Context())
+    report = o.report(days=30)
+    readonly = next(r for r in report["roles"] if r["role"] == "readonly")
+    assert readonly["access"] == "standing" and readonly["rules"] == ["groups=engineering"]
+    assert readonly["granted_to"] == ["eve@example.test", "ian@example.test"]
+    assert readonly["used_by"]["eve@example.test"]["issuances"] == 2
+    assert readonly["unused_grants"] == ["ian@example.test"]
+
+    config = tmp_path / "broker.yaml"
+    config.write_text(yaml.safe_dump(make_config()))
+    from broker.cli import app
+
+    runner = CliRunner()
+    as_json = runner.invoke(app, ["access-report", "-c", str(config), "--days", "30", "--format", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)["roles"][0]["used_by"]["eve@example.test"]["issuances"] == 2
+    as_csv = runner.invoke(app, ["access-report", "-c", str(config), "--format", "csv"])
+    assert "readonly,standing,ian@example.test,True,0,,unused_grant" in as_csv.stdout
+    table = runner.invoke(app, ["access-report", "-c", str(config)])
+    assert table.exit_code == 0 and "readonly" in table.stdout
+
+    # Operator changes through the CLI are audited as the operator.
+    revoked = runner.invoke(
+        app, ["revoke", "principal", "eve@example.test", "-r", "INC-3", "-c", str(config), "--as", "oncall"]
+    )
+    assert revoked.exit_code in (0, 1), revoked.output  # 1 when AWS did not take the deny (said on stderr)
+    with o.db.transaction() as session:
+        [event] = queries.search_audit_events(session, event="revocation")
+        assert (event.principal, event.store) == ("operator:oncall", "cli")
+        assert event.detail["issuances"] and event.detail["sessions"] == 0
