@@ -15,10 +15,31 @@ from __future__ import annotations
 import os
 import time
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from broker.client.paths import cache_dir, cache_file, config_dir, write_private
+
+# typing is not imported at run time: it alone costs a few milliseconds on every AWS CLI call.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def _aesgcm() -> Any:
+    """cryptography's AES-GCM class, taken from its compiled binding when that is where it lives.
+
+    ``cryptography.hazmat.primitives.ciphers.aead.AESGCM`` is a re-export of this very class, but importing the
+    public module costs about three times as long (it pulls in ``typing`` and the cipher registry), and this
+    path runs on every AWS CLI call. ``tests/client/test_cache.py`` checks that both are the same class, so a
+    cryptography release that moves it fails the tests instead of silently falling back.
+    """
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        return rust_openssl.aead.AESGCM
+    except (ImportError, AttributeError):  # pragma: no cover (older or newer cryptography)
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        return AESGCM
+
 
 # Refresh five minutes before expiry (the AWS SDKs refresh process credentials about as early).
 REFRESH_MARGIN_SECONDS = 300
@@ -36,7 +57,7 @@ def _key() -> bytes:
             return key
     except FileNotFoundError:
         pass
-    key = AESGCM.generate_key(bit_length=256)
+    key = os.urandom(32)  # AES-256
     write_private(path, key)
     return key
 
@@ -60,16 +81,18 @@ def read(url: str, role: str, duration: int | None, *, now: float | None = None)
         return None
     nonce = blob[_HEADER : _HEADER + _NONCE]
     try:
-        plain: bytes = AESGCM(_key()).decrypt(nonce, blob[_HEADER + _NONCE :], _aad(header, url, role, duration))
-    except InvalidTag:  # tampered, swapped, or written under another key: fetch anew
-        return None
+        plain: bytes = _aesgcm()(_key()).decrypt(nonce, blob[_HEADER + _NONCE :], _aad(header, url, role, duration))
+    except Exception as exc:
+        if type(exc).__name__ != "InvalidTag":  # cryptography.exceptions.InvalidTag, not imported on the hot path
+            raise
+        return None  # tampered, swapped, or written under another key: fetch anew
     return plain
 
 
 def write(url: str, role: str, duration: int | None, credentials_json: bytes, expires_at: float) -> None:
     header = MAGIC + int(expires_at).to_bytes(8, "big")
     nonce = os.urandom(_NONCE)
-    sealed = AESGCM(_key()).encrypt(nonce, credentials_json, _aad(header, url, role, duration))
+    sealed = _aesgcm()(_key()).encrypt(nonce, credentials_json, _aad(header, url, role, duration))
     write_private(cache_file(url, role, duration), header + nonce + sealed)
 
 

@@ -1,14 +1,15 @@
 """Where the helper keeps its files (XDG base directories), all created private to the user.
 
-``os.path`` rather than ``pathlib`` and ``zlib.crc32`` rather than ``hashlib``: this module is on the
+``os.path`` rather than ``pathlib``, ``zlib.crc32`` rather than ``hashlib``, no ``re``: this module is on the
 credential-process cache-hit path, where every import is paid on each AWS CLI call.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import zlib
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 def config_dir() -> str:
@@ -47,5 +48,5 @@ def write_private(path: str, data: bytes) -> None:
 
 def cache_file(url: str, role: str, duration: int | None) -> str:
     # The name only has to be stable; the ciphertext is bound to (url, role, duration), so a collision is a miss.
-    safe_role = re.sub(r"[^A-Za-z0-9_-]", "_", role)[:64]
+    safe_role = "".join(c if c in _SAFE else "_" for c in role[:64])
     return os.path.join(cache_dir(), f"{safe_role}-{duration or 0}-{zlib.crc32(url.encode()):08x}.cred")

@@ -75,3 +75,10 @@ def test_clear_removes_every_cached_set() -> None:
     put("ro", 900, 3600)
     assert cache.clear() == 2
     assert cache.read(URL, "ro", None) is None
+
+
+def test_fast_cipher_is_cryptographys_public_aesgcm() -> None:
+    """The hot path's AES-GCM must be exactly the class cryptography publishes (see cache._aesgcm)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    assert cache._aesgcm() is AESGCM
