@@ -12,8 +12,8 @@ open windows as data (``policy.decide(..., active_grants=...)``). Every step is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from broker.audit import AuditTrail, Clock, Context
@@ -182,6 +182,40 @@ class Elevation:
     def may_approve(self, identity: Identity, role: RoleConfig) -> bool:
         rr = role.requires_request
         return rr is not None and bool(identity.groups.intersection(rr.approvers))
+
+    # ------------------------------------------------------------ read by the portal
+
+    def requests_of(self, principal_id: int, *, limit: int = 50) -> list[RequestView]:
+        """The person's own requests, newest first, with the status they have now.
+
+        The worker marks unanswered requests ``expired`` and closed windows ``ended`` on its next pass; until
+        then a person should already read them that way (neither can be approved or used any more).
+        """
+        now = self.clock()
+        with self.db.transaction() as session:
+            rows = queries.list_access_requests(session, principal_id=principal_id, limit=limit)
+            return [self._as_of(row, now) for row in rows]
+
+    def awaiting(self, identity: Identity, *, limit: int = 100) -> list[RequestView]:
+        """Pending requests this identity may answer: roles it approves, not yet expired, not its own."""
+        now = self.clock()
+        views: list[RequestView] = []
+        with self.db.transaction() as session:
+            for role in self.settings.roles:
+                if not self.may_approve(identity, role):
+                    continue
+                rows = queries.list_access_requests(session, status="pending", role_name=role.name, limit=limit)
+                views += [RequestView.of(r) for r in rows if r.expires_at > now and r.principal != identity.principal]
+        return sorted(views, key=lambda v: v.id)[:limit]
+
+    @staticmethod
+    def _as_of(row: AccessRequestRow, now: datetime) -> RequestView:
+        view = RequestView.of(row)
+        if row.status == "pending" and row.expires_at <= now:
+            return replace(view, status="expired")
+        if row.status == "approved" and row.grant_ends_at is not None and row.grant_ends_at <= now:
+            return replace(view, status="ended")
+        return view
 
     def _transition(
         self,

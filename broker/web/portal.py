@@ -24,6 +24,7 @@ from broker.web.deps import (
     safe_return_path,
     session_cookie,
 )
+from broker.web.requests import portal_context
 
 router = APIRouter(tags=["portal"])
 DURATION_CHOICES = (900, 1800, 3600, 7200, 14400, 28800, 43200)
@@ -132,6 +133,8 @@ def portal(request: Request, broker: BrokerDep, current: CurrentDep, templates: 
             "dev": broker.settings.dev,
             # The strongest factor the broker holds for this person: offered as a step-up where a role needs it.
             "broker_factor": broker.mfa.overview(current.principal_id).strongest,
+            # Just-in-time roles: request form, pending request or open window; the header's /requests link.
+            **portal_context(request, current, DURATION_CHOICES),
         },
     )
 
