@@ -84,6 +84,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     app.state.operations = operations
     app.state.ratelimiter = ratelimiter
     app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
+    # Every page says so when this is a development broker (base.html shows the banner).
+    app.state.templates.env.globals["dev"] = settings.dev
     app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     errors.install(app)
     app.include_router(health.router)
