@@ -148,9 +148,13 @@ def make_config(db_url: str, sts_endpoint: str) -> Callable[..., dict[str, Any]]
     return make
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the session; each test opens its own context (fresh cookies and storage)."""
+    """One headless Chromium per test module; each test opens its own context (fresh cookies and storage).
+
+    Module scope, not session: Playwright's sync API keeps an event loop running in this thread while it is
+    open, which other modules' own uses of asyncio or Playwright must not find.
+    """
     from tests.support.browser import launch_chromium
 
     with launch_chromium() as browser:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import shutil
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -339,33 +338,27 @@ def test_rp_initiated_logout(op: OidcProvider, metadata: dict[str, Any], browser
         login_over_http(browser, AuthRequest(metadata).url, "alice", "wrong")
 
 
-def test_login_in_headless_chromium(op: OidcProvider, metadata: dict[str, Any]) -> None:
+def test_login_in_headless_chromium(op: OidcProvider, metadata: dict[str, Any], chromium: Any) -> None:
     """The login page works in a real browser, with JavaScript disabled to prove it needs none."""
-    from playwright import sync_api
-
-    chromium = shutil.which("chromium")
-    assert chromium is not None, "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
-
     req = AuthRequest(metadata)
     callbacks: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(java_script_enabled=False)
+    context = chromium.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
 
-            # Stand in for the RP's callback and record what the provider sent it.
-            def rp_callback(route: Any) -> None:
-                callbacks.append(route.request.url)
-                route.fulfill(status=200, body="ok")
+        # Stand in for the RP's callback and record what the provider sent it.
+        def rp_callback(route: Any) -> None:
+            callbacks.append(route.request.url)
+            route.fulfill(status=200, body="ok")
 
-            page.route(f"{RP_REDIRECT}*", rp_callback)
-            page.goto(req.url)
-            page.get_by_label("Username").fill("alice")
-            page.get_by_label("Password").fill("alice-pw")
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(f"{RP_REDIRECT}*")
-        finally:
-            browser.close()
+        page.route(f"{RP_REDIRECT}*", rp_callback)
+        page.goto(req.url)
+        page.get_by_label("Username").fill("alice")
+        page.get_by_label("Password").fill("alice-pw")
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{RP_REDIRECT}*")
+    finally:
+        context.close()
 
     assert len(callbacks) == 1
     params = {k: v[0] for k, v in parse_qs(urlsplit(callbacks[0]).query).items()}
