@@ -92,6 +92,17 @@ def provider_config(broker_url: str, store: str, **extra: Any) -> dict[str, Any]
     }
 
 
+def people(spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Provider accounts from ``{name: {"groups": [...], "amr": [...]}}``: password ``<name>-pw``, sub ``u-<name>``."""
+    return {
+        name: {
+            "password": f"{name}-pw",
+            "claims": {"sub": f"u-{name}", "email": f"{name}@example.test", "groups": who["groups"], "amr": who["amr"]},
+        }
+        for name, who in spec.items()
+    }
+
+
 def store_config(name: str, issuer: str, **extra: Any) -> dict[str, Any]:
     return {
         "type": "oidc",

@@ -20,7 +20,13 @@ import pytest
 
 from broker.app import create_app
 from broker.settings import load_settings
-from tests.support.oidc_flow import CLIENT_ID, CLIENT_SECRET, Running, callback_url, store_config
+from tests.support.oidc_flow import (
+    Running,
+    callback_url,
+    people,
+    provider_config,
+    store_config,
+)
 from tests.support.oidc_provider import OidcProvider, login_over_http
 from tests.support.portal import csrf_from, env_credentials
 from tests.support.processes import LiveServer, free_port
@@ -35,35 +41,12 @@ ACCOUNTS: dict[str, Any] = {
 }
 
 
-def account(name: str) -> dict[str, Any]:
-    spec = ACCOUNTS[name]
-    return {
-        "password": f"{name}-pw",
-        "claims": {"sub": f"u-{name}", "email": f"{name}@example.test", "groups": spec["groups"], "amr": spec["amr"]},
-    }
-
-
 @pytest.fixture(scope="module")
 def provider() -> Iterator[tuple[OidcProvider, int]]:
     port = free_port()
     broker_url = f"http://127.0.0.1:{port}"
     with OidcProvider() as op:
-        op.start(
-            {
-                "clients": [
-                    {
-                        "client_id": CLIENT_ID,
-                        "client_secret": CLIENT_SECRET,
-                        "redirect_uris": [f"{broker_url}/oidc/corp/callback"],
-                        "post_logout_redirect_uris": [f"{broker_url}/signed-out"],
-                        "grant_types": ["authorization_code"],
-                        "response_types": ["code"],
-                        "token_endpoint_auth_method": "client_secret_basic",
-                    }
-                ],
-                "accounts": {name: account(name) for name in ACCOUNTS},
-            }
-        )
+        op.start(provider_config(broker_url, "corp", accounts=people(ACCOUNTS)))
         yield op, port
 
 
