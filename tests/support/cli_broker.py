@@ -17,15 +17,13 @@ from typing import Any
 
 import httpx
 import pyotp
-from sqlalchemy import select
 
 from broker.app import create_app
 from broker.connectors.local import hash_password
 from broker.settings import load_settings
-from broker.store.db import Database
-from broker.store.models import AuditEvent, Issuance
 from tests.support.portal import login_local
 from tests.support.processes import LiveServer, free_port
+from tests.support.records import Records
 
 PASSWORD = "correct horse battery staple"
 TOTP_SECRET = pyotp.random_base32()
@@ -61,37 +59,11 @@ class MovableClock:
 
 
 @dataclass
-class CliBroker:
+class CliBroker(Records):
     url: str
     db_url: str
     clock: MovableClock
     _totp_steps: set[int] = field(default_factory=set)
-
-    def audit(self, after: int = 0) -> list[AuditEvent]:
-        db = Database(self.db_url)
-        try:
-            with db.transaction() as session:
-                rows = list(
-                    session.scalars(select(AuditEvent).where(AuditEvent.seq > after).order_by(AuditEvent.seq)).all()
-                )
-                session.expunge_all()
-                return rows
-        finally:
-            db.dispose()
-
-    def last_seq(self) -> int:
-        rows = self.audit()
-        return rows[-1].seq if rows else 0
-
-    def issuances(self) -> list[Issuance]:
-        db = Database(self.db_url)
-        try:
-            with db.transaction() as session:
-                rows = list(session.scalars(select(Issuance).order_by(Issuance.id)).all())
-                session.expunge_all()
-                return rows
-        finally:
-            db.dispose()
 
     def totp(self) -> str:
         """A TOTP code not used before (each time step works once): wait for the next step if needed."""

@@ -23,13 +23,12 @@ from sqlalchemy import func, select
 
 from broker.app import create_app
 from broker.settings import load_settings
-from broker.store import queries
 from broker.store.db import Database
-from broker.store.models import AuditEvent, Issuance
 from tests.support.federation_standin import FederationStandIn
 from tests.support.oidc_provider import OidcProvider, login_over_http
 from tests.support.oidc_relay import OidcRelay
 from tests.support.processes import LiveServer, free_port
+from tests.support.records import Records
 
 CLIENT_ID = "broker"
 CLIENT_SECRET = "broker-client-secret-0123456789-0123456789"
@@ -155,34 +154,10 @@ def start_peers() -> Iterator[Peers]:
 
 
 @dataclass
-class Running:
+class Running(Records):
     url: str
     db_url: str
     standin: FederationStandIn
-
-    def audit(self, after: int = 0) -> list[AuditEvent]:
-        db = Database(self.db_url)
-        try:
-            with db.transaction() as session:
-                rows = [r for r in queries.iter_audit_events(session) if r.seq > after]
-                session.expunge_all()
-                return rows
-        finally:
-            db.dispose()
-
-    def last_seq(self) -> int:
-        rows = self.audit()
-        return rows[-1].seq if rows else 0
-
-    def issuances(self) -> list[Issuance]:
-        db = Database(self.db_url)
-        try:
-            with db.transaction() as session:
-                rows = list(session.scalars(select(Issuance).order_by(Issuance.id)).all())
-                session.expunge_all()
-                return rows
-        finally:
-            db.dispose()
 
     def session_count(self) -> int:
         from broker.store.models import BrokerSession
