@@ -22,6 +22,7 @@ from broker.oauth.server import OAuthServer
 from broker.oauth.tokens import TokenService
 from broker.operations import Operations, build_revoker
 from broker.ratelimit import RateLimiter
+from broker.sealer import build_sealer
 from broker.settings import OidcStoreConfig, Settings
 from broker.store.db import Database
 from broker.web import admin, errors, health, mfa, oauth, oidc, portal, requests, saml
@@ -51,6 +52,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     oauth_server = OAuthServer(broker, tokens=tokens)
     # Abuse limits (broker/ratelimit.py): in-process counters, or shared through Redis across processes.
     ratelimiter = RateLimiter(settings.rate_limits, keys=broker.keys, audit=broker.audit, db=db)
+    # Seals the audit trail in the background and publishes signed digests (broker/sealer.py).
+    sealer = build_sealer(broker.audit, db, settings.audit)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -66,8 +69,10 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
             },
         )
         operations.start()
+        sealer.start()
         yield
         operations.stop()
+        sealer.stop()
         oauth_server.close()
         ratelimiter.close()
         db.dispose()

@@ -1,10 +1,13 @@
-"""The audit trail: every decision is an event in SQL, hash-chained, and failing closed.
+"""The audit trail: every decision is an event in SQL, keyed, sealed in segments, and failing closed.
 
-Each event stores ``prev_hash`` and its own ``hash`` = HMAC-SHA256(chain key, prev_hash || canonical JSON of
-its fields). The HMAC (not a bare hash) means someone who can write to the database but does not hold the
-broker's key cannot rebuild a consistent chain after an edit. A single locked head row serializes appends
-across processes and catches a deleted tail. Values that identify a secret (tokens, assertions, codes) are
-stored only as keyed HMACs (:meth:`AuditTrail.ref`), never in clear.
+An event is one INSERT in the caller's transaction, with no shared lock: it carries its own ``mac`` =
+HMAC(chain key, canonical JSON of its fields, the writing process included), so it commits with the action or
+not at all. A sealer (one at a time across the fleet, :meth:`AuditTrail.seal`) then integrates committed events
+in batches, as Certificate Transparency logs integrate entries: it gives each a segment and a position and a
+keyed running ``chain`` value, and writes a segment row whose HMAC ``seal`` covers its count, its last chain
+value and the previous segment's. Verification walks segments in order and names the first event edited,
+deleted, reordered or inserted. Signed digests outside the database (``broker.anchors``) catch what the key
+holder could rebuild. Values that identify a secret are stored only as keyed HMACs (:meth:`AuditTrail.ref`).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import socket
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 from sqlalchemy.orm import Session
@@ -25,11 +30,33 @@ from broker.identity import Identity
 from broker.keys import Keys
 from broker.store import queries
 from broker.store.db import Database
-from broker.store.models import AuditEvent
+from broker.store.models import AuditEvent, AuditSegment
 
 GENESIS = "0" * 64
 # Detail keys whose values must never be stored in clear; they are replaced by keyed HMAC references.
 _SECRET_WORDS = frozenset({"secret", "password", "token", "assertion", "code", "cookie", "totp", "otp", "verifier"})
+# How long a committed event may wait for the sealer beyond its interval (slow transactions, a sealer pass,
+# a restart) before `verify` calls it stalled or inserted; settings.audit.seal_grace_seconds overrides it.
+DEFAULT_SEAL_WINDOW = timedelta(seconds=31)
+# Events integrated per segment; a larger backlog becomes several segments in one pass.
+DEFAULT_SEAL_BATCH = 5000
+
+# The columns an append writes; the database assigns ``seq``, the sealer the rest.
+_INSERTED = (
+    "event_id",
+    "occurred_at",
+    "writer",
+    "event",
+    "outcome",
+    "reason",
+    "principal",
+    "store",
+    "channel",
+    "client_ip",
+    "request_id",
+    "detail",
+    "mac",
+)
 
 Clock = Callable[[], datetime]
 
@@ -42,7 +69,12 @@ def canonical(fields: Mapping[str, Any]) -> str:
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def _hashed_fields(row: AuditEvent) -> dict[str, Any]:
+def is_legacy(row: AuditEvent) -> bool:
+    """Written by the one-row-at-a-time chain before segments existed (segment 0 after the upgrade)."""
+    return row.prev_hash is not None
+
+
+def _legacy_fields(row: AuditEvent) -> dict[str, Any]:
     return {
         "seq": row.seq,
         "event_id": row.event_id,
@@ -59,12 +91,69 @@ def _hashed_fields(row: AuditEvent) -> dict[str, Any]:
     }
 
 
+def event_fields(row: AuditEvent) -> dict[str, Any]:
+    """The fields an event's MAC and entry hash cover (``seq`` is a storage id, so it is not among them)."""
+    return {
+        "v": 2,
+        "event_id": row.event_id,
+        "occurred_at": row.occurred_at.astimezone(UTC).isoformat(),
+        "writer": row.writer,
+        "event": row.event,
+        "outcome": row.outcome,
+        "reason": row.reason,
+        "principal": row.principal,
+        "store": row.store,
+        "channel": row.channel,
+        "client_ip": row.client_ip,
+        "request_id": row.request_id,
+        "detail": row.detail,
+    }
+
+
+def entry_hash(row: AuditEvent) -> str:
+    """SHA-256 of an event's content: what signed digests commit to, recomputable without any secret."""
+    if is_legacy(row):
+        fields = {**_legacy_fields(row), "prev_hash": row.prev_hash, "hash": row.hash}
+    else:
+        fields = event_fields(row)
+    return hashlib.sha256(canonical(fields).encode()).hexdigest()
+
+
+def public_root(previous: str, entry: str) -> str:
+    """The unkeyed running hash over entry hashes that digests sign (``broker.anchors``)."""
+    return hashlib.sha256(f"{previous}\n{entry}".encode()).hexdigest()
+
+
+def writer_id() -> str:
+    """This process: host, pid and a nonce per start (pids are reused)."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 @dataclass(frozen=True)
 class VerifyResult:
+    """What `broker audit verify` found. On failure the first bad event is named by as much as is known."""
+
     ok: bool
     checked: int
     bad_seq: int | None = None
     problem: str | None = None
+    event_id: str | None = None
+    segment: int | None = None
+    position: int | None = None
+    segments: int = 0
+    unsealed: int = 0
+
+    @property
+    def where(self) -> str:
+        parts = []
+        if self.bad_seq is not None:
+            parts.append(f"event {self.bad_seq}")
+        if self.segment is not None:
+            at = f" position {self.position}" if self.position is not None else ""
+            parts.append(f"segment {self.segment}{at}")
+        if self.event_id:
+            parts.append(f"event_id {self.event_id}")
+        return ", ".join(parts) or "the trail"
 
 
 @dataclass(frozen=True)
@@ -77,10 +166,13 @@ class Context:
 
 
 class AuditTrail:
-    def __init__(self, keys: Keys, clock: Clock = utcnow) -> None:
+    def __init__(self, keys: Keys, clock: Clock = utcnow, *, seal_window: timedelta = DEFAULT_SEAL_WINDOW) -> None:
         self._chain_key = keys.key("audit-chain")
         self._keys = keys
         self._clock = clock
+        self.clock = clock
+        self.seal_window = seal_window
+        self.writer = writer_id()
         # Called with every appended event, inside its transaction (metrics and alerts, ``broker.monitoring``).
         # An observer must be cheap and must not raise; one that does is ignored, never the audit write.
         self.observers: list[Callable[[AuditEvent], None]] = []
@@ -89,8 +181,31 @@ class AuditTrail:
         """A keyed HMAC that identifies a secret value (for correlation) without revealing it."""
         return "hmac:" + self._keys.mac("audit-ref", value)[:32]
 
-    def _hash(self, prev_hash: str, fields: Mapping[str, Any]) -> str:
-        message = (prev_hash + "\n" + canonical(fields)).encode()
+    # ------------------------------------------------------------ keyed values
+
+    def _mac(self, label: str, message: str) -> str:
+        return hmac.new(self._chain_key, f"{label}\n{message}".encode(), hashlib.sha256).hexdigest()
+
+    def event_mac(self, row: AuditEvent) -> str:
+        return self._mac("event", canonical(event_fields(row)))
+
+    def chain(self, previous: str, row: AuditEvent) -> str:
+        """The keyed running value binding an event to its place: HMAC(previous chain value, entry hash)."""
+        return self._mac("chain", f"{previous}\n{entry_hash(row)}")
+
+    def segment_seal(self, segment: AuditSegment) -> str:
+        sealed_at = segment.sealed_at.astimezone(UTC).isoformat() if segment.sealed_at else None
+        fields = {
+            "number": segment.number,
+            "count": segment.count,
+            "prev_hash": segment.prev_hash,
+            "hash": segment.hash,
+            "sealed_at": sealed_at,
+        }
+        return self._mac("segment", canonical(fields))
+
+    def _legacy_hash(self, prev_hash: str, row: AuditEvent) -> str:
+        message = (prev_hash + "\n" + canonical(_legacy_fields(row))).encode()
         return hmac.new(self._chain_key, message, hashlib.sha256).hexdigest()
 
     def _clean_detail(self, detail: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,6 +219,8 @@ class AuditTrail:
         # Round-trip through JSON so the hashed form equals what the database returns later.
         result: dict[str, Any] = json.loads(canonical(clean))
         return result
+
+    # ------------------------------------------------------------ appending
 
     def append(
         self,
@@ -119,11 +236,13 @@ class AuditTrail:
         ctx: Context | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
-        """Append one event inside the caller's transaction (so it commits, or not, with the action)."""
+        """Append one event inside the caller's transaction (so it commits, or not, with the action).
+
+        One INSERT and no lock shared with other writers: concurrent appends from every process commit side by
+        side, and the sealer orders them later.
+        """
         ctx = ctx or Context()
-        head = queries.lock_chain_head(session)
         row = AuditEvent(
-            seq=head.seq + 1,
             event_id=str(uuid.uuid4()),
             occurred_at=self._clock(),
             event=event,
@@ -135,11 +254,11 @@ class AuditTrail:
             client_ip=ctx.client_ip,
             request_id=ctx.request_id,
             detail=self._clean_detail(detail or {}),
-            prev_hash=head.hash,
-            hash="",
+            writer=self.writer,
         )
-        row.hash = self._hash(head.hash, _hashed_fields(row))
-        queries.insert_audit_event(session, head=head, event=row)
+        row.mac = self.event_mac(row)
+        values = {name: getattr(row, name) for name in _INSERTED}
+        row.seq = queries.insert_audit_event(session, values=values)
         for observer in self.observers:
             try:
                 observer(row)
@@ -162,48 +281,197 @@ class AuditTrail:
         self.record(db, outcome="denied", reason=error.reason, detail=detail, **kwargs)
         return error
 
-    def verify(self, rows: Iterable[AuditEvent], head_seq: int | None, head_hash: str | None) -> VerifyResult:
-        """Walk the chain in order; name the first event that was edited, removed, reordered or inserted."""
-        prev_hash, expected_seq, checked = GENESIS, 1, 0
-        for row in rows:
-            if row.seq != expected_seq:
+    # ------------------------------------------------------------ sealing
+
+    def seal(self, db: Database, *, batch: int = DEFAULT_SEAL_BATCH) -> int:
+        """One sealer pass: integrate every committed, unsealed event into new segments; returns how many.
+
+        Returns 0 at once when another process is sealing. Events whose transactions commit after this pass
+        read the table simply join a later segment, so nobody waits for a lower ``seq`` to commit.
+        """
+        with db.transaction() as session:
+            if not queries.try_lock_audit_sealer(session):
+                return 0
+            now = self._clock()
+            zero = queries.get_audit_segment(session, number=0)
+            if zero is None:
+                zero = AuditSegment(number=0, count=0, prev_hash=GENESIS, hash=GENESIS, sealed_at=now)
+                zero.seal = self.segment_seal(zero)
+                queries.add_audit_segment(session, segment=zero)
+            elif zero.seal is None:
+                self._seal_legacy(session, zero, now)
+            head = queries.latest_audit_segment(session)
+            assert head is not None
+            sealed = 0
+            while True:
+                rows = queries.unsealed_audit_events(session, limit=batch)
+                if not rows:
+                    break
+                number, chain, placements = head.number + 1, head.hash, []
+                for position, row in enumerate(rows):
+                    chain = self.chain(chain, row)
+                    placements.append({"seq": row.seq, "segment": number, "position": position, "chain": chain})
+                queries.seal_audit_events(session, placements=placements)
+                segment = AuditSegment(number=number, count=len(rows), prev_hash=head.hash, hash=chain, sealed_at=now)
+                segment.seal = self.segment_seal(segment)
+                queries.add_audit_segment(session, segment=segment)
+                head, sealed = segment, sealed + len(rows)
+                if len(rows) < batch:
+                    break
+            return sealed
+
+    def _seal_legacy(self, session: Session, zero: AuditSegment, now: datetime) -> None:
+        """Seal segment 0, the events written before segments existed, as the migration left them."""
+        chain, placements = GENESIS, []
+        for row in queries.iter_segment_events(session, segment=0):
+            chain = self.chain(chain, row)
+            placements.append({"seq": row.seq, "segment": 0, "position": row.position, "chain": chain})
+        queries.seal_audit_events(session, placements=placements)
+        # ``count`` stays what the old head row named, so a tail deleted before the upgrade is still reported.
+        zero.hash, zero.sealed_at = chain, now
+        zero.seal = self.segment_seal(zero)
+        session.flush()
+
+    # ------------------------------------------------------------ verifying
+
+    def verify_store(self, session: Session, *, now: datetime | None = None) -> VerifyResult:
+        """Walk every segment in order, then the events awaiting the sealer; name the first problem."""
+        now = now or self._clock()
+        for event_id in queries.duplicate_audit_event_ids(session):
+            problem = "the same event appears twice: a copy was inserted"
+            return VerifyResult(False, 0, problem=problem, event_id=event_id)
+        checked, expected, prev_hash, segments = 0, 0, GENESIS, 0
+        for segment in queries.iter_audit_segments(session):
+            if segment.number != expected:
                 return VerifyResult(
                     False,
                     checked,
-                    row.seq,
-                    f"event {expected_seq} is missing (found {row.seq} next): deleted or reordered",
+                    segment=expected,
+                    segments=segments,
+                    problem=f"segment {expected} is missing (found {segment.number} next): deleted",
                 )
-            if row.prev_hash != prev_hash:
+            if segment.prev_hash != prev_hash:
                 return VerifyResult(
                     False,
                     checked,
-                    row.seq,
-                    "prev_hash does not match the previous event: inserted, deleted or reordered",
+                    segment=segment.number,
+                    segments=segments,
+                    problem="the segment does not follow the previous one: segments inserted, deleted or reordered",
                 )
-            if not hmac.compare_digest(self._hash(prev_hash, _hashed_fields(row)), row.hash):
-                return VerifyResult(False, checked, row.seq, "contents do not match the hash: edited")
-            prev_hash, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
-        if head_seq is not None and (head_seq != checked or head_hash != prev_hash):
+            if segment.seal is None:
+                if segment.number != 0:
+                    return VerifyResult(
+                        False, checked, segment=segment.number, segments=segments, problem="the segment has no seal"
+                    )
+            elif not hmac.compare_digest(self.segment_seal(segment), segment.seal):
+                return VerifyResult(
+                    False,
+                    checked,
+                    segment=segment.number,
+                    segments=segments,
+                    problem="the segment's seal does not match its count and hash: the segment row was edited",
+                )
+            failure, count = self._verify_segment(session, segment, checked, segments)
+            if failure is not None:
+                return failure
+            checked += count
+            prev_hash, expected, segments = segment.hash, expected + 1, segments + 1
+        return self._verify_unsealed(session, checked, segments, now)
+
+    def _verify_segment(
+        self, session: Session, segment: AuditSegment, checked: int, segments: int
+    ) -> tuple[VerifyResult | None, int]:
+        def fail(row: AuditEvent | None, problem: str, position: int | None = None) -> tuple[VerifyResult, int]:
+            return (
+                VerifyResult(
+                    False,
+                    checked + count,
+                    bad_seq=row.seq if row else None,
+                    problem=problem,
+                    event_id=row.event_id if row else None,
+                    segment=segment.number,
+                    position=row.position if row and position is None else position,
+                    segments=segments,
+                ),
+                count,
+            )
+
+        sealed = segment.seal is not None
+        chain, legacy_prev, count = segment.prev_hash, GENESIS, 0
+        for row in queries.iter_segment_events(session, segment=segment.number):
+            if row.position != count:
+                # The next row sits further on: the event that belonged here is gone.
+                return fail(row, f"the event at position {count} is missing (found {row.position} next): deleted")
+            if segment.number == 0:
+                if not is_legacy(row) or row.seq != count + 1:
+                    return fail(row, "the event does not belong in the legacy segment: inserted or reordered")
+                if row.prev_hash != legacy_prev:
+                    return fail(row, "prev_hash does not match the previous event: inserted, deleted or reordered")
+                if not hmac.compare_digest(self._legacy_hash(legacy_prev, row), row.hash or ""):
+                    return fail(row, "the contents do not match the event's hash: edited")
+                legacy_prev = row.hash or ""
+            elif row.mac is None or not hmac.compare_digest(self.event_mac(row), row.mac):
+                return fail(row, "the contents do not match the event's MAC: edited (or inserted without the key)")
+            chain = self.chain(chain, row)
+            if sealed and not hmac.compare_digest(chain, row.chain or ""):
+                return fail(row, "the event is not the one sealed at this position: reordered or inserted")
+            count += 1
+        if count != segment.count:
+            verb = "deleted from its end" if count < segment.count else "inserted at its end"
+            return fail(
+                None, f"the segment was sealed with {segment.count} event(s) but holds {count}: {verb}", position=count
+            )
+        if sealed and not hmac.compare_digest(chain, segment.hash):
+            return fail(None, "the segment's events do not end at its sealed hash: events changed", position=count)
+        return None, count
+
+    def _verify_unsealed(self, session: Session, checked: int, segments: int, now: datetime) -> VerifyResult:
+        unsealed, overdue = 0, None
+        for row in queries.iter_unsealed_audit_events(session):
+            if row.mac is None or not hmac.compare_digest(self.event_mac(row), row.mac):
+                return VerifyResult(
+                    False,
+                    checked + unsealed,
+                    bad_seq=row.seq,
+                    event_id=row.event_id,
+                    segments=segments,
+                    unsealed=unsealed,
+                    problem="the unsealed event's contents do not match its MAC: edited (or inserted without the key)",
+                )
+            if overdue is None and row.occurred_at < now - self.seal_window:
+                overdue = row
+            unsealed += 1
+        if overdue is not None:
             return VerifyResult(
                 False,
-                checked,
-                checked + 1 if head_seq > checked else head_seq,
-                f"the chain head names event {head_seq} but the chain ends at {checked}: "
-                "events were deleted from the end",
+                checked + unsealed,
+                bad_seq=overdue.seq,
+                event_id=overdue.event_id,
+                segments=segments,
+                unsealed=unsealed,
+                problem=(
+                    f"the event is older than the seal window ({int(self.seal_window.total_seconds())} s) and still "
+                    "unsealed: the sealer is stalled, or the event was inserted after the fact"
+                ),
             )
-        return VerifyResult(True, checked)
+        return VerifyResult(True, checked + unsealed, segments=segments, unsealed=unsealed)
 
-    def verify_store(self, session: Session) -> VerifyResult:
-        head = queries.get_chain_head(session)
-        return self.verify(queries.iter_audit_events(session), head.seq if head else None, head.hash if head else None)
+
+def iter_chain_order(session: Session) -> Iterator[AuditEvent]:
+    """Sealed events segment by segment in position order, then those awaiting the sealer by ``seq``."""
+    for segment in queries.iter_audit_segments(session):
+        yield from queries.iter_segment_events(session, segment=segment.number)
+    yield from queries.iter_unsealed_audit_events(session)
 
 
 def export_jsonl(session: Session, out: IO[str]) -> int:
     """Write every event as one JSON object per line, in chain order; returns the count."""
     count = 0
-    for row in queries.iter_audit_events(session):
-        fields = _hashed_fields(row)
-        fields.update(prev_hash=row.prev_hash, hash=row.hash)
+    for row in iter_chain_order(session):
+        fields = _legacy_fields(row)
+        fields.update(writer=row.writer, segment=row.segment, position=row.position, mac=row.mac, chain=row.chain)
+        if is_legacy(row):
+            fields.update(prev_hash=row.prev_hash, hash=row.hash)
         out.write(canonical(fields) + "\n")
         count += 1
     return count

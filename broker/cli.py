@@ -110,24 +110,100 @@ def db_purge(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
 
 
 @audit_app.command("verify")
-def audit_verify(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
-    """Check the audit hash chain; name the first event that was edited, deleted, reordered or inserted."""
-    from broker.audit import AuditTrail
+def audit_verify(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    digests: Annotated[
+        str | None,
+        typer.Option(
+            "--digests",
+            help="Check against the signed digests in this directory or s3://BUCKET/PREFIX, with --public-key only "
+            "(no secret key needed). Default: the configured audit.anchor sinks, after the keyed check.",
+        ),
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option("--public-key", help="PEM file with the digests' Ed25519 public key (for --digests)."),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", envvar="BROKER_DATABASE_URL", help="With --digests: the database to check."),
+    ] = None,
+) -> None:
+    """Check the audit trail; name the first event that was edited, deleted, reordered or inserted.
+
+    Without --digests: the keyed check of every segment (needs the configuration's secret_key), then the signed
+    digests in the configured audit.anchor sinks. With --digests and --public-key: only the signed digests,
+    which also catch a rewrite by someone holding the database and the secret key. Exit 0 intact, 1 broken,
+    2 unusable input.
+    """
+    from datetime import timedelta
+
+    from broker.anchors import DigestSink, load_public_key, open_source, sinks_for, verify_digests
+    from broker.audit import AuditTrail, VerifyResult
+    from broker.errors import AnchorUnavailable
     from broker.keys import Keys
     from broker.store.db import Database
 
+    def report(label: str, result: VerifyResult) -> None:
+        if result.ok:
+            return
+        err.print(
+            f"[red]{label} broken at {result.where}[/red]: {result.problem} "
+            f"({result.checked} event(s) verified before it).",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+    def check_digests(database: Database, source: str | DigestSink, pem: bytes) -> VerifyResult:
+        try:
+            key = load_public_key(pem)
+        except ValueError as exc:
+            err.print(f"[red]The public key cannot be used[/red]: {exc}.")
+            raise typer.Exit(2) from None
+        try:
+            sink = open_source(source) if isinstance(source, str) else source
+            with database.transaction() as session:
+                return verify_digests(session, sink, key)
+        except AnchorUnavailable as exc:
+            err.print(f"[red]Cannot read the digests[/red]: {exc.message}", highlight=False)
+            raise typer.Exit(2) from None
+
+    if digests is not None:
+        if public_key is None:
+            err.print("[red]--digests needs --public-key PEM[/red] (the Ed25519 public key that signed them).")
+            raise typer.Exit(2)
+        try:
+            pem = public_key.read_bytes()
+        except OSError as exc:
+            err.print(f"[red]Cannot read {public_key}[/red]: {exc.strerror}.")
+            raise typer.Exit(2) from None
+        database = Database(database_url or _load(config).database_url)
+        result = check_digests(database, digests, pem)
+        report("Audit trail", result)
+        out.print(
+            f"[green]Audit trail matches the signed digests[/green]: {result.checked} event(s) in "
+            f"{result.segments} segment(s) verified against {digests}."
+        )
+        return
+
     settings = _load(config)
     database = Database(settings.database_url)
+    trail = AuditTrail(Keys(settings.secret_key), seal_window=timedelta(seconds=settings.audit.seal_window_seconds))
     with database.transaction() as session:
-        result = AuditTrail(Keys(settings.secret_key)).verify_store(session)
-    if result.ok:
-        out.print(f"[green]Audit chain intact[/green]: {result.checked} event(s) verified.")
-        return
-    err.print(
-        f"[red]Audit chain broken at event {result.bad_seq}[/red]: {result.problem} "
-        f"({result.checked} event(s) verified before it)."
+        result = trail.verify_store(session)
+    report("Audit trail", result)
+    out.print(
+        f"[green]Audit chain intact[/green]: {result.checked} event(s) verified "
+        f"({result.checked - result.unsealed} sealed in {result.segments} segment(s), {result.unsealed} awaiting "
+        f"the sealer within its {settings.audit.seal_window_seconds:g} s window)."
     )
-    raise typer.Exit(1)
+    anchor = settings.audit.anchor
+    if anchor.signing_key is not None:
+        pem = anchor.signing_key.get_secret_value().encode()
+        for sink in sinks_for(anchor):
+            signed = check_digests(database, sink, pem)
+            report(f"Audit trail (digests in {sink.location})", signed)
+            out.print(f"[green]Matches the signed digests[/green] in {sink.location}: {signed.checked} event(s).")
 
 
 @audit_app.command("export")

@@ -235,3 +235,10 @@ class ConfigError(Exception):
         self.problems = problems
         lines = "\n".join(f"  {path}: {msg}" for path, msg in problems)
         super().__init__(f"{len(problems)} configuration problem(s):\n{lines}")
+
+
+class AnchorUnavailable(ServiceUnavailable):
+    """A digest sink (directory or S3 bucket) could not be written or read."""
+
+    code = "anchor_unavailable"
+    default_message = "The audit digest store could not be reached; check its path, bucket and credentials."

@@ -815,6 +815,82 @@ class MfaSettings(Strict):
         return value
 
 
+# ---------------------------------------------------------------- audit sealing and anchors
+
+
+class AuditS3Sink(Strict):
+    """An S3 bucket created with Object Lock (``ObjectLockEnabledForBucket``): digests become write-once."""
+
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = "broker-audit/"
+    region: str | None = None
+    # Set for S3-compatible stores and emulators; None means AWS's regional endpoint.
+    endpoint_url: str | None = None
+    # Each digest is locked for this long; COMPLIANCE mode cannot be shortened, not even by the account root.
+    retention_days: int = Field(400, ge=1, le=36500)
+    lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
+
+
+class AuditAnchorSettings(Strict):
+    """Signed digests of the sealed trail, written where the database cannot rewrite them (``broker.anchors``)."""
+
+    # An Ed25519 private key (PEM, from env:NAME or file:/path). Only its public half is needed to verify, so
+    # the auditor's copy never lets anyone sign.
+    signing_key: Secret | None = None
+    # A digest is signed this often (when something new was sealed); events sealed since the last digest are
+    # the window in which someone holding the database and the secret key could still rewrite unnoticed.
+    interval_seconds: float = Field(60.0, ge=1, le=86400)
+    # A directory on storage the database's administrators cannot write (a separate host or a WORM mount).
+    directory: Path | None = None
+    s3: AuditS3Sink | None = None
+
+    @field_validator("signing_key", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any) -> Any:
+        value = resolve_secret(value)
+        if value is None:
+            return value
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        try:
+            key = load_pem_private_key(raw.encode(), password=None)
+        except (ValueError, TypeError):
+            raise ValueError("is not a PEM private key (make one with `openssl genpkey -algorithm ed25519`)") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("must be an Ed25519 key (`openssl genpkey -algorithm ed25519`)")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> AuditAnchorSettings:
+        sinks = self.directory is not None or self.s3 is not None
+        if sinks and self.signing_key is None:
+            raise ValueError("directory or s3 needs signing_key (env:NAME or file:/path to an Ed25519 PEM)")
+        if self.signing_key is not None and not sinks:
+            raise ValueError("signing_key needs somewhere to write digests: directory and/or s3")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.signing_key is not None
+
+
+class AuditSettings(Strict):
+    """The audit trail's sealer (``broker.audit``) and its external anchors."""
+
+    # Every broker process runs a sealer this often; one at a time does the work.
+    seal_interval_seconds: float = Field(1.0, gt=0, le=300)
+    # An event older than interval + grace and still unsealed makes `broker audit verify` fail.
+    seal_grace_seconds: float = Field(30.0, ge=1, le=3600)
+    seal_batch: int = Field(5000, ge=1, le=100000)
+    anchor: AuditAnchorSettings = AuditAnchorSettings()
+
+    @property
+    def seal_window_seconds(self) -> float:
+        return self.seal_interval_seconds + self.seal_grace_seconds
+
+
 class Settings(BaseSettings):
     """The whole broker configuration. Build it with :func:`load_settings`; pass it to ``create_app``."""
 
@@ -838,6 +914,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     server: ServerSettings = ServerSettings()
+    audit: AuditSettings = AuditSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,26 +1,41 @@
-"""The audit chain on SQLite and PostgreSQL: tamper detection, secrets as HMACs, export."""
+"""The audit trail on SQLite and PostgreSQL: appends, sealing, every kind of tampering named, the seal window,
+secrets as HMACs, export."""
 
 from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import delete, select, text, update
 
-from broker.audit import AuditTrail, export_jsonl
+from broker.audit import AuditTrail, VerifyResult, export_jsonl
 from broker.keys import Keys
 from broker.store.db import Database
-from broker.store.models import AuditChainHead, AuditEvent
+from broker.store.models import AuditEvent, AuditSegment
 
 KEYS = Keys(SecretStr("test-secret-key-0123456789-abcdefghijklmnop"))
+NOW = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 @pytest.fixture
-def trail() -> AuditTrail:
-    return AuditTrail(KEYS, lambda: datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC))
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def trail(clock: Clock) -> AuditTrail:
+    return AuditTrail(KEYS, clock)
 
 
 def fill(database: Database, trail: AuditTrail, n: int = 5) -> None:
@@ -35,86 +50,188 @@ def fill(database: Database, trail: AuditTrail, n: int = 5) -> None:
         )
 
 
-def verify(database: Database, trail: AuditTrail) -> tuple[bool, int | None, str | None]:
+def sealed(database: Database, trail: AuditTrail, n: int = 5) -> list[AuditEvent]:
+    """``n`` events sealed in one segment (segment 1), in position order."""
+    fill(database, trail, n)
+    assert trail.seal(database) == n
     with database.transaction() as s:
-        result = trail.verify_store(s)
-    return result.ok, result.bad_seq, result.problem
+        return list(s.scalars(select(AuditEvent).where(AuditEvent.segment == 1).order_by(AuditEvent.position)))
 
 
-def test_intact_chain_verifies(database: Database, trail: AuditTrail) -> None:
-    fill(database, trail)
-    assert verify(database, trail) == (True, None, None)
-
-
-def test_edit_is_detected_and_located(database: Database, trail: AuditTrail) -> None:
-    fill(database, trail)
+def verify(database: Database, trail: AuditTrail) -> VerifyResult:
     with database.transaction() as s:
-        s.execute(update(AuditEvent).where(AuditEvent.seq == 3).values(principal="mallory"))
-    ok, bad, problem = verify(database, trail)
-    assert (ok, bad) == (False, 3) and "edited" in (problem or "")
+        return trail.verify_store(s)
 
 
-def test_edit_with_recomputed_plain_hash_is_detected(database: Database, trail: AuditTrail) -> None:
-    """An attacker without the broker's key cannot recompute the HMAC chain."""
+def test_appends_are_verified_before_and_after_sealing(database: Database, trail: AuditTrail) -> None:
     fill(database, trail)
-    forger = AuditTrail(Keys(SecretStr("attacker-guess-" + "x" * 30)))
+    before = verify(database, trail)
+    assert (before.ok, before.checked, before.unsealed) == (True, 5, 5)
+    assert trail.seal(database) == 5
+    after = verify(database, trail)
+    assert (after.ok, after.checked, after.unsealed, after.segments) == (True, 5, 0, 2)
+    fill(database, trail, 3)
+    assert trail.seal(database) == 3
+    assert trail.seal(database) == 0  # nothing new: no empty segment
+    final = verify(database, trail)
+    assert (final.ok, final.checked, final.segments) == (True, 8, 3)
+
+
+def test_events_inside_the_seal_window_verify_and_overdue_ones_fail(
+    database: Database, trail: AuditTrail, clock: Clock
+) -> None:
+    fill(database, trail, 2)
+    clock.now = NOW + trail.seal_window - timedelta(seconds=1)
+    inside = verify(database, trail)
+    assert (inside.ok, inside.unsealed) == (True, 2)
+    clock.now = NOW + trail.seal_window + timedelta(seconds=1)
+    late = verify(database, trail)
+    assert not late.ok and late.bad_seq is not None and late.unsealed == 2
+    assert "the sealer is stalled, or the event was inserted after the fact" in (late.problem or "")
+    # Once the sealer has run, the same events are fine at any age.
+    assert trail.seal(database) == 2
+    assert verify(database, trail).ok
+
+
+def test_edit_of_a_sealed_event_is_named(database: Database, trail: AuditTrail) -> None:
+    rows = sealed(database, trail)
     with database.transaction() as s:
-        row = s.get(AuditEvent, 2)
-        assert row is not None
-        row.reason = "forged"
-        row.hash = forger._hash(row.prev_hash, __import__("broker.audit", fromlist=["x"])._hashed_fields(row))
-    assert verify(database, trail)[:2] == (False, 2)
+        s.execute(update(AuditEvent).where(AuditEvent.seq == rows[2].seq).values(principal="mallory"))
+    result = verify(database, trail)
+    assert (result.ok, result.bad_seq, result.segment, result.position) == (False, rows[2].seq, 1, 2)
+    assert result.event_id == rows[2].event_id and "edited" in (result.problem or "")
 
 
-def test_delete_in_the_middle_is_detected(database: Database, trail: AuditTrail) -> None:
-    fill(database, trail)
-    with database.transaction() as s:
-        s.execute(delete(AuditEvent).where(AuditEvent.seq == 2))
-    ok, bad, problem = verify(database, trail)
-    assert (ok, bad) == (False, 3) and "missing" in (problem or "")
-
-
-def test_delete_at_the_end_is_detected(database: Database, trail: AuditTrail) -> None:
-    fill(database, trail)
-    with database.transaction() as s:
-        s.execute(delete(AuditEvent).where(AuditEvent.seq == 5))
-    ok, bad, _ = verify(database, trail)
-    assert (ok, bad) == (False, 5)
-
-
-def test_reorder_is_detected(database: Database, trail: AuditTrail) -> None:
-    fill(database, trail)
-    with database.transaction() as s:
-        # Events 2 and 3 trade places in the sequence.
-        s.execute(update(AuditEvent).where(AuditEvent.seq == 2).values(seq=-1))
-        s.execute(update(AuditEvent).where(AuditEvent.seq == 3).values(seq=2))
-        s.execute(update(AuditEvent).where(AuditEvent.seq == -1).values(seq=3))
-    ok, bad, _ = verify(database, trail)
-    assert (ok, bad) == (False, 2)
-
-
-def test_insert_is_detected(database: Database, trail: AuditTrail) -> None:
+def test_edit_of_an_unsealed_event_is_named(database: Database, trail: AuditTrail) -> None:
     fill(database, trail, 3)
     with database.transaction() as s:
-        s.execute(update(AuditEvent).where(AuditEvent.seq == 3).values(seq=4))
-        first = s.get(AuditEvent, 2)
-        assert first is not None
+        seq = s.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)).all()[1]
+        s.execute(update(AuditEvent).where(AuditEvent.seq == seq).values(reason="forged"))
+    result = verify(database, trail)
+    assert (result.ok, result.bad_seq) == (False, seq) and "edited" in (result.problem or "")
+
+
+def test_edit_with_a_mac_under_another_key_is_detected(database: Database, trail: AuditTrail) -> None:
+    """An attacker without the broker's key cannot make a MAC that verifies."""
+    rows = sealed(database, trail)
+    forger = AuditTrail(Keys(SecretStr("attacker-guess-" + "x" * 30)))
+    with database.transaction() as s:
+        row = s.get(AuditEvent, rows[1].seq)
+        assert row is not None
+        row.reason = "forged"
+        row.mac = forger.event_mac(row)
+    result = verify(database, trail)
+    assert (result.ok, result.bad_seq) == (False, rows[1].seq) and "edited" in (result.problem or "")
+
+
+def test_delete_in_the_middle_is_named(database: Database, trail: AuditTrail) -> None:
+    rows = sealed(database, trail)
+    with database.transaction() as s:
+        s.execute(delete(AuditEvent).where(AuditEvent.seq == rows[1].seq))
+    result = verify(database, trail)
+    assert (result.ok, result.segment, result.bad_seq) == (False, 1, rows[2].seq)
+    assert "the event at position 1 is missing (found 2 next): deleted" in (result.problem or "")
+
+
+def test_delete_of_the_newest_event_is_named(database: Database, trail: AuditTrail) -> None:
+    rows = sealed(database, trail)
+    with database.transaction() as s:
+        s.execute(delete(AuditEvent).where(AuditEvent.seq == rows[-1].seq))
+    result = verify(database, trail)
+    assert (result.ok, result.segment, result.position) == (False, 1, 4)
+    assert "sealed with 5 event(s) but holds 4: deleted from its end" in (result.problem or "")
+
+
+def test_reorder_is_named(database: Database, trail: AuditTrail) -> None:
+    rows = sealed(database, trail)
+    with database.transaction() as s:
+        # Events at positions 1 and 2 trade places (through a free position: (segment, position) is unique).
+        s.execute(update(AuditEvent).where(AuditEvent.seq == rows[1].seq).values(position=99))
+        s.execute(update(AuditEvent).where(AuditEvent.seq == rows[2].seq).values(position=1))
+        s.execute(update(AuditEvent).where(AuditEvent.seq == rows[1].seq).values(position=2))
+    result = verify(database, trail)
+    assert (result.ok, result.bad_seq, result.position) == (False, rows[2].seq, 1)
+    assert "reordered or inserted" in (result.problem or "")
+
+
+def test_insert_is_named(database: Database, trail: AuditTrail) -> None:
+    rows = sealed(database, trail, 3)
+    with database.transaction() as s:
+        s.execute(update(AuditEvent).where(AuditEvent.seq == rows[2].seq).values(position=3))
         s.add(
             AuditEvent(
-                seq=3,
-                event_id="inserted",
-                occurred_at=first.occurred_at,
-                event="login",
+                event_id="inserted-event",
+                occurred_at=rows[1].occurred_at,
+                event="credentials",
                 outcome="ok",
-                reason="x",
+                reason="issued",
                 detail={},
-                prev_hash=first.hash,
-                hash="f" * 64,
+                writer=rows[1].writer,
+                mac=rows[1].mac,
+                segment=1,
+                position=2,
+                chain=rows[1].chain,
             )
         )
-        s.execute(update(AuditChainHead).values(seq=4))
-    ok, bad, _ = verify(database, trail)
-    assert (ok, bad) == (False, 3)
+        s.execute(update(AuditSegment).where(AuditSegment.number == 1).values(count=4))
+    result = verify(database, trail)
+    # The segment's count is covered by its seal, so raising it to fit the insertion is caught first...
+    assert (result.ok, result.segment) == (False, 1) and "the segment row was edited" in (result.problem or "")
+    # With the segment row left alone the inserted event itself is named.
+    with database.transaction() as s:
+        s.execute(update(AuditSegment).where(AuditSegment.number == 1).values(count=3))
+    named = verify(database, trail)
+    assert (named.ok, named.event_id, named.position) == (False, "inserted-event", 2)
+    assert "inserted without the key" in (named.problem or "")
+
+
+def test_a_copied_event_is_named(database: Database, trail: AuditTrail, db_url: str) -> None:
+    rows = sealed(database, trail, 2)
+    columns = "event_id, occurred_at, event, outcome, reason, principal, store, channel, client_ip, request_id, "
+    columns += "detail, writer, mac"
+    copy = f"INSERT INTO audit_events (seq, {columns}) SELECT seq + 1000, {columns} FROM audit_events WHERE seq = :s"  # noqa: S608
+    postgres = db_url.startswith("postgresql")
+    with database.transaction() as s:
+        # Someone with write access drops the uniqueness of event_id and replays a valid event.
+        if postgres:
+            s.execute(text("ALTER TABLE audit_events DROP CONSTRAINT audit_events_event_id_key"))
+        else:  # SQLite cannot drop a UNIQUE constraint in place: rebuild the table without it
+            s.execute(text("CREATE TABLE audit_copy AS SELECT * FROM audit_events"))
+            s.execute(text("DROP TABLE audit_events"))
+            s.execute(text("ALTER TABLE audit_copy RENAME TO audit_events"))
+        s.execute(text(copy), {"s": rows[0].seq})
+    try:
+        result = verify(database, trail)
+        assert (result.ok, result.event_id) == (False, rows[0].event_id)
+        assert "a copy was inserted" in (result.problem or "")
+    finally:
+        if postgres:  # the PostgreSQL database is shared by the session's tests: put the constraint back
+            with database.transaction() as s:
+                s.execute(delete(AuditEvent).where(AuditEvent.seq == rows[0].seq + 1000))
+                s.execute(text("ALTER TABLE audit_events ADD CONSTRAINT audit_events_event_id_key UNIQUE (event_id)"))
+
+
+def test_edited_segment_row_is_named(database: Database, trail: AuditTrail) -> None:
+    sealed(database, trail)
+    with database.transaction() as s:
+        s.execute(update(AuditSegment).where(AuditSegment.number == 1).values(count=4))
+    result = verify(database, trail)
+    assert (result.ok, result.segment) == (False, 1) and "the segment row was edited" in (result.problem or "")
+
+
+def test_deleted_segment_is_named(database: Database, trail: AuditTrail) -> None:
+    fill(database, trail, 2)
+    trail.seal(database)
+    fill(database, trail, 2)
+    trail.seal(database)
+    fill(database, trail, 2)
+    trail.seal(database)
+    with database.transaction() as s:
+        s.execute(delete(AuditEvent).where(AuditEvent.segment == 2))
+        s.execute(delete(AuditSegment).where(AuditSegment.number == 2))
+    result = verify(database, trail)
+    assert (result.ok, result.segment) == (False, 2)
+    assert "segment 2 is missing (found 3 next): deleted" in (result.problem or "")
 
 
 def test_secret_shaped_detail_is_stored_only_as_hmac(database: Database, trail: AuditTrail) -> None:
@@ -135,36 +252,43 @@ def test_secret_shaped_detail_is_stored_only_as_hmac(database: Database, trail: 
 
 def test_export_writes_json_lines_in_chain_order(database: Database, trail: AuditTrail) -> None:
     fill(database, trail, 3)
+    trail.seal(database)
+    fill(database, trail, 1)
     buffer = io.StringIO()
     with database.transaction() as s:
-        assert export_jsonl(s, buffer) == 3
+        assert export_jsonl(s, buffer) == 4
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
-    assert [line["seq"] for line in lines] == [1, 2, 3]
-    assert lines[1]["prev_hash"] == lines[0]["hash"]
+    assert [(line["segment"], line["position"]) for line in lines] == [(1, 0), (1, 1), (1, 2), (None, None)]
+    assert [line["principal"] for line in lines] == ["user0", "user1", "user2", "user0"]
     assert lines[0]["detail"]["unicode"] == "é\u202e"
+    assert all(line["mac"] and line["writer"] for line in lines) and lines[3]["chain"] is None
 
 
-def test_concurrent_appends_from_two_processes_keep_one_chain(
-    database: Database, db_url: str, trail: AuditTrail
-) -> None:
+def test_concurrent_appends_and_sealers_from_two_processes(database: Database, db_url: str) -> None:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_many, args=(db_url, 20)) for _ in range(2)]
+    procs = [ctx.Process(target=_append_and_seal, args=(db_url, 40)) for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0
-    ok, bad, problem = verify(database, AuditTrail(KEYS))
-    assert ok, (bad, problem)
+    trail = AuditTrail(KEYS)
+    trail.seal(database)
+    result = verify(database, trail)
+    assert result.ok, (result.where, result.problem)
+    assert (result.checked, result.unsealed) == (80, 0)
     with database.transaction() as s:
-        assert len(s.scalars(select(AuditEvent.seq)).all()) == 40
+        writers = set(s.scalars(select(AuditEvent.writer)).all())
+        assert len(writers) == 2
 
 
-def _append_many(url: str, n: int) -> None:
+def _append_and_seal(url: str, n: int) -> None:
     database = Database(url)
     trail = AuditTrail(KEYS)
     for i in range(n):
         trail.record(database, event="login", outcome="ok", reason="authenticated", principal=f"p{i}")
+        if i % 7 == 0:
+            trail.seal(database, batch=5)
     database.dispose()

@@ -125,11 +125,18 @@ class Issuance(Base):
 
 
 class AuditEvent(Base):
-    """One hash-chained audit event. ``hash`` = HMAC(key, prev_hash || canonical JSON of the other fields)."""
+    """One audit event (``broker.audit``).
+
+    Appended with its own keyed ``mac`` and no shared lock; the sealer later gives it a ``segment``, a
+    ``position`` in it and a keyed running ``chain`` value. Events written before segments existed keep their
+    ``prev_hash``/``hash`` chain and form segment 0. ``seq`` is only the insertion id: the order that the
+    integrity checks bind is (``segment``, ``position``).
+    """
 
     __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_segment_position", "segment", "position", unique=True),)
 
-    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
     occurred_at: Mapped[datetime] = mapped_column(index=True)
     event: Mapped[str] = mapped_column(String(64), index=True)
@@ -141,18 +148,42 @@ class AuditEvent(Base):
     client_ip: Mapped[str | None] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]]
+    # The broker process that wrote the event (host, pid and a per-start nonce), covered by ``mac``.
+    writer: Mapped[str | None] = mapped_column(String(96))
+    mac: Mapped[str | None] = mapped_column(String(64))
+    segment: Mapped[int | None] = mapped_column(BigId)
+    position: Mapped[int | None] = mapped_column(Integer)
+    chain: Mapped[str | None] = mapped_column(String(64))
+    # Legacy (segment 0) events only: the one-row-at-a-time chain they were written with.
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditSegment(Base):
+    """A sealed batch of events: ``hash`` is the ``chain`` of its last event, ``seal`` an HMAC over this row."""
+
+    __tablename__ = "audit_segments"
+
+    number: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer)
     prev_hash: Mapped[str] = mapped_column(String(64))
+    # Empty for segment 0 (the legacy events) until the first sealer pass after the upgrade seals it.
     hash: Mapped[str] = mapped_column(String(64))
+    sealed_at: Mapped[datetime | None]
+    seal: Mapped[str | None] = mapped_column(String(64))
 
 
-class AuditChainHead(Base):
-    """A single row naming the last event; locking it serializes appends across broker processes."""
+class AuditDigest(Base):
+    """A signed digest of the sealed segments, as written to the anchor sinks (``broker.anchors``)."""
 
-    __tablename__ = "audit_chain_head"
+    __tablename__ = "audit_digests"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    seq: Mapped[int] = mapped_column(BigId)
-    hash: Mapped[str] = mapped_column(String(64))
+    number: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    segment: Mapped[int] = mapped_column(BigId)
+    created_at: Mapped[datetime]
+    # The compact JWS exactly as published; ``published_at`` is set once every sink has it.
+    token: Mapped[str] = mapped_column(Text)
+    published_at: Mapped[datetime | None]
 
 
 class ReplayGuard(Base):
