@@ -206,6 +206,21 @@ def audit_verify(
             out.print(f"[green]Matches the signed digests[/green] in {sink.location}: {signed.checked} event(s).")
 
 
+@audit_app.command("seal")
+def audit_seal(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
+    """Run one sealer pass now (and publish a digest if one is due), e.g. when no broker process is running."""
+    from broker.audit import AuditTrail
+    from broker.keys import Keys
+    from broker.sealer import build_sealer
+    from broker.store.db import Database
+
+    settings = _load(config)
+    database = Database(settings.database_url)
+    sealer = build_sealer(AuditTrail(Keys(settings.secret_key)), database, settings.audit)
+    sealed = sealer.run_once()
+    out.print(f"Sealed {sealed} event(s).")
+
+
 @audit_app.command("export")
 def audit_export(
     config: ConfigOption = Path(DEFAULT_CONFIG),
