@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -305,7 +305,3 @@ def verify_digests(session: Session, sink: DigestSink, public: Ed25519PublicKey)
             )
     last = digests[-1].payload
     return VerifyResult(True, checked, segments=last["segment"] + 1)
-
-
-def newest_digest_time(digests: Sequence[SignedDigest]) -> datetime | None:
-    return datetime.fromisoformat(digests[-1].payload["signed_at"]) if digests else None
