@@ -198,7 +198,12 @@ def audit_verify(
         f"the sealer within its {settings.audit.seal_window_seconds:g} s window)."
     )
     anchor = settings.audit.anchor
-    if anchor.signing_key is not None:
+    if anchor.signing_key is None:
+        out.print(
+            "[yellow]No signed digests configured[/yellow] (audit.anchor): deleting the newest sealed segments, or "
+            "rewriting the trail with the secret key, is only detectable with them (docs/deployment.md)."
+        )
+    else:
         pem = anchor.signing_key.get_secret_value().encode()
         for sink in sinks_for(anchor):
             signed = check_digests(database, sink, pem)
