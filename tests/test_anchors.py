@@ -26,6 +26,7 @@ from broker.settings import AuditAnchorSettings, AuditS3Sink
 from broker.store.db import Database
 from broker.store.models import AuditEvent, AuditSegment
 from tests.conftest import SECRET
+from tests.support.processes import broker_env
 from tests.test_audit import Clock, fill
 from tests.test_cli import broker
 
@@ -182,6 +183,8 @@ def locked_bucket(sts_endpoint: str) -> Iterator[str]:
 
 
 def test_digests_in_s3_with_object_lock(
+    tmp_path: Path,
+    db_url: str,
     database: Database,
     trail: AuditTrail,
     clock: Clock,
@@ -208,6 +211,15 @@ def test_digests_in_s3_with_object_lock(
     rewrite_with_the_key(database, trail, victim.seq)
     result = against_digests(database, sink, keypair[1])
     assert (result.ok, result.bad_seq, result.segment) == (False, victim.seq, 2)
+    # The auditor's command reads the bucket through boto3's usual environment.
+    public_file = tmp_path / "anchor.pub.pem"
+    public_file.write_bytes(keypair[1])
+    env = broker_env(AWS_ENDPOINT_URL_S3=sts_endpoint, AWS_REGION="us-east-1")
+    source = f"s3://{locked_bucket}/prod/"
+    audited = broker(
+        "audit", "verify", "--digests", source, "--public-key", str(public_file), "--database-url", db_url, env=env
+    )
+    assert audited.returncode == 1 and f"broken at event {victim.seq}, segment 2 position 0" in said(audited.stderr)
 
 
 def test_cli_verify_with_digests(
