@@ -190,7 +190,8 @@ AUDIT_SEALER_LOCK = 0x61756469_74736C
 
 
 def insert_audit_event(session: Session, *, values: dict[str, Any]) -> int:
-    """Insert one event with a Core INSERT (no ORM unit of work, no shared row lock); returns its ``seq``."""
+    """Insert one event with a single INSERT statement (no ORM unit of work, no shared row lock); returns its
+    ``seq``."""
     seq = session.execute(insert(AuditEvent).values(**values).returning(AuditEvent.seq)).scalar_one()
     return int(seq)
 
@@ -272,12 +273,6 @@ def seal_audit_events(session: Session, *, placements: list[dict[str, Any]]) -> 
             for p in placements
         ],
     )
-
-
-def audit_event_counts(session: Session, *, segment_above: int) -> int:
-    """How many events sit in segments numbered above ``segment_above``."""
-    query = select(func.count()).select_from(AuditEvent).where(AuditEvent.segment > segment_above)
-    return int(session.scalar(query) or 0)
 
 
 def duplicate_audit_event_ids(session: Session) -> Sequence[str]:
