@@ -341,6 +341,7 @@ class AuditTrail:
             problem = "the same event appears twice: a copy was inserted"
             return VerifyResult(False, 0, problem=problem, event_id=event_id)
         checked, expected, prev_hash, segments = 0, 0, GENESIS, 0
+        unsealed_zero = False
         for segment in queries.iter_audit_segments(session):
             if segment.number != expected:
                 return VerifyResult(
@@ -358,11 +359,15 @@ class AuditTrail:
                     segments=segments,
                     problem="the segment does not follow the previous one: segments inserted, deleted or reordered",
                 )
+            if segment.number == 1 and unsealed_zero:
+                # The first sealer pass seals segment 0 before anything else, so its seal was removed.
+                return VerifyResult(False, checked, segment=0, segments=segments, problem="segment 0 lost its seal")
             if segment.seal is None:
                 if segment.number != 0:
                     return VerifyResult(
                         False, checked, segment=segment.number, segments=segments, problem="the segment has no seal"
                     )
+                unsealed_zero = True
             elif not hmac.compare_digest(self.segment_seal(segment), segment.seal):
                 return VerifyResult(
                     False,

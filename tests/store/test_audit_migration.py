@@ -204,3 +204,15 @@ def test_digests_cover_the_legacy_part(upgraded: tuple[Database, AuditTrail], tm
     with database.transaction() as s:
         result = verify_digests(s, sink, load_public_key(public))
     assert (result.ok, result.bad_seq, result.segment, result.position) == (False, 3, 0, 2)
+
+
+def test_removing_the_legacy_seal_is_named(upgraded: tuple[Database, AuditTrail]) -> None:
+    database, trail = upgraded
+    append(database, trail, 1)
+    trail.seal(database)
+    with database.transaction() as s:
+        # Without the seal, a shortened legacy segment would otherwise pass as "not sealed yet".
+        s.execute(delete(AuditEvent).where(AuditEvent.seq == LEGACY))
+        s.execute(text("UPDATE audit_segments SET seal = NULL, count = count - 1 WHERE number = 0"))
+    result = verify(database, trail)
+    assert (result.ok, result.segment, result.problem) == (False, 0, "segment 0 lost its seal")
