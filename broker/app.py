@@ -49,9 +49,9 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     sts = TimedSts(settings.aws, web_identity_token=web_identity, metrics=metrics)
     broker = Broker(settings, db=db, sts=sts, clock=clock)
     operations = Operations(broker, metrics=metrics, revoker=build_revoker(broker))
-    oauth_server = OAuthServer(broker, tokens=tokens)
     # Abuse limits (broker/ratelimit.py): in-process counters, or shared through Redis across processes.
     ratelimiter = RateLimiter(settings.rate_limits, keys=broker.keys, audit=broker.audit, db=db)
+    oauth_server = OAuthServer(broker, tokens=tokens, limits=ratelimiter)
     # Seals the audit trail in the background and publishes signed digests (broker/sealer.py).
     sealer = build_sealer(broker.audit, db, settings.audit)
 
@@ -77,11 +77,13 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         ratelimiter.close()
         db.dispose()
 
+    api_docs = settings.dev if settings.server.api_docs is None else settings.server.api_docs
     app = FastAPI(
         title="Identity broker",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/api/docs" if settings.dev else None,
+        docs_url="/api/docs" if api_docs else None,
+        openapi_url="/openapi.json" if api_docs else None,
         redoc_url=None,
     )
     app.state.broker = broker

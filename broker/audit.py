@@ -267,7 +267,13 @@ class AuditTrail:
         return row
 
     def record(self, db: Database, **kwargs: Any) -> AuditEvent:
-        """Append one event in its own transaction; if it cannot commit, fail closed with a 503."""
+        """Append one event in its own transaction; if it cannot commit, fail closed with a 503.
+
+        Never beside an open transaction of the same thread: on SQLite it would wait for that transaction's
+        write lock until it timed out. Inside one, append to its session, or use :meth:`deny`.
+        """
+        if db.in_transaction():
+            raise RuntimeError("audit.record inside an open transaction: use append(session, ...) or deny(...)")
         try:
             with db.transaction() as session:
                 return self.append(session, **kwargs)
@@ -275,10 +281,14 @@ class AuditTrail:
             raise AuditUnavailable() from exc
 
     def deny(self, db: Database, error: BrokerError, **kwargs: Any) -> BrokerError:
-        """Audit a refusal with the error's reason code and return the error for the caller to raise."""
+        """Audit a refusal with the error's reason code and return the error for the caller to raise.
+
+        Raised inside an open transaction, the refusal is recorded once that transaction has rolled back
+        (``Database.after_transaction``): never beside it, and never undone by its rollback.
+        """
         detail = dict(kwargs.pop("detail", None) or {})
         detail.setdefault("error", error.code)
-        self.record(db, outcome="denied", reason=error.reason, detail=detail, **kwargs)
+        db.after_transaction(lambda: self.record(db, outcome="denied", reason=error.reason, detail=detail, **kwargs))
         return error
 
     # ------------------------------------------------------------ sealing

@@ -7,9 +7,11 @@ process (from the `dev` extra) so the credentials issued work against it.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +27,8 @@ from broker.errors import ConfigError
 from broker.settings import Settings, load_settings, read_yaml
 
 DEMO_USER = "demo"
+# linux/prctl.h: deliver a signal to this process when its parent exits.
+_PR_SET_PDEATHSIG = 1
 
 
 def _free_port() -> int:
@@ -47,6 +51,17 @@ def _demo_account(data_dir: Path) -> dict[str, str]:
     return account
 
 
+def _end_with_parent() -> None:
+    """In the emulator's process, before it runs: ask Linux for SIGTERM when `broker dev` ends, however it
+    ends (a signal, a crash, a configuration error), so the emulator never outlives it. Elsewhere a no-op:
+    `broker dev` still stops it on a normal exit."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+
+
 def start_sts_emulator(port: int) -> subprocess.Popen[bytes]:
     """moto's server on loopback; raise a clear error if the `dev` extra is not installed."""
     try:
@@ -57,6 +72,7 @@ def start_sts_emulator(port: int) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=_end_with_parent,  # one prctl call in the child: no locks, nothing to deadlock on
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

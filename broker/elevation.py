@@ -26,6 +26,8 @@ from broker.store import queries
 from broker.store.db import Database
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from broker.notify import Notifier
     from broker.store.models import AccessRequestRow
 
@@ -62,6 +64,12 @@ class RequestView:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _names_of(session: Session, principal_id: int) -> set[str]:
+    """Every name the requester goes by (username and email), folded for comparison."""
+    found = queries.get_principal(session, principal_id=principal_id)
+    return {n.casefold() for n in (found.username, found.email) if n} if found else set()
 
 
 class Elevation:
@@ -244,7 +252,7 @@ class Elevation:
                 if requester_only:
                     self._check_requester(actor, row)
                 else:
-                    self._check_approver(actor, row, config)
+                    self._check_approver(actor, row, config, names=_names_of(session, row.principal_id))
                 if action == "cancel" and row.status == "approved":
                     row.status, row.ended_at, row.grant_ends_at = "ended", now, now
                     ended_principal = row.principal
@@ -302,12 +310,27 @@ class Elevation:
         if actor.name != row.principal:
             raise AccessDenied("Only the requester can withdraw a request.", reason="request_not_yours")
 
-    def _check_approver(self, actor: Actor, row: AccessRequestRow, config: RoleConfig | None) -> None:
-        # Separation of duties: nobody approves their own request, whichever store they signed in with.
-        if actor.name == row.principal:
+    def _check_approver(
+        self, actor: Actor, row: AccessRequestRow, config: RoleConfig | None, *, names: set[str]
+    ) -> None:
+        """The one rule for answering a request, from the portal, the admin API and the CLI alike.
+
+        Separation of duties: nobody answers their own request, whichever store they signed in with or name
+        they act under (an operator's ``--as NAME`` is that person). Then only someone the configuration
+        names answers: a member of the role's ``approvers`` groups signed in at ``admin.change_mfa``, or an
+        operator listed in ``admin.request_operators``.
+        """
+        person = actor.name.removeprefix("operator:") if actor.identity is None else actor.name
+        if person.casefold() in {row.principal.casefold(), *names}:
             raise AccessDenied("You cannot approve or deny your own request.", reason="self_approval")
         if actor.identity is None:
-            return  # an operator at the CLI: holds the database and the root secret (docs/operations.md)
+            if actor.store != "cli" or person not in self.settings.admin.request_operators:
+                raise AccessDenied(
+                    f"{person!r} is not an operator who may answer requests: add the name to "
+                    "admin.request_operators, or answer in the portal or the admin API.",
+                    reason="not_an_approver",
+                )
+            return
         if config is None or not self.may_approve(actor.identity, config):
             raise AccessDenied("You are not an approver for this role.", reason="not_an_approver")
         if actor.identity.mfa.level < self.settings.admin.change_mfa:

@@ -169,6 +169,14 @@ class ServiceUnavailable(BrokerError):
     code = "temporarily_unavailable"
     status = 503
     default_message = "The broker cannot issue credentials right now. Try again in a minute."
+    # RFC 9110 section 10.2.3: every 503 says when to retry. Where the failing dependency gives no better
+    # figure (a database or audit outage), the "minute" the message promises.
+    default_retry_after: ClassVar[int] = 60
+
+    def __init__(
+        self, message: str | None = None, *, reason: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message, reason=reason, retry_after=retry_after or self.default_retry_after)
 
 
 class AuditUnavailable(ServiceUnavailable):

@@ -139,13 +139,25 @@ class Broker:
         return self.keys.mac("csrf", session_id)[:43]
 
     def start_session(
-        self, identity: Identity, ctx: Context, *, event: str = "login", detail: dict[str, object] | None = None
+        self,
+        identity: Identity,
+        ctx: Context,
+        *,
+        previous_session: str | None,
+        event: str = "login",
+        detail: dict[str, object] | None = None,
     ) -> SignedIn:
-        """Create a fresh session (a new id at every sign-in: no fixation) and audit the sign-in."""
+        """Create a fresh session (a new id at every sign-in: no fixation) and audit the sign-in.
+
+        Every sign-in names the browser's ``previous_session`` (its session cookie, if any): that session
+        ends here, whoever it belonged to, so a planted or earlier session never outlives a sign-in.
+        """
         now = self.clock()
         session_id = secrets.token_urlsafe(32)
         absolute = now + timedelta(hours=self.settings.session.absolute_timeout_hours)
         with self.db.transaction() as session:
+            if previous_session and len(previous_session) <= 128:
+                queries.delete_session(session, id_hmac=self.session_hmac(previous_session))
             principal = queries.upsert_principal(session, identity=identity, now=now)
             if principal.disabled:
                 raise self.audit.deny(
@@ -214,7 +226,16 @@ class Broker:
 
     # ------------------------------------------------------------ break-glass sign-in
 
-    def login_local(self, store: str, username: str, password: str, totp_code: str, ctx: Context) -> SignedIn:
+    def login_local(
+        self,
+        store: str,
+        username: str,
+        password: str,
+        totp_code: str,
+        ctx: Context,
+        *,
+        previous_session: str | None,
+    ) -> SignedIn:
         connector = self.local_connectors.get(store)
         if connector is None:
             raise NotFound("There is no such sign-in option.")
@@ -243,7 +264,7 @@ class Broker:
             raise self.audit.deny(
                 self.db, exc, event="login", identity=login.identity, ctx=ctx, detail={"break_glass": True}
             ) from None
-        return self.start_session(login.identity, ctx)
+        return self.start_session(login.identity, ctx, previous_session=previous_session)
 
     # ------------------------------------------------------------ OIDC sign-in and step-up
 
@@ -318,12 +339,13 @@ class Broker:
             login = connector.complete(params, data)
         except BrokerError as exc:
             raise self.audit.deny(self.db, exc, event="login", store=store, ctx=ctx) from None
-        if previous_session:
-            # The old session ends here: a session id never survives a sign-in (no fixation).
-            with self.db.transaction() as session:
-                queries.delete_session(session, id_hmac=self.session_hmac(previous_session))
         pending = data.get("pending")
-        signed_in = self.start_session(login.identity, ctx, detail={"acr": login.acr, "step_up": bool(pending)})
+        signed_in = self.start_session(
+            login.identity,
+            ctx,
+            previous_session=previous_session,
+            detail={"acr": login.acr, "step_up": bool(pending)},
+        )
         return OidcSignedIn(signed_in, str(data.get("return_to") or "/"), pending)
 
     def start_step_up(

@@ -58,6 +58,10 @@ DEFAULT_LIMITS: dict[str, str] = {
     "device.principal": "20/minute",
     "token.ip": "1200/minute",
     "token.principal": "600/minute",
+    # Failed token requests (a wrong client secret, refresh token or code) have a budget of their own, per
+    # address and per client id claimed: guessing gets a few tries a minute, successful traffic keeps the above.
+    "token_failure.ip": "20/minute;200/hour",
+    "token_failure.principal": "20/minute;200/hour",
     "admin.ip": "300/minute",
     "admin.principal": "300/minute",
 }
@@ -101,19 +105,44 @@ class RateLimiter:
             raise KeyError(f"no rate limit named {name}.{per}; add it to broker.ratelimit.DEFAULT_LIMITS")
         return items
 
-    def _hit(self, item: RateLimitItem, *ids: str) -> tuple[bool, float]:
-        """(allowed, seconds until the window admits another hit)."""
+    def _hit(self, item: RateLimitItem, *ids: str, spend: bool = True) -> tuple[bool, float]:
+        """(allowed, seconds until the window admits another hit); ``spend=False`` only looks."""
         strategy, shared = self._strategy()
         try:
-            allowed = strategy.hit(item, *ids)
+            allowed = strategy.hit(item, *ids) if spend else strategy.test(item, *ids)
             reset = strategy.get_window_stats(item, *ids).reset_time if not allowed else 0.0
         except Exception as exc:  # redis-py raises its own ConnectionError/TimeoutError family
             if not shared:
                 raise
             self._shared_down_until = time.monotonic() + _REDIS_RETRY_SECONDS
             log.warning("rate limit storage unreachable; counting in this process", error_type=type(exc).__name__)
-            return self._hit(item, *ids)
+            return self._hit(item, *ids, spend=spend)
         return allowed, reset
+
+    def check(
+        self,
+        name: str,
+        *,
+        per: Per,
+        key: str,
+        ctx: Context | None = None,
+        principal: str | None = None,
+        store: str | None = None,
+    ) -> None:
+        """Raise the audited 429 when ``<name>.<per>`` has no budget left for ``key``; spend nothing.
+
+        With :meth:`spend`, for budgets that only some outcomes use up (failed token requests): check before
+        the work, spend after a failure.
+        """
+        self._count(name, per=per, key=key, ctx=ctx, principal=principal, store=store, spend=False)
+
+    def spend(self, name: str, *, per: Per, key: str) -> None:
+        """Use up one of ``<name>.<per>`` for ``key`` without refusing anything now."""
+        if not self.enabled:
+            return
+        ref = self._keys.mac("ratelimit", f"{per}:{key}")[:32]
+        for item in self._limits(name, per):
+            self._hit(item, name, per, ref)
 
     def hit(
         self,
@@ -126,11 +155,24 @@ class RateLimiter:
         store: str | None = None,
     ) -> None:
         """Count one attempt against ``<name>.<per>`` for ``key``; raise an audited 429 when over the limit."""
+        self._count(name, per=per, key=key, ctx=ctx, principal=principal, store=store, spend=True)
+
+    def _count(
+        self,
+        name: str,
+        *,
+        per: Per,
+        key: str,
+        ctx: Context | None,
+        principal: str | None,
+        store: str | None,
+        spend: bool,
+    ) -> None:
         if not self.enabled:
             return
         ref = self._keys.mac("ratelimit", f"{per}:{key}")[:32]
         for item in self._limits(name, per):
-            allowed, reset = self._hit(item, name, per, ref)
+            allowed, reset = self._hit(item, name, per, ref, spend=spend)
             if allowed:
                 continue
             retry_after = max(1, math.ceil(reset - time.time()))

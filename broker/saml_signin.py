@@ -63,7 +63,14 @@ class SamlSignIn:
         return redirect.url
 
     def finish(
-        self, store: str, saml_response: str, *, binding: str | None, relay_state: str | None, ctx: Context
+        self,
+        store: str,
+        saml_response: str,
+        *,
+        binding: str | None,
+        relay_state: str | None,
+        previous_session: str | None,
+        ctx: Context,
     ) -> SamlFinished:
         """Consume a POST-binding response; return the new session and where to go, or raise (audited)."""
         broker = self.broker
@@ -100,7 +107,9 @@ class SamlSignIn:
         except BrokerError as exc:
             detail["saml_error"] = getattr(exc, "library_error", None)
             raise broker.audit.deny(broker.db, exc, **audit, detail=detail) from None
-        signed_in = broker.start_session(identity, ctx, detail={**detail, "protocol": "saml"})
+        signed_in = broker.start_session(
+            identity, ctx, previous_session=previous_session, detail={**detail, "protocol": "saml"}
+        )
         return SamlFinished(signed_in, next_path)
 
     def _bind(

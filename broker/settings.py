@@ -693,6 +693,9 @@ class ServerSettings(Strict):
     # Serve HTTPS directly: PEM certificate chain and private key paths.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # The OpenAPI document (/openapi.json) and its browsable page (/api/docs). They map every endpoint for an
+    # attacker too, so they are off in production unless turned on here; unset means on in dev mode only.
+    api_docs: bool | None = None
 
     @model_validator(mode="after")
     def _tls(self) -> ServerSettings:
@@ -715,6 +718,9 @@ class AdminSettings(Strict):
     # Changes (revoke, approve, disable) need at least this sign-in strength; reads need ``read_mfa``.
     change_mfa: MfaLevel = MfaLevel.PHISHING_RESISTANT
     read_mfa: MfaLevel = MfaLevel.MFA
+    # Operators who may approve or deny access requests with `broker requests approve|deny`, by the name they
+    # act as (``--as NAME``, BROKER_OPERATOR, or login@host). Empty: requests are answered in the portal or API.
+    request_operators: list[str] = []
 
     @field_validator("change_mfa", "read_mfa", mode="before")
     @classmethod

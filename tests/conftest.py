@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -87,6 +88,29 @@ def database(db_url: str) -> Iterator[Database]:
     database = Database(db_url)
     yield database
     database.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_tests() -> Iterator[None]:
+    """Every process a test starts is ended by that test (or its fixture), even when it fails. At the end of
+    the session any child still running is named, ended, and fails the run."""
+    import psutil
+
+    yield
+    leftovers = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    if not leftovers:
+        return
+    names = []
+    for process in leftovers:
+        try:
+            names.append(" ".join(process.cmdline()[:4]))
+        except psutil.Error:
+            names.append(str(process.pid))
+    for process in leftovers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(leftovers, timeout=10)
+    pytest.fail("processes left running by the tests: " + "; ".join(names), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -292,3 +292,35 @@ def _append_and_seal(url: str, n: int) -> None:
         if i % 7 == 0:
             trail.seal(database, batch=5)
     database.dispose()
+
+
+def test_a_refusal_raised_inside_a_transaction_is_recorded_after_its_rollback(
+    database: Database, trail: AuditTrail
+) -> None:
+    """Never beside the caller's transaction (on SQLite that waited on its write lock, then failed as 503)."""
+    from broker.errors import AccessDenied
+
+    with pytest.raises(AccessDenied) as refused, database.transaction() as s:
+        s.execute(text("UPDATE principals SET disabled = disabled"))  # a write: the caller holds the write lock
+        raise trail.deny(database, AccessDenied(reason="principal_disabled"), event="login", principal="mallory")
+    assert refused.value.reason == "principal_disabled"
+    with database.transaction() as s:
+        rows = [(r.event, r.outcome, r.reason, r.principal, r.detail) for r in s.scalars(select(AuditEvent))]
+    assert rows == [("login", "denied", "principal_disabled", "mallory", {"error": "access_denied"})]
+    assert verify(database, trail) == (True, None, None)
+
+
+def test_a_refusal_outside_any_transaction_is_recorded_at_once(database: Database, trail: AuditTrail) -> None:
+    from broker.errors import InvalidRequest
+
+    error = trail.deny(database, InvalidRequest(reason="api_body_shape"), event="credentials")
+    assert error.reason == "api_body_shape"
+    with database.transaction() as s:
+        assert [r.reason for r in s.scalars(select(AuditEvent))] == ["api_body_shape"]
+
+
+def test_record_beside_an_open_transaction_is_a_programming_error(database: Database, trail: AuditTrail) -> None:
+    with pytest.raises(RuntimeError, match="inside an open transaction"), database.transaction():
+        trail.record(database, event="login", outcome="ok", reason="authenticated")
+    with database.transaction() as s:
+        assert s.scalars(select(AuditEvent)).all() == []

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from broker.store.db import Database
 from tests.conftest import SECRET
 from tests.support.portal import csrf_from, env_credentials, login_local
-from tests.support.processes import broker_env, free_port, wait_for_port
+from tests.support.processes import broker_env, free_port, spawned, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,15 +105,15 @@ def test_readyz_reports_a_database_that_needs_migrating(tmp_path: Path) -> None:
 
 def test_broker_dev_runs_offline_and_break_glass_yields_working_credentials(tmp_path: Path) -> None:
     port = free_port()
-    process = subprocess.Popen(
+    # Its own process group: `broker dev` starts moto, which must end with it however this test ends.
+    with spawned(
         [sys.executable, "-m", "broker.cli", "dev", "--port", str(port), "--data-dir", str(tmp_path / "dev")],
         cwd=ROOT,
         env=broker_env(COLUMNS="200"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
-    try:
+    ) as process:
         wait_for_port(port, process=process, timeout=60)
         banner = ""
         assert process.stdout is not None
@@ -154,6 +154,3 @@ def test_broker_dev_runs_offline_and_break_glass_yields_working_credentials(tmp_
             aws_session_token=env["AWS_SESSION_TOKEN"],
         ).get_caller_identity()
         assert caller["Arn"].endswith(":assumed-role/DevReadOnly/demo")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)

@@ -75,11 +75,11 @@ def test_denial_burst_raises_one_alert_per_window(ops: Any) -> None:
 
 def test_break_glass_and_new_network_alerts(ops: Any) -> None:
     o = ops()
-    o.broker.start_session(person("bg", set(), break_glass=True), Context(client_ip="10.0.0.5"))
+    o.broker.start_session(person("bg", set(), break_glass=True), Context(client_ip="10.0.0.5"), previous_session=None)
     dana = person("dana", {"engineering"})
-    o.broker.start_session(dana, Context(client_ip="10.1.0.5"))  # first sign-in: the baseline
-    o.broker.start_session(dana, Context(client_ip="10.1.0.77"))  # same /24
-    o.broker.start_session(dana, Context(client_ip="203.0.113.9"))  # new network
+    o.broker.start_session(dana, Context(client_ip="10.1.0.5"), previous_session=None)  # first sign-in: the baseline
+    o.broker.start_session(dana, Context(client_ip="10.1.0.77"), previous_session=None)  # same /24
+    o.broker.start_session(dana, Context(client_ip="203.0.113.9"), previous_session=None)  # new network
     o.run_once()
     assert alerts(o) == [("bg@example.test", "break_glass_used"), ("dana@example.test", "new_network")]
 
@@ -108,7 +108,7 @@ def test_access_report_and_cli(ops: Any, make_config: Callable[..., dict[str, An
     o = ops()
     eng = person("eve", {"engineering"})
     idle = person("ian", {"engineering"})
-    o.broker.start_session(idle, Context())
+    o.broker.start_session(idle, Context(), previous_session=None)
     o.broker.issue(eng, role="readonly", channel=Channel.CLI, ctx=Context())
     o.broker.issue(eng, role="readonly", channel=Channel.CLI, ctx=Context())
     report = o.report(days=30)

@@ -631,6 +631,12 @@ class MfaService:
                     raise AccessDenied("Nobody may approve a reset of their own factors.", reason="mfa.reset_self")
                 removed = queries.delete_mfa_state(session, principal_id=target_id)
                 queries.delete_mfa_lockout(session, key_hmac=self.keys.mac("mfa-lockout", f"principal:{target_id}"))
+                # Whoever holds the person's sessions or CLI sign-ins may be why the factors are reset: they
+                # end with the factors, as when the person is disabled (browser sessions and refresh families).
+                signed_out = queries.revoke_sessions(session, principal_id=target_id, now=now)
+                signed_out += queries.revoke_refresh_families_of(
+                    session, principal_id=target_id, now=now, reason="mfa_reset"
+                )
                 self.audit.append(
                     session,
                     event="mfa.reset",
@@ -641,6 +647,7 @@ class MfaService:
                     detail={
                         "target": data["principal"],
                         "factors_removed": removed,
+                        "sessions_ended": signed_out,
                         "requested_by": data["requested_by"],
                     },
                 )

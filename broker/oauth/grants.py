@@ -7,16 +7,20 @@ the grant, and hands over; the grant verifies, decides, issues and audits.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+from urllib.parse import unquote_plus
 
 from broker.audit import AuditTrail, Clock, Context, utcnow
 from broker.errors import (
+    AuthorizationPending,
     BrokerError,
     InvalidClient,
     InvalidRequest,
     ReplayDetected,
+    SlowDown,
     UnauthorizedClient,
     UnsupportedGrantType,
 )
@@ -67,6 +71,45 @@ class Grant(Protocol):
         ...
 
 
+Per = Literal["ip", "principal"]
+
+
+class Limits(Protocol):
+    """The abuse limits the token endpoint applies (``broker.ratelimit.RateLimiter``)."""
+
+    def check(self, name: str, *, per: Per, key: str, ctx: Context | None = None) -> None: ...
+
+    def spend(self, name: str, *, per: Per, key: str) -> None: ...
+
+    def hit(
+        self,
+        name: str,
+        *,
+        per: Per,
+        key: str,
+        ctx: Context | None = None,
+        principal: str | None = None,
+    ) -> None: ...
+
+
+# Answers that are part of a normal device-code poll (RFC 8628 section 3.5), not failed attempts.
+_NOT_FAILURES = (AuthorizationPending, SlowDown)
+
+
+def claimed_client_id(items: Sequence[tuple[str, str]], authorization: str | None) -> str | None:
+    """The client id a token request claims (form ``client_id`` or HTTP Basic user), before it is verified."""
+    for name, value in items:
+        if name == "client_id" and value:
+            return value[:256]
+    if authorization and authorization[:6].lower() == "basic ":
+        try:
+            user = base64.b64decode(authorization[6:].strip(), validate=True).decode().split(":", 1)[0]
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return unquote_plus(user)[:256] or None
+    return None
+
+
 class TokenEndpoint:
     """``POST /oauth2/token``: parameter parsing, client authentication, dispatch to the grant."""
 
@@ -79,6 +122,7 @@ class TokenEndpoint:
         clients: ClientAuthenticator,
         grants: Sequence[Grant],
         clock: Clock = utcnow,
+        limits: Limits | None = None,
     ) -> None:
         self.db = db
         self.audit = audit
@@ -86,12 +130,36 @@ class TokenEndpoint:
         self.clients = clients
         self.grants = {g.grant_type: g for g in grants}
         self.clock = clock
+        self.limits = limits
+        # Everyone's CLI shares its public client id: a failure budget per that id would let anyone lock
+        # every CLI user out, so public clients' failures count per address only.
+        self._public_ids = {getattr(g, "public_client_id", None) for g in grants} - {None}
 
     @property
     def grant_types(self) -> list[str]:
         return sorted(self.grants)
 
     def token(self, items: Sequence[tuple[str, str]], *, authorization: str | None, ctx: Context) -> dict[str, Any]:
+        """Answer one token request. Failed requests spend a tight budget of their own (``token_failure``, per
+        address and per claimed confidential client id); once it is used up, requests are refused with 429
+        before any secret or token is checked."""
+        if self.limits is None:
+            return self._token(items, authorization=authorization, ctx=ctx)
+        budgets: list[tuple[Per, str]] = [("ip", ctx.client_ip or "unknown")]
+        client_id = claimed_client_id(items, authorization)
+        if client_id is not None and client_id not in self._public_ids:
+            budgets.append(("principal", client_id))
+        for per, key in budgets:
+            self.limits.check("token_failure", per=per, key=key, ctx=ctx)
+        try:
+            return self._token(items, authorization=authorization, ctx=ctx)
+        except BrokerError as exc:
+            if exc.status in (400, 401) and not isinstance(exc, _NOT_FAILURES):
+                for per, key in budgets:
+                    self.limits.spend("token_failure", per=per, key=key)
+            raise
+
+    def _token(self, items: Sequence[tuple[str, str]], *, authorization: str | None, ctx: Context) -> dict[str, Any]:
         grant_type: str | None = None
         client_id: str | None = None
         try:
@@ -132,6 +200,9 @@ class TokenEndpoint:
                 ctx=ctx,
                 detail={"grant_type": (grant_type or "")[:100], "client_id": client_id[:256] if client_id else None},
             ) from None
+        if client is not None and self.limits is not None:
+            # The per-principal budget of machine traffic: a confidential client is the principal asking.
+            self.limits.hit("token", per="principal", key=client.client_id, ctx=ctx, principal=client.client_id)
         return grant.handle(params, client, ctx)
 
     def _consume_assertion(self, client: AuthenticatedClient) -> None:

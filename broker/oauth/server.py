@@ -10,7 +10,7 @@ from broker.federation import Broker
 from broker.oauth.authorization_code import AUTHORIZE_PATH, AuthorizationCodeGrant, AuthorizationFlow
 from broker.oauth.clients import CLIENT_ASSERTION_TYPE, ClientAuthenticator
 from broker.oauth.device import DeviceCodeGrant, DeviceFlow
-from broker.oauth.grants import Grant, TokenEndpoint
+from broker.oauth.grants import Grant, Limits, TokenEndpoint
 from broker.oauth.refresh import CliSessions, RefreshTokenGrant
 from broker.oauth.token_exchange import TOKEN_TYPE_AWS_CREDENTIALS, TokenExchangeGrant
 from broker.oauth.tokens import TokenService
@@ -25,7 +25,7 @@ REVOCATION_PATH = "/oauth2/revoke"
 class OAuthServer:
     """Everything the OAuth routes need, built once in ``create_app``."""
 
-    def __init__(self, broker: Broker, *, tokens: TokenService) -> None:
+    def __init__(self, broker: Broker, *, tokens: TokenService, limits: Limits | None = None) -> None:
         settings = broker.settings
         self.settings = settings
         self.tokens = tokens
@@ -58,6 +58,7 @@ class OAuthServer:
             clients=clients,
             grants=grants,
             clock=broker.clock,
+            limits=limits,
         )
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,15 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args={"connect_timeout": 5})
 
 
+class _Open(threading.local):
+    """Per thread: how many transactions are open, and what waits for the outermost one to end."""
+
+    depth = 0
+
+    def __init__(self) -> None:
+        self.after: list[Callable[[], object]] = []
+
+
 class Database:
     """The broker's database: an engine, a session factory and a transaction scope."""
 
@@ -63,15 +73,47 @@ class Database:
         self.url = normalize_url(url)
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._open = _Open()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One transaction: commit on success, roll back on error. Database faults become 503s."""
+        """One transaction: commit on success, roll back on error. Database faults become 503s.
+
+        Work queued with :meth:`after_transaction` while it is open runs once the outermost transaction of
+        this thread has ended, whether it committed or rolled back.
+        """
+        if self._open.depth:
+            # On SQLite the first transaction holds the write lock (BEGIN IMMEDIATE): a second one would wait
+            # for it until busy_timeout. Pass the open session down instead.
+            raise RuntimeError("a transaction of this database is already open in this thread")
+        self._open.depth += 1
         try:
             with self._sessions.begin() as session:
                 yield session
         except SQLAlchemyError as exc:
             raise ServiceUnavailable(reason="database_unavailable") from exc
+        finally:
+            self._open.depth -= 1
+            if self._open.depth == 0 and self._open.after:
+                queued, self._open.after = self._open.after, []
+                # An action that raises (the audit trail is down) replaces the error in flight: fail closed.
+                for action in queued:
+                    action()
+
+    def in_transaction(self) -> bool:
+        """Whether this thread has a transaction of this database open (a second one would wait on it)."""
+        return self._open.depth > 0
+
+    def after_transaction(self, action: Callable[[], object]) -> None:
+        """Run ``action`` when this thread's open transaction has ended, or now when none is open.
+
+        On SQLite a second transaction beside an open one waits for its write lock, which is never released
+        while this thread waits: work that needs its own transaction (auditing a refusal) queues here.
+        """
+        if self.in_transaction():
+            self._open.after.append(action)
+        else:
+            action()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -10,7 +10,6 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from broker.audit import Context
@@ -34,12 +33,24 @@ def get_cli_sign_in(request: Request, oauth: OAuthDep, ctx: ContextDep) -> CliSi
 CliSignInDep = Annotated[CliSignIn, Depends(get_cli_sign_in)]
 
 
-async def _role_request(
-    request: Request, broker: Broker, signed_in: CliSignIn, ctx: Context, event: str
+async def _raw_body(request: Request) -> bytes:
+    """The request body, read on the event loop (at most a little over ``MAX_BODY_BYTES``)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_BODY_BYTES:
+            break
+    return bytes(body)
+
+
+RawBody = Annotated[bytes, Depends(_raw_body)]
+
+
+def _role_request(
+    body: bytes, broker: Broker, signed_in: CliSignIn, ctx: Context, event: str
 ) -> tuple[str, int | None]:
     """``{"role": str, "duration_seconds": int?}``; anything else is refused and audited."""
     try:
-        body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             raise InvalidRequest("The request is too large.", reason="api_body_too_large")
         try:
@@ -84,26 +95,23 @@ def roles(broker: BrokerDep, signed_in: CliSignInDep) -> JSONResponse:
     )
 
 
+# Plain ``def`` routes: FastAPI runs them in its thread pool, so STS and the database never block the event loop.
 @router.post("/credentials", summary="STS credentials in the AWS credential_process format")
-async def credentials(request: Request, broker: BrokerDep, signed_in: CliSignInDep, ctx: ContextDep) -> JSONResponse:
-    role, duration = await _role_request(request, broker, signed_in, ctx, "credentials")
-    issued = await run_in_threadpool(
-        lambda: broker.issue(
-            signed_in.identity,
-            role=role,
-            channel=Channel.CLI,
-            ctx=ctx,
-            duration_seconds=duration,
-            audit_detail={"cli_sign_in": signed_in.family_id},
-        )
+def credentials(broker: BrokerDep, signed_in: CliSignInDep, ctx: ContextDep, body: RawBody) -> JSONResponse:
+    role, duration = _role_request(body, broker, signed_in, ctx, "credentials")
+    issued = broker.issue(
+        signed_in.identity,
+        role=role,
+        channel=Channel.CLI,
+        ctx=ctx,
+        duration_seconds=duration,
+        audit_detail={"cli_sign_in": signed_in.family_id},
     )
     return JSONResponse(issued.credentials.process_json(), headers=NO_STORE)
 
 
 @router.post("/console", summary="An AWS console sign-in URL for a role")
-async def console(request: Request, broker: BrokerDep, signed_in: CliSignInDep, ctx: ContextDep) -> JSONResponse:
-    role, duration = await _role_request(request, broker, signed_in, ctx, "console")
-    url = await run_in_threadpool(
-        lambda: broker.console_url(signed_in.identity, role=role, ctx=ctx, duration_seconds=duration)
-    )
+def console(broker: BrokerDep, signed_in: CliSignInDep, ctx: ContextDep, body: RawBody) -> JSONResponse:
+    role, duration = _role_request(body, broker, signed_in, ctx, "console")
+    url = broker.console_url(signed_in.identity, role=role, ctx=ctx, duration_seconds=duration)
     return JSONResponse({"url": url}, headers=NO_STORE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from typing import Annotated
 
@@ -9,8 +10,9 @@ from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
 from broker.audit import Context
-from broker.errors import CsrfFailed
+from broker.errors import CsrfFailed, LoginRequired
 from broker.federation import Broker, CurrentSession
+from broker.identity import Identity
 
 BROWSER_COOKIE = "broker_browser"
 # Paths a sign-in may return to. Anything else (other hosts, scheme-relative URLs, unknown paths) goes to
@@ -45,6 +47,7 @@ def get_current(request: Request) -> CurrentSession:
     broker = get_broker(request)
     current = broker.current_session(session_cookie(request))
     request.state.principal = current.identity.principal
+    request.state.identity = current.identity
     return current
 
 
@@ -62,9 +65,42 @@ def safe_return_path(value: str | None) -> str:
     return value if path in RETURN_PATHS and all(c.isprintable() and c != " " for c in value) else "/"
 
 
-def check_csrf(broker: Broker, secret: str | None, token: str | None) -> None:
-    """Double-submit: the form token must be the HMAC of this browser's session or pre-login cookie."""
-    import hmac
+def check_csrf(
+    request: Request,
+    token: str | None,
+    *,
+    event: str,
+    pre_login: bool = False,
+    principal: str | None = None,
+    store: str | None = None,
+) -> None:
+    """The one CSRF check of every form (double-submit): the token must be the HMAC of this browser's session
+    cookie, or of its pre-login cookie for the sign-in form (``pre_login``).
 
-    if not secret or not token or not hmac.compare_digest(broker.csrf_token(secret), token):
-        raise CsrfFailed()
+    A refusal is audited as ``event`` / ``denied`` / ``csrf_failed`` when it can be attributed: to the live
+    session the request carries, or to the account a sign-in form names. A form with neither (no session at
+    all) is refused without an audit event: anyone can send one, and nobody would be named in it.
+    """
+    broker = get_broker(request)
+    secret = request.cookies.get(BROWSER_COOKIE) if pre_login else session_cookie(request)
+    if secret and token and hmac.compare_digest(broker.csrf_token(secret), token):
+        return
+    error = CsrfFailed()
+    identity: Identity | None = getattr(request.state, "identity", None)
+    if identity is None and not pre_login:
+        try:
+            identity = broker.current_session(secret).identity
+        except LoginRequired:
+            identity = None
+    if identity is None and principal is None:
+        raise error
+    raise broker.audit.deny(
+        broker.db,
+        error,
+        event=event,
+        identity=identity,
+        principal=principal,
+        store=store,
+        ctx=get_context(request),
+        detail={"path": request.url.path},
+    )

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from broker.errors import BrokerError, InvalidRequest, LoginRequired, NotFound, PayloadTooLarge
+from broker.errors import BrokerError, InvalidRequest, LoginRequired, NotFound, PayloadTooLarge, ServiceUnavailable
 from broker.logs import get_logger
 
 log = get_logger("broker.web")
@@ -24,7 +24,8 @@ def wants_html(request: Request) -> bool:
 
 def render_error(request: Request, error: BrokerError) -> Response:
     request.state.outcome = error.reason
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else {}
+    retry_after = error.retry_after or (ServiceUnavailable.default_retry_after if error.status == 503 else None)
+    headers = {"Retry-After": str(retry_after)} if retry_after else {}
     if wants_html(request):
         if isinstance(error, LoginRequired) and request.method == "GET":
             return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)

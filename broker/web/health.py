@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from broker.errors import ServiceUnavailable
 from broker.store.db import is_ready
 from broker.web.deps import BrokerDep
 
@@ -19,6 +20,8 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="Readiness: database reachable and migrated to head")
 def readyz(broker: BrokerDep) -> JSONResponse:
     ready, detail = is_ready(broker.db)
-    return JSONResponse(
-        {"status": "ok" if ready else "unavailable", "detail": detail}, status_code=200 if ready else 503
-    )
+    if ready:
+        return JSONResponse({"status": "ok", "detail": detail})
+    # Like every 503 of the broker, it says when to look again (RFC 9110 section 10.2.3).
+    retry = {"Retry-After": str(ServiceUnavailable.default_retry_after)}
+    return JSONResponse({"status": "unavailable", "detail": detail}, status_code=503, headers=retry)

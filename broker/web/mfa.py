@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, Request
+from fastapi import APIRouter, Depends, Form, Header, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from broker.errors import InvalidRequest
@@ -79,7 +79,7 @@ def totp_begin(
     csrf: Annotated[str, Form(max_length=128)] = "",
     name: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
+    check_csrf(request, csrf, event="mfa.enrol")
     enrolment = broker.mfa.begin_totp(_holder(current), ctx, name=name)
     return _page(
         request, templates, broker, current, "mfa_totp.html", title="Add an authenticator app", enrolment=enrolment
@@ -102,7 +102,7 @@ def totp_confirm(
     code: Annotated[str, Form(max_length=16)],
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
+    check_csrf(request, csrf, event="mfa.enrol")
     verified = broker.mfa.confirm_totp(_holder(current), ctx, factor_id=factor_id, code=code)
     if verified.recovery_codes:
         return _page(
@@ -126,7 +126,7 @@ def recovery_regenerate(
     templates: TemplatesDep,
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
+    check_csrf(request, csrf, event="mfa.enrol")
     codes = broker.mfa.regenerate_recovery_codes(_holder(current), ctx)
     return _page(request, templates, broker, current, "mfa_recovery.html", title="Recovery codes", codes=codes)
 
@@ -140,7 +140,7 @@ def remove(
     ctx: ContextDep,
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
+    check_csrf(request, csrf, event="mfa.remove")
     broker.mfa.remove(_holder(current), ctx, factor_id=factor_id)
     return RedirectResponse("/mfa", status_code=303)
 
@@ -186,7 +186,7 @@ def verify_totp(
     csrf: Annotated[str, Form(max_length=128)] = "",
     next: Annotated[str, Form(max_length=2048)] = "/",
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
+    check_csrf(request, csrf, event="mfa.verify")
     broker.mfa.verify_totp(_holder(current), ctx, code=code)
     return RedirectResponse(safe_return_path(next), status_code=303)
 
@@ -203,7 +203,7 @@ def verify_recovery(
     csrf: Annotated[str, Form(max_length=128)] = "",
     next: Annotated[str, Form(max_length=2048)] = "/",
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
+    check_csrf(request, csrf, event="mfa.verify")
     broker.mfa.verify_recovery(_holder(current), ctx, code=code)
     return RedirectResponse(safe_return_path(next), status_code=303)
 
@@ -211,8 +211,15 @@ def verify_recovery(
 # ---------------------------------------------------------------- WebAuthn (JSON, for static/mfa.js)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()
+async def _raw_body(request: Request) -> bytes:
+    """The request body, read on the event loop; the routes that use it run in the thread pool."""
+    return await request.body()
+
+
+RawBody = Annotated[bytes, Depends(_raw_body)]
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
     if len(body) > MAX_CREDENTIAL_JSON:
         raise InvalidRequest("The request is too large.", reason="webauthn.response_too_large")
     try:
@@ -227,12 +234,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
 CsrfHeader = Annotated[str, Header(alias="X-CSRF-Token", max_length=128)]
 
 
+# Plain ``def`` routes: FastAPI runs them in its thread pool, so their database work never blocks the event loop.
 @router.post("/api/mfa/webauthn/register/options", summary="WebAuthn registration options")
-async def register_options(
-    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, csrf: CsrfHeader = ""
+def register_options(
+    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
-    data = await _json_body(request)
+    check_csrf(request, csrf, event="mfa.enrol")
+    data = _json_body(body)
     options = broker.mfa.begin_registration(_holder(current), ctx, name=str(data.get("name") or ""))
     return JSONResponse(options, headers=NO_STORE)
 
@@ -242,21 +250,20 @@ async def register_options(
     dependencies=[rate_limited("mfa", per="ip")],
     summary="WebAuthn registration result",
 )
-async def register(
-    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, csrf: CsrfHeader = ""
+def register(
+    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
-    body = await request.body()
+    check_csrf(request, csrf, event="mfa.enrol")
     view = broker.mfa.finish_registration(_holder(current), ctx, payload=body.decode("utf-8", "replace"))
     return JSONResponse({"id": view.id, "name": view.name, "level": view.level.label}, headers=NO_STORE)
 
 
 @router.post("/api/mfa/webauthn/authenticate/options", summary="WebAuthn authentication options")
-async def authenticate_options(
-    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, csrf: CsrfHeader = ""
+def authenticate_options(
+    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
-    data = await _json_body(request)
+    check_csrf(request, csrf, event="mfa.verify")
+    data = _json_body(body)
     options = broker.mfa.begin_authentication(_holder(current), ctx, level=_level(str(data.get("level") or "mfa")))
     return JSONResponse(options, headers=NO_STORE)
 
@@ -266,11 +273,10 @@ async def authenticate_options(
     dependencies=[rate_limited("mfa", per="ip")],
     summary="WebAuthn authentication result (step-up)",
 )
-async def authenticate(
-    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, csrf: CsrfHeader = ""
+def authenticate(
+    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
-    body = await request.body()
+    check_csrf(request, csrf, event="mfa.verify")
     verified = broker.mfa.finish_authentication(_holder(current), ctx, payload=body.decode("utf-8", "replace"))
     return JSONResponse({"mfa": verified.identity.mfa.level.label}, headers=NO_STORE)
 
@@ -305,7 +311,7 @@ def reset_approve(
     templates: TemplatesDep,
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
+    check_csrf(request, csrf, event="mfa.reset")
     target = broker.mfa.approve_reset(_holder(current), ctx, token=token)
     return _page(
         request, templates, broker, current, "mfa_reset.html", title="Factors reset", done=target, pending=None

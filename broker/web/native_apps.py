@@ -76,8 +76,8 @@ async def authorize_answer(request: Request, broker: BrokerDep, oauth: OAuthDep,
     decision = str(form.get("decision") or "")
     items = [(name, str(value)) for name, value in form.multi_items() if name in AUTHORIZE_PARAMS]
     current = await run_in_threadpool(broker.current_session, session_cookie(request))
-    request.state.principal = current.identity.principal
-    check_csrf(broker, session_cookie(request), csrf)
+    request.state.principal, request.state.identity = current.identity.principal, current.identity
+    await run_in_threadpool(check_csrf, request, csrf, event="cli_authorize")
     try:
         authorization = await run_in_threadpool(oauth.authorization.check, items, ctx, current.identity)
     except ErrorRedirect as redirect:
@@ -154,8 +154,8 @@ def device_answer(
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
     current = broker.current_session(session_cookie(request))
-    request.state.principal = current.identity.principal
-    check_csrf(broker, session_cookie(request), csrf)
+    request.state.principal, request.state.identity = current.identity.principal, current.identity
+    check_csrf(request, csrf, event="device_confirm")
     approve = decision == "allow"
     oauth.device.decide(user_code, approve=approve, current=current, ctx=ctx)
     return templates.TemplateResponse(

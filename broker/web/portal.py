@@ -99,12 +99,12 @@ def login_local(
     csrf: Annotated[str, Form(max_length=128)] = "",
     next: Annotated[str, Form(max_length=2048)] = "/",
 ) -> Response:
-    check_csrf(broker, request.cookies.get(BROWSER_COOKIE), csrf)
+    check_csrf(request, csrf, event="login", pre_login=True, principal=username[:256], store=store)
     # Per account as well as per address: password guessing spread over many addresses still stops.
     limiter = limiter_of(request)
     if limiter is not None:
         limiter.hit("login", per="principal", key=f"{store}:{username}", ctx=ctx, principal=username[:256], store=store)
-    signed_in = broker.login_local(store, username, password, totp, ctx)
+    signed_in = broker.login_local(store, username, password, totp, ctx, previous_session=session_cookie(request))
     response = RedirectResponse(safe_return_path(next), status_code=303)
     set_session_cookie(response, request, signed_in.session_id)
     return response
@@ -168,7 +168,7 @@ def open_console(
     csrf: Annotated[str, Form(max_length=128)] = "",
     duration: Annotated[int | None, Form()] = None,
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
+    check_csrf(request, csrf, event="credentials")
     step_up = _step_up(request, broker, current.identity, role, "console", duration, ctx)
     if step_up is not None:
         return step_up
@@ -189,7 +189,7 @@ def cli_credentials(
     csrf: Annotated[str, Form(max_length=128)] = "",
     duration: Annotated[int | None, Form()] = None,
 ) -> Response:
-    check_csrf(broker, session_cookie(request), csrf)
+    check_csrf(request, csrf, event="credentials")
     step_up = _step_up(request, broker, current.identity, role, "credentials", duration, ctx)
     if step_up is not None:
         return step_up
@@ -221,7 +221,7 @@ def logout(
     request: Request, broker: BrokerDep, ctx: ContextDep, csrf: Annotated[str, Form(max_length=128)] = ""
 ) -> Response:
     cookie = session_cookie(request)
-    check_csrf(broker, cookie, csrf)
+    check_csrf(request, csrf, event="logout")
     idp_logout = broker.logout(cookie, ctx)
     response = RedirectResponse(idp_logout or "/login", status_code=303)
     response.delete_cookie(broker.settings.session.cookie_name, path="/")

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from broker.audit import Context
 from broker.elevation import RequestView
-from broker.errors import CsrfFailed, InvalidRequest
+from broker.errors import InvalidRequest
 from broker.federation import CurrentSession
 from broker.operations import Operations
 from broker.revocation import Actor
@@ -101,17 +101,6 @@ def portal_context(request: Request, current: CurrentSession, choices: Sequence[
     return {"jit": jit, "requests_link": bool(mine) or _approver(ops, current)}
 
 
-def _checked_csrf(request: Request, ops: Operations, current: CurrentSession, csrf: str, ctx: Context) -> None:
-    """The double-submit check, with the refusal audited (a forged form is hostile input)."""
-    try:
-        check_csrf(ops.broker, session_cookie(request), csrf)
-    except CsrfFailed as exc:
-        detail = {"path": request.url.path}
-        raise ops.audit.deny(
-            ops.db, exc, event="access_request", identity=current.identity, ctx=ctx, detail=detail
-        ) from None
-
-
 def _duration(ops: Operations, current: CurrentSession, value: str, ctx: Context) -> int | None:
     text = value.strip()
     if not text:
@@ -183,7 +172,7 @@ def create_request(
     duration: Annotated[str, Form(max_length=16)] = "",
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
-    _checked_csrf(request, ops, current, csrf, ctx)
+    check_csrf(request, csrf, event="access_request")
     seconds = _duration(ops, current, duration, ctx)
     ops.elevation.request(current.identity, role=role, reason=reason, duration_seconds=seconds, ctx=ctx)
     return _done()
@@ -198,7 +187,7 @@ def cancel_request(
     ctx: ContextDep,
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
-    _checked_csrf(request, ops, current, csrf, ctx)
+    check_csrf(request, csrf, event="access_request")
     ops.elevation.cancel(current.identity, request_id, ctx=ctx)
     return _done()
 
@@ -213,7 +202,7 @@ def approve_request(
     note: Annotated[str, Form(max_length=1000)] = "",
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
-    _checked_csrf(request, ops, current, csrf, ctx)
+    check_csrf(request, csrf, event="access_request")
     ops.elevation.approve(Actor.person(current.identity), request_id, note=note or None, ctx=ctx)
     return _done()
 
@@ -228,6 +217,6 @@ def deny_request(
     note: Annotated[str, Form(max_length=1000)] = "",
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
-    _checked_csrf(request, ops, current, csrf, ctx)
+    check_csrf(request, csrf, event="access_request")
     ops.elevation.deny(Actor.person(current.identity), request_id, note=note or None, ctx=ctx)
     return _done()

@@ -21,7 +21,7 @@ from broker.errors import InvalidRequest, PayloadTooLarge
 from broker.identity import MfaLevel
 from broker.ratelimit import rate_limited
 from broker.saml_signin import LOGIN_REQUEST_TTL, SamlSignIn
-from broker.web.deps import BrokerDep, ContextDep, safe_return_path
+from broker.web.deps import BrokerDep, ContextDep, safe_return_path, session_cookie
 from broker.web.portal import set_session_cookie
 
 router = APIRouter(tags=["saml"])
@@ -93,7 +93,12 @@ async def saml_acs(request: Request, store: str, saml: SamlDep, ctx: ContextDep)
     relay_state = form["RelayState"][0] if "RelayState" in form else None
     finished = await run_in_threadpool(
         lambda: saml.finish(
-            store, responses[0], binding=request.cookies.get(BINDING_COOKIE), relay_state=relay_state, ctx=ctx
+            store,
+            responses[0],
+            binding=request.cookies.get(BINDING_COOKIE),
+            relay_state=relay_state,
+            previous_session=session_cookie(request),
+            ctx=ctx,
         )
     )
     response = RedirectResponse(safe_return_path(finished.next_path), status_code=303)

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.support.cli_broker import CliBroker, cli_broker, hidden_fields
+from tests.support.processes import spawned
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,22 +73,22 @@ class Shell:
 
 def login_device(live: CliBroker, shell: Shell, web: httpx.Client) -> str:
     """`broker login --device`, confirmed in a signed-in browser; returns what the command printed."""
-    process = subprocess.Popen(
+    with spawned(
         [str(BIN / "broker"), "login", "--device", "--url", live.url],
         env=shell.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    assert process.stderr is not None
-    seen = ""
-    while (match := re.search(r"\b([B-Z]{4}-[B-Z]{4})\b", seen)) is None:
-        line = process.stderr.readline()
-        assert line, f"broker login ended early: {seen}"
-        seen += line
-    page = web.get("/device", params={"user_code": match.group(1)})
-    assert web.post("/device", data={**hidden_fields(page.text), "decision": "allow"}).status_code == 200
-    _, rest = process.communicate(timeout=60)
+    ) as process:
+        assert process.stderr is not None
+        seen = ""
+        while (match := re.search(r"\b([B-Z]{4}-[B-Z]{4})\b", seen)) is None:
+            line = process.stderr.readline()
+            assert line, f"broker login ended early: {seen}"
+            seen += line
+        page = web.get("/device", params={"user_code": match.group(1)})
+        assert web.post("/device", data={**hidden_fields(page.text), "decision": "allow"}).status_code == 200
+        _, rest = process.communicate(timeout=60)
     assert process.returncode == 0, seen + rest
     shell.stderr.append(seen + rest)
     return seen + rest

@@ -26,6 +26,7 @@ from broker.client import store
 from broker.client.api import Broker, HelperError
 from broker.oauth.authorization_code import s256
 from broker.store.db import Database
+from tests.support.audit_outage import audit_refused
 from tests.support.cli_broker import PASSWORD, CliBroker, cli_broker, hidden_fields, local_store
 from tests.support.portal import login_local
 from tests.support.processes import broker_env, free_port, wait_for_port
@@ -503,4 +504,24 @@ def test_disabled_principal_gets_no_credentials_through_a_live_cli_sign_in(live:
     assert (response.status_code, response.json()["error"]) == (403, "access_denied")
     assert "SecretAccessKey" not in response.text
     assert refusals(live, mark) == [("credentials", "denied", "principal_disabled")]
+    assert live.issuances() == []
+
+
+def test_api_503_carries_retry_after(live: CliBroker, web: httpx.Client) -> None:
+    """The audit trail is down: no credentials, and the API says when to retry (RFC 9110 section 10.2.3)."""
+    grant = device_login(live, web)
+    access = token(live, grant_type=DEVICE, device_code=grant["device_code"]).json()["access_token"]
+    db = Database(live.db_url)
+    try:
+        with audit_refused(db, live.db_url):
+            response = httpx.post(
+                f"{live.url}/api/v1/credentials",
+                json={"role": "readonly"},
+                headers={"Authorization": f"Bearer {access}"},
+                timeout=30,
+            )
+    finally:
+        db.dispose()
+    assert (response.status_code, response.json()["error"]) == (503, "temporarily_unavailable")
+    assert response.headers["retry-after"] == "60" and "SecretAccessKey" not in response.text
     assert live.issuances() == []

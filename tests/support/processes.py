@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,32 @@ def wait_for_port(port: int, *, timeout: float = 20.0, process: subprocess.Popen
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def end_process_group(process: subprocess.Popen[Any], *, timeout: float = 10.0) -> None:
+    """End ``process`` and everything it started (its process group, see :func:`spawned`): SIGTERM, then
+    SIGKILL for whatever is still there after ``timeout`` seconds or once the leader has gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=timeout)
+    # A child that ignored the leader's shutdown (a server the command started) must not outlive the test.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def spawned(args: list[str], **popen: Any) -> Iterator[subprocess.Popen[Any]]:
+    """Start a process in a process group of its own, and end the whole group on exit, failed test or not."""
+    process = subprocess.Popen(args, start_new_session=True, **popen)
+    try:
+        yield process
+    finally:
+        end_process_group(process)
+
+
 @contextlib.contextmanager
 def moto_server(*, enforce_auth: bool = False) -> Iterator[str]:
     """moto's server (STS and IAM emulator) over HTTP on loopback; yields its endpoint URL.
@@ -46,18 +73,14 @@ def moto_server(*, enforce_auth: bool = False) -> Iterator[str]:
     env = dict(os.environ)
     if enforce_auth:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
-    process = subprocess.Popen(
+    with spawned(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
-    )
-    try:
+    ) as process:
         wait_for_port(port, process=process)
         yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 class LiveServer:

@@ -20,7 +20,9 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from sqlalchemy import text
 
+from broker.store.db import Database
 from tests.support.oidc_flow import (
     ACCOUNTS,
     Peers,
@@ -183,6 +185,30 @@ def test_mfa_below_the_roles_level(broker: Running, browser: httpx.Client) -> No
     resp = browser.post(f"{broker.url}/console", data={"role": "readonly", "csrf": csrf_of(portal.text)})
     assert resp.status_code == 403 and resp.json()["error"] == "mfa_required"
     assert_refused(broker, before, "mfa_insufficient", event="credentials")
+
+
+def test_a_disabled_person_is_refused_at_once(broker: Running, browser: httpx.Client) -> None:
+    """Refused inside the sign-in's transaction, audited once it rolled back: 403 at once, never a 503."""
+    sign_in(browser, broker.url, "corp", "alice")
+    db = Database(broker.db_url)
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE principals SET disabled = :yes"), {"yes": True})
+    db.dispose()
+    before = broker.last_seq()
+    with httpx.Client(timeout=20) as other:
+        started = time.monotonic()
+        resp = sign_in(other, broker.url, "corp", "alice")
+        assert time.monotonic() - started < 8
+    assert resp.status_code == 403 and resp.json()["error"] == "access_denied"
+    assert_refused(broker, before, "principal_disabled")
+
+
+def test_signing_in_again_ends_the_earlier_session(broker: Running, browser: httpx.Client) -> None:
+    sign_in(browser, broker.url, "corp", "alice")
+    earlier = browser.cookies.get("broker_session")
+    assert earlier and broker.session_count() == 1
+    sign_in(browser, broker.url, "corp", "bob")
+    assert browser.cookies.get("broker_session") != earlier and broker.session_count() == 1
 
 
 # ---------------------------------------------------------------------------- state, PKCE, mix-up

@@ -39,8 +39,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, sts_endpoint: str) -> Iterato
         url,
         sts_endpoint,
         secret_key=secrets.token_urlsafe(40),
-        # Fuzzing must reach the handlers, not the abuse limits.
+        # Fuzzing must reach the handlers, not the abuse limits; it reads the (opt-in) OpenAPI document.
         rate_limits={"enabled": False},
+        server={"api_docs": True},
         identity_stores=[
             {
                 "type": "local",

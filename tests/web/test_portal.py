@@ -83,8 +83,9 @@ def issuances(database: Database) -> list[Issuance]:
         return list(s.scalars(select(Issuance)).all())
 
 
-def signed_in(client: httpx.Client) -> httpx.Response:
-    response = login_local(client, store="breakglass", username="alice", password=PASSWORD, code=code())
+def signed_in(client: httpx.Client, *, step: int = 0) -> httpx.Response:
+    """Alice signs in; ``step`` picks the TOTP code of a neighbouring time step (each code works once)."""
+    response = login_local(client, store="breakglass", username="alice", password=PASSWORD, code=code(30 * step))
     assert response.status_code == 303, response.text
     return response
 
@@ -202,14 +203,82 @@ def test_login_without_csrf_token_is_refused(client: httpx.Client, database: Dat
         "/login/local/breakglass", data={"username": "alice", "password": PASSWORD, "totp": code(), "csrf": "forged"}
     )
     assert response.status_code == 403 and response.json()["error"] == "csrf_failed"
-    assert events(database, "login") == []
+    # Refused before the password is checked, and audited against the account the form names.
+    [refused] = events(database, "login")
+    assert (refused.outcome, refused.reason, refused.principal, refused.store) == (
+        "denied",
+        "csrf_failed",
+        "alice",
+        "breakglass",
+    )
+    assert refused.detail == {"error": "csrf_failed", "path": "/login/local/breakglass"}
 
 
-def test_post_without_csrf_token_is_refused(client: httpx.Client, database: Database) -> None:
+def refusals(database: Database, after: int) -> list[tuple[str, str, str, str | None, str]]:
+    return [
+        (e.event, e.outcome, e.reason, e.principal, e.detail.get("path", ""))
+        for e in events(database)
+        if e.seq > after and e.outcome == "denied"
+    ]
+
+
+@pytest.mark.parametrize("form", ["/credentials", "/console", "/logout"])
+def test_forms_without_or_with_another_sessions_csrf_token_are_refused_and_audited(
+    client: httpx.Client, live: LiveServer, database: Database, form: str
+) -> None:
+    """One CSRF check for every form: a missing or foreign token is refused (403) and audited once."""
     signed_in(client)
-    response = client.post("/credentials", data={"role": "readonly", "csrf": "x"})
-    assert response.status_code == 403
+    with httpx.Client(base_url=live.url) as other:
+        signed_in(other, step=1)
+        foreign = csrf_from(other.get("/", headers={"Accept": "text/html"}).text)
+    before = events(database)[-1].seq
+    event = {"/logout": "logout"}.get(form, "credentials")
+    for token in ("", foreign):
+        response = client.post(form, data={"role": "readonly", "csrf": token}, headers={"Accept": "application/json"})
+        assert response.status_code == 403 and response.json()["error"] == "csrf_failed"
+    assert refusals(database, before) == [(event, "denied", "csrf_failed", "alice@example.com", form)] * 2
     assert issuances(database) == []
+    # Still signed in: a forged sign-out changed nothing.
+    assert client.get("/", headers={"Accept": "application/json"}).status_code == 200
+
+
+def test_a_form_without_any_session_is_refused_without_an_audit_event(client: httpx.Client, database: Database) -> None:
+    """Deliberately not audited (docs/security.md): nothing names anyone, and anyone can send it."""
+    before = events(database)[-1].seq if events(database) else 0
+    for form in ("/logout", "/credentials"):
+        response = client.post(form, data={"role": "readonly", "csrf": "x"}, headers={"Accept": "application/json"})
+        assert response.status_code in (401, 403)
+        assert response.json()["error"] in ("csrf_failed", "login_required")
+    assert refusals(database, before) == []
+
+
+def test_a_disabled_person_is_refused_at_once_with_one_audit_event(client: httpx.Client, database: Database) -> None:
+    """The refusal is raised inside the sign-in's transaction; it is audited once that transaction rolled back
+    (before: it waited on SQLite's write lock for ten seconds, then answered 503 with no audit event)."""
+    signed_in(client)
+    with database.transaction() as s:
+        s.execute(text("UPDATE principals SET disabled = :yes"), {"yes": True})
+    started = time.monotonic()
+    with httpx.Client(base_url=str(client.base_url)) as other:
+        response = login_local(other, store="breakglass", username="alice", password=PASSWORD, code=code(30))
+    assert time.monotonic() - started < 5
+    assert response.status_code == 403 and "This account is disabled." in response.text
+    refused = [e for e in events(database, "login") if e.outcome == "denied"]
+    assert [(e.reason, e.principal, e.detail["error"]) for e in refused] == [
+        ("principal_disabled", "alice@example.com", "access_denied")
+    ]
+
+
+def test_signing_in_ends_the_browsers_earlier_session(client: httpx.Client, live: LiveServer) -> None:
+    """A session planted in (or left in) this browser never outlives a sign-in, whoever it belonged to."""
+    with httpx.Client(base_url=live.url) as planted:
+        signed_in(planted)
+        planted_cookie = planted.cookies.get("broker_session") or ""
+    client.cookies.set("broker_session", planted_cookie)
+    issued = signed_in(client, step=1).cookies.get("broker_session")
+    assert issued and issued != planted_cookie
+    with httpx.Client(base_url=live.url, cookies={"broker_session": planted_cookie}) as attacker:
+        assert attacker.get("/", headers={"Accept": "application/json"}).status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -298,7 +367,7 @@ def test_audit_failure_means_no_credentials(client: httpx.Client, database: Data
         response = client.post(
             "/credentials", data={"role": "readonly", "csrf": csrf_from(portal.text)}, headers={"Accept": "text/html"}
         )
-        assert response.status_code == 503
+        assert response.status_code == 503 and response.headers["retry-after"] == "60"
         assert "AWS_SECRET_ACCESS_KEY" not in response.text and "ASIA" not in response.text
         assert issuances(database) == []  # rolled back with its audit event
     finally:

@@ -153,3 +153,19 @@ def test_next_path_survives_the_round_trip_but_never_leaves_the_broker(config: d
     with SamlRig(config) as rig, rig.client() as client:
         back = sign_in_at_idp(client, rig.begin(client, next_path="https://evil.example/").location, "alice")
         assert back.headers["location"] == "/"
+
+
+def test_signing_in_ends_the_browsers_earlier_session(config: dict[str, Any], database: Database) -> None:
+    """As after an OIDC or break-glass sign-in: the session this browser held before (its own, or one planted
+    by someone else) ends; it never stays signed in beside the new one."""
+    with SamlRig(config) as rig, rig.client() as client:
+        assert sign_in_at_idp(client, rig.begin(client).location, "alice").status_code == 303
+        earlier = client.cookies.get("broker_session")
+        assert earlier
+        back = sign_in_at_idp(client, rig.begin(client).location, "bob")
+        later = back.cookies.get("broker_session")
+        assert back.status_code == 303 and later and later != earlier
+        with httpx.Client(base_url=rig.url, cookies={"broker_session": earlier}) as planted:
+            assert planted.get("/", headers={"Accept": "application/json"}).status_code == 401
+        with httpx.Client(base_url=rig.url, cookies={"broker_session": later}) as current:
+            assert "bob@corp.example" in current.get("/", headers={"Accept": "text/html"}).text
