@@ -15,14 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from cryptography import x509
-from sqlalchemy.orm import Session
 
 from broker.audit import AuditTrail, Clock, Context
-from broker.connectors.x509 import CertificateFacts, VerifiedCertificate, X509Connector, parse_chain, refuse
+from broker.connectors.x509 import (
+    CertificateFacts,
+    VerifiedCertificate,
+    X509Connector,
+    leaf_facts,
+    parse_chain,
+    refuse,
+)
 from broker.errors import BrokerError, InvalidRequest, InvalidTarget, NotFound
 from broker.federation import Broker
 from broker.identity import Channel
@@ -31,7 +37,11 @@ from broker.revocation import Actor, RevocationOutcome, Revocations
 from broker.settings import RoleConfig, X509StoreConfig
 from broker.store import queries
 from broker.store.db import Database
-from broker.store.models import DeviceCertificate
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from broker.store.models import DeviceCertificate
 
 # The broker's own token type URI for AWS credentials, as in the token exchange response.
 TOKEN_TYPE_AWS_CREDENTIALS = "urn:identity-broker:params:oauth:token-type:aws-credentials"  # noqa: S105
@@ -81,10 +91,12 @@ class Devices:
         returns audit detail); ``consume`` spends a single-use proof once every other check passed."""
         audit: dict[str, Any] = {"proof": proof, **(detail or {})}
         verified: VerifiedCertificate | None = None
+        presented = leaf_facts(ders)
+        if presented is not None:
+            audit.update(presented.to_json())
         try:
             chain = parse_chain(ders, max_certificates=self.max_chain)
             facts = CertificateFacts.of(chain[0])
-            audit.update(facts.to_json())
             if prove is not None:
                 audit.update(prove(chain[0], self._store_for(chain[0])))
             verified = self._verify(chain)

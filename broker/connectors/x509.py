@@ -112,6 +112,16 @@ def parse_chain(ders: Sequence[bytes], *, max_certificates: int) -> list[x509.Ce
         raise refuse("malformed", "a certificate is not valid DER") from None
 
 
+def leaf_facts(ders: Sequence[bytes]) -> CertificateFacts | None:
+    """The audit facts of the presented leaf, when it is itself within limits and parses (the rest may not)."""
+    if not ders or len(ders[0]) > MAX_CERTIFICATE_BYTES:
+        return None
+    try:
+        return CertificateFacts.of(x509.load_der_x509_certificate(ders[0]))
+    except ValueError:
+        return None
+
+
 def pem_to_der(pem: bytes) -> list[bytes]:
     """PEM certificates (a chain, leaf first) as DER, for proxies and TLS stacks that hand over PEM."""
     try:

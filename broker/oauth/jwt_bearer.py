@@ -149,7 +149,7 @@ class JwtBearerGrant:
         pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         key = (RSAKey if alg in ("RS256", "PS256") else ECKey if alg.startswith("ES") else OKPKey).import_key(pem)
         try:
-            payload = jws.deserialize_compact(assertion, key, algorithms=[alg]).payload
+            payload = jws.deserialize_compact(assertion, key, registry=_registry(alg)).payload
             claims = json.loads(payload)
         except (JoseError, ValueError):
             raise _fail("signature", "its signature does not verify with the certificate's key") from None
@@ -183,3 +183,11 @@ class JwtBearerGrant:
         if exp - iat > lifetime:
             raise _fail("lifetime", f"it lives longer than {lifetime} seconds; mint one per request")
         return claims
+
+
+def _registry(alg: str) -> jws.JWSRegistry:
+    """joserfc's registry for one algorithm, admitting a header that carries a certificate chain (its
+    default cap, 512 bytes, is for headers without ``x5c``; the whole assertion was size-checked already)."""
+    registry = jws.JWSRegistry(algorithms=[alg])
+    registry.max_header_length = MAX_ASSERTION_BYTES
+    return registry
