@@ -9,6 +9,7 @@ a time window in the past, a name outside the intermediate's name constraints).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,7 @@ def make_leaf(
     not_after: dt.datetime | None = None,
     key: PrivateKey | None = None,
     org: str = "Corp",
+    ips: list[str] | None = None,
 ) -> Issued:
     key = key or _key()
     builder = (
@@ -147,6 +149,7 @@ def make_leaf(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns or []]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips or []]
     if uri:
         names.append(x509.UniformResourceIdentifier(uri))
     if names:
@@ -207,3 +210,14 @@ class Hierarchy:
         anchors.write_bytes(self.root.pem)
         intermediates.write_bytes(self.intermediate.pem)
         return anchors, intermediates
+
+
+def server_identity(folder: Path) -> tuple[Path, Path, Path]:
+    """A TLS server certificate for 127.0.0.1 from its own CA: (CA file, certificate file, key file)."""
+    ca = make_ca("Test Server CA")
+    server = make_leaf(ca, "127.0.0.1", ips=["127.0.0.1"], eku=[ExtendedKeyUsageOID.SERVER_AUTH])
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_file = folder / "server-ca.pem"
+    ca_file.write_bytes(ca.pem)
+    cert, key = server.write(folder, "server")
+    return ca_file, cert, key
