@@ -250,28 +250,35 @@ class DeviceRevocations:
                 actor, InvalidRequest("Give the serial in hexadecimal.", reason="serial_invalid"), ctx, serial
             )
         now = self.clock()
+        # Refusals are audited after the read transaction ends (SQLite allows one writer at a time).
+        refusal: BrokerError | None = None
+        names: list[str] = []
         with self.db.transaction() as session:
             rows = queries.find_certificates(session, serial=serial, issuer=issuer)
             issuers = {r.issuer for r in rows}
             if len(issuers) > 1:
-                error: BrokerError = InvalidRequest(
+                refusal = InvalidRequest(
                     f"Certificates from {len(issuers)} issuers have serial {serial}; pass --issuer.",
                     reason="serial_ambiguous",
                 )
-                raise self._refuse(actor, error, ctx, serial)
-            if not rows:
-                if issuer is None:
-                    missing: BrokerError = NotFound(
-                        f"No certificate with serial {serial} has signed in. Pass --issuer to refuse it anyway.",
-                        reason="certificate_unknown",
-                    )
-                    raise self._refuse(actor, missing, ctx, serial)
-                queries.block_certificate_serial(session, issuer=issuer, serial=serial, now=now, reason=reason)
-            queries.revoke_certificates(session, ids=[r.id for r in rows], now=now, reason=reason)
-            principal_ids = sorted({r.principal_id for r in rows if r.principal_id is not None})
-            principals = [queries.get_principal(session, principal_id=p) for p in principal_ids]
-            names = [f"{p.store}:{p.subject}" for p in principals if p is not None]
-            self._record(session, actor, "certificate", rows, names, serial=serial, issuer=issuer, why=reason, ctx=ctx)
+            elif not rows and issuer is None:
+                refusal = NotFound(
+                    f"No certificate with serial {serial} has signed in. Pass --issuer to refuse it anyway.",
+                    reason="certificate_unknown",
+                )
+            else:
+                if not rows:
+                    assert issuer is not None
+                    queries.block_certificate_serial(session, issuer=issuer, serial=serial, now=now, reason=reason)
+                queries.revoke_certificates(session, ids=[r.id for r in rows], now=now, reason=reason)
+                principal_ids = sorted({r.principal_id for r in rows if r.principal_id is not None})
+                principals = [queries.get_principal(session, principal_id=p) for p in principal_ids]
+                names = [f"{p.store}:{p.subject}" for p in principals if p is not None]
+                self._record(
+                    session, actor, "certificate", rows, names, serial=serial, issuer=issuer, why=reason, ctx=ctx
+                )
+        if refusal is not None:
+            raise self._refuse(actor, refusal, ctx, serial)
         return self._end_sessions(actor, names, reason=f"certificate {serial} revoked: {reason}", ctx=ctx) | {
             "certificates": len(rows) or 1,
             "serial": serial,
@@ -279,18 +286,21 @@ class DeviceRevocations:
 
     def revoke_device(self, actor: Actor, principal: str, *, reason: str, ctx: Context) -> dict[str, Any]:
         now = self.clock()
+        refusal: BrokerError | None = None
+        name = ""
         with self.db.transaction() as session:
             found = queries.find_principals(session, name=principal)
+            rows = queries.find_certificates(session, principal_id=found[0].id) if len(found) == 1 else []
             if len(found) != 1:
-                error = NotFound(f"No single device named {principal!r}.", reason="principal_unknown")
-                raise self._refuse(actor, error, ctx, principal)
-            rows = queries.find_certificates(session, principal_id=found[0].id)
-            if not rows:
-                error = NotFound(f"{principal!r} never signed in with a certificate.", reason="certificate_unknown")
-                raise self._refuse(actor, error, ctx, principal)
-            queries.revoke_certificates(session, ids=[r.id for r in rows], now=now, reason=reason)
-            name = f"{found[0].store}:{found[0].subject}"
-            self._record(session, actor, "device", rows, [name], serial=None, issuer=None, why=reason, ctx=ctx)
+                refusal = NotFound(f"No single device named {principal!r}.", reason="principal_unknown")
+            elif not rows:
+                refusal = NotFound(f"{principal!r} never signed in with a certificate.", reason="certificate_unknown")
+            else:
+                queries.revoke_certificates(session, ids=[r.id for r in rows], now=now, reason=reason)
+                name = f"{found[0].store}:{found[0].subject}"
+                self._record(session, actor, "device", rows, [name], serial=None, issuer=None, why=reason, ctx=ctx)
+        if refusal is not None:
+            raise self._refuse(actor, refusal, ctx, principal)
         return self._end_sessions(actor, [name], reason=f"device revoked: {reason}", ctx=ctx) | {
             "certificates": len(rows)
         }
