@@ -360,12 +360,13 @@ class X509StoreConfig(Strict):
                 raise ValueError(f"{url!r} is not an http(s) URL")
         return value
 
-    @model_validator(mode="after")
-    def _pem_files(self) -> X509StoreConfig:
+    @field_validator("trust_anchors", "intermediates")
+    @classmethod
+    def _pem_files(cls, value: list[Path]) -> list[Path]:
         from cryptography import x509
 
         problems = []
-        for path in [*self.trust_anchors, *self.intermediates]:
+        for path in value:
             try:
                 if not x509.load_pem_x509_certificates(path.read_bytes()):
                     problems.append(f"{path} holds no certificate")
@@ -375,7 +376,7 @@ class X509StoreConfig(Strict):
                 problems.append(f"{path} is not a PEM certificate file")
         if problems:
             raise ValueError("; ".join(problems))
-        return self
+        return value
 
 
 class ForwardedCertificateProxy(Strict):
