@@ -10,11 +10,12 @@ on the TLS connection. Checked, in this order, all refused as ``invalid_grant`` 
 1. size before decoding, the compact shape, and the header: ``alg`` from a short asymmetric list (never
    ``none`` or HS*), ``x5c`` present (RFC 7515 section 4.1.6: the leaf first, base64 DER), no ``crit``, no
    ``jku``/``x5u``/``jwk`` (nothing is fetched), ``x5t#S256`` if present naming the leaf;
-2. the signature, with the leaf certificate's public key (an assertion signed by any other key fails);
-3. the chain (``broker.connectors.x509``): path, extensions, revocation, mapping;
-4. the claims (section 3): ``iss`` and ``sub`` present, ``aud`` the broker's token endpoint or issuer
-   identifier, ``exp`` in the future and at most ``max_assertion_lifetime_seconds`` after ``iat``, ``nbf``
-   if present, and a ``jti`` that is spent once in the replay store, across every broker process.
+2. the signature, with the leaf certificate's public key (an assertion signed by any other key fails), and
+   the claims (section 3): ``iss``, ``sub`` and ``jti`` present, ``aud`` the broker's token endpoint or
+   issuer identifier, ``exp`` in the future and at most ``max_assertion_lifetime_seconds`` after ``iat``,
+   ``nbf`` if present;
+3. the chain (``broker.connectors.x509``): path, extensions, revocation, mapping; then the role decision;
+4. the ``jti``, spent once in the replay store (keyed by the certificate), across every broker process.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from broker.audit import Context
-from broker.connectors.x509 import CertificateFacts, refuse
+from broker.connectors.x509 import CertificateFacts, leaf_facts, refuse
 from broker.devices import DeviceRequest, Devices
 from broker.errors import BrokerError, InvalidGrant, InvalidRequest, ReplayDetected
 from broker.oauth.clients import AuthenticatedClient
@@ -81,7 +82,9 @@ class JwtBearerGrant:
             request = DeviceRequest.of(targets, params.get("duration_seconds"))
             header, ders = self._header(assertion)
         except BrokerError as exc:
-            # Nothing about a certificate is known yet: the one refusal event, without certificate fields.
+            # Refused before the chain was read: the one refusal event, with the leaf's facts if it parses.
+            facts = _presented_facts(assertion)
+            detail.update(facts.to_json() if facts else {})
             raise self.devices.deny(exc, ctx=ctx, detail={"proof": "jwt", **detail}) from None
 
         def prove(leaf: x509.Certificate, store: X509StoreConfig | None) -> dict[str, Any]:
@@ -191,3 +194,14 @@ def _registry(alg: str) -> jws.JWSRegistry:
     registry = jws.JWSRegistry(algorithms=[alg])
     registry.max_header_length = MAX_ASSERTION_BYTES
     return registry
+
+
+def _presented_facts(assertion: str) -> CertificateFacts | None:
+    """For the audit trail only: the fingerprint, issuer and serial of the ``x5c`` leaf, if it can be read."""
+    try:
+        chain = b64json(assertion.split(".")[0], "header").get("x5c") if len(assertion) <= MAX_ASSERTION_BYTES else None
+        if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
+            return None
+        return leaf_facts([base64.b64decode(chain[0], validate=True)])
+    except (InvalidRequest, binascii.Error, ValueError):
+        return None

@@ -8,7 +8,9 @@ audit event names the failed check with the certificate's fingerprint, issuer an
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -209,7 +211,7 @@ def test_oversized_chain(broker: DeviceBroker, world: DeviceWorld) -> None:
     padding = [world.hierarchy.intermediate] * 5
     start = baseline(broker)
     response = broker.token(assertion(device, chain=padding))
-    broker.refused(response, code="invalid_grant", reason="x509.chain_too_large", **start)
+    broker.refused(response, code="invalid_grant", reason="x509.chain_too_large", certificate=device, **start)
 
 
 def test_oversized_certificate(broker: DeviceBroker, world: DeviceWorld) -> None:
@@ -270,8 +272,18 @@ def test_assertion_naming_a_key_url(broker: DeviceBroker, world: DeviceWorld) ->
     device = world.hierarchy.device("gw-17")
     start = baseline(broker)
     response = broker.token(assertion(device, header={"jku": broker.world.crl_server.url + "/keys"}))
-    broker.refused(response, code="invalid_grant", reason="x509.assertion_header", **start)
+    broker.refused(response, code="invalid_grant", reason="x509.assertion_header", certificate=device, **start)
     assert broker.world.crl_server.hit_count("/keys") == 0
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256"])
+def test_unsigned_or_symmetric_assertion(broker: DeviceBroker, world: DeviceWorld, alg: str) -> None:
+    device = world.hierarchy.device("gw-17")
+    header = {"alg": alg, "typ": "JWT", "x5c": x5c(device)}
+    encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    forged = encoded + "." + assertion(device).split(".")[1] + "."
+    start = baseline(broker)
+    broker.refused(broker.token(forged), code="invalid_grant", reason="x509.assertion_alg", certificate=device, **start)
 
 
 def test_role_the_device_is_not_granted(broker: DeviceBroker, world: DeviceWorld) -> None:
