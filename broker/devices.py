@@ -145,10 +145,9 @@ class Devices:
     # ------------------------------------------------------------ steps
 
     def _store_for(self, leaf: x509.Certificate) -> X509StoreConfig | None:
-        """The store limits that apply before the path is known: the only store, else the strictest."""
-        if len(self.connectors) == 1:
-            return self.connectors[0].config
-        return None
+        """The assertion limits that apply before the path names the store: the strictest store's."""
+        configs = [c.config for c in self.connectors]
+        return min(configs, key=lambda c: (c.max_assertion_lifetime_seconds, c.clock_skew_seconds), default=None)
 
     def _verify(self, chain: Sequence[x509.Certificate]) -> VerifiedCertificate:
         now = self.broker.clock()
@@ -164,7 +163,7 @@ class Devices:
         if not errors:
             raise refuse("untrusted_chain", "no certificate store is configured")
         # The most specific refusal: one store recognised the chain and found a concrete problem.
-        return _raise(next((e for e in errors if e.reason != "x509.untrusted_chain"), errors[0]))
+        raise next((e for e in errors if e.reason != "x509.untrusted_chain"), errors[0])
 
     def _plan(self, verified: VerifiedCertificate, request: DeviceRequest, ctx: Context) -> RoleConfig:
         if len(request.targets) != 1:
@@ -214,10 +213,6 @@ class Devices:
                 not_after=verified.leaf.not_valid_after_utc,
                 now=now,
             )
-
-
-def _raise(error: BrokerError) -> VerifiedCertificate:
-    raise error
 
 
 class DeviceRevocations:

@@ -30,6 +30,8 @@ class CrlStatus:
 
     state: str
     detail: str = ""
+    # Whether some configured CRL could not be used: an "unknown" then may hide this issuer's CRL.
+    failures: bool = False
 
 
 # After a failed fetch the URL is tried again at most this often (a dead CRL server is not hammered, and a
@@ -73,10 +75,10 @@ class CrlCache:
         usable = [crl for crl in self._current(now) if _issued_by(crl, issuer)]
         if not usable:
             problems = sorted({s.error for s in self._slots.values() if s.error})
-            return CrlStatus("unknown", "; ".join(problems) or "no CRL of this issuer is configured")
+            return CrlStatus("unknown", "; ".join(problems) or "no CRL of this issuer is configured", bool(problems))
         fresh = [crl for crl in usable if crl.next_update_utc is not None and crl.next_update_utc > now]
         if not fresh:
-            return CrlStatus("unknown", "the issuer's CRL is past its nextUpdate (stale)")
+            return CrlStatus("unknown", "the issuer's CRL is past its nextUpdate (stale)", True)
         for crl in fresh:
             entry = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
             if entry is not None:

@@ -11,7 +11,8 @@ Only :class:`X509Connector` builds a :class:`VerifiedCertificate`, after every c
 3. what the library leaves optional: the leaf must carry extendedKeyUsage with ``clientAuth`` (the library
    accepts a leaf with no EKU at all), and a keyUsage, if present, must allow ``digitalSignature``;
 4. revocation (RFC 5280 section 6.3): the leaf, and each intermediate whose issuer has a configured CRL,
-   looked up in that CRL (``broker.connectors.crl``); no usable CRL is refused when ``crl_failure: deny``;
+   looked up in that CRL (``broker.connectors.crl``); no usable CRL is refused when ``crl_failure: deny``
+   (for an intermediate: when some listed CRL could not be used, since it might have been its issuer's);
 5. mapping: the first rule whose patterns all match turns certificate fields into an
    :class:`~broker.identity.Identity` (its ``store`` is the store's name, so grant rules bind to it).
 
@@ -234,7 +235,9 @@ class X509Connector:
             if status.state == "revoked":
                 what = "certificate" if depth == 0 else "an intermediate CA of its chain"
                 raise refuse("revoked", f"the {what} is revoked ({status.detail})")
-            if status.state == "unknown" and depth == 0:
+            # The leaf must be covered; an intermediate when its issuer's CRL is listed, or may be (a listed
+            # CRL that could not be used might be that issuer's).
+            if status.state == "unknown" and (depth == 0 or status.failures):
                 unknown.append(status.detail)
         if not unknown:
             return "good"
