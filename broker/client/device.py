@@ -84,19 +84,18 @@ def fetch(options: dict[str, str]) -> bytes:
 
 
 def _sign_in(options: dict[str, str], cert_pem: bytes, chain_pem: bytes, duration: int | None) -> dict[str, object]:
+    import ssl
+
     import httpx
 
     url = options["url"]
-    verify: str | bool = options.get("ca-bundle") or True
+    context = ssl.create_default_context(cafile=options.get("ca-bundle") or None)
     data = {"duration_seconds": str(duration)} if duration else {}
-    with httpx.Client(timeout=20, follow_redirects=False, trust_env=False, verify=verify) as http:
+    if options.get("mtls"):
+        context.load_cert_chain(options["cert"], options["key"])
+    with httpx.Client(timeout=20, follow_redirects=False, trust_env=False, verify=context) as http:
         if options.get("mtls"):
-            import ssl
-
-            context = ssl.create_default_context(cafile=options.get("ca-bundle") or None)
-            context.load_cert_chain(options["cert"], options["key"])
-            with httpx.Client(timeout=20, follow_redirects=False, trust_env=False, verify=context) as tls:
-                response = tls.post(f"{url}/device/credentials", data={"role": options["role"], **data})
+            response = http.post(f"{url}/device/credentials", data={"role": options["role"], **data})
         else:
             issuer = http.get(f"{url}/.well-known/oauth-authorization-server").json().get("issuer")
             assertion = sign_assertion(cert_pem, chain_pem, _read(options["key"]), audience=str(issuer))
