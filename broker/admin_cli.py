@@ -39,7 +39,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 DEFAULT_CONFIG = Path("config/broker.yaml")
 
 requests_app = typer.Typer(help="Just-in-time access requests: list, approve, deny.", no_args_is_help=True)
-revoke_app = typer.Typer(help="Revoke live credentials: one issuance, a person, or a role.", no_args_is_help=True)
+revoke_app = typer.Typer(
+    help="Revoke live credentials: one issuance, a person, a role, a device or a certificate.", no_args_is_help=True
+)
 principals_app = typer.Typer(help="Disable or enable a person (disabling revokes everything).", no_args_is_help=True)
 sessions_app = typer.Typer(help="Broker sessions.", no_args_is_help=True)
 issuances_app = typer.Typer(help="Credentials the broker issued.", no_args_is_help=True)
@@ -194,6 +196,51 @@ def revoke_role(
     """Revoke every live session of a role, whoever holds it."""
     ops = _operations(config)
     _revoked(_run(lambda: ops.revocations.revoke_role(_actor(as_name), role, reason=reason, ctx=_ctx())))
+
+
+def _device_revocations(ops: Operations) -> Any:
+    from broker.devices import DeviceRevocations
+
+    return DeviceRevocations(db=ops.db, audit=ops.audit, revocations=ops.revocations, clock=ops.clock)
+
+
+def _devices_revoked(result: dict[str, Any]) -> None:
+    out.print_json(json.dumps(result, default=str))
+    if any(r["aws"]["failed"] for r in result["revocations"]):
+        err.print("[red]Not applied in AWS for some roles[/red]; fix the cause and run the command again.")
+        raise typer.Exit(1)
+
+
+@revoke_app.command("certificate")
+def revoke_certificate(
+    serial: Annotated[str, typer.Option("--serial", help="The certificate's serial number, in hexadecimal.")],
+    reason: ReasonOption,
+    config: ConfigOption = DEFAULT_CONFIG,
+    issuer: Annotated[
+        str | None,
+        typer.Option(help="The issuer DN (RFC 4514, as in the audit trail); needed if the serial never signed in."),
+    ] = None,
+    as_name: AsOption = None,
+) -> None:
+    """Refuse a device certificate from now on and end the live AWS sessions of the device it signed in as."""
+    ops = _operations(config)
+    revocations = _device_revocations(ops)
+    _devices_revoked(
+        _run(lambda: revocations.revoke_certificate(_actor(as_name), serial, issuer=issuer, reason=reason, ctx=_ctx()))
+    )
+
+
+@revoke_app.command("device")
+def revoke_device(
+    principal: Annotated[str, typer.Argument(help="The device identity (its username, or store:subject).")],
+    reason: ReasonOption,
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_name: AsOption = None,
+) -> None:
+    """Refuse every certificate a device signed in with and end its live AWS sessions."""
+    ops = _operations(config)
+    revocations = _device_revocations(ops)
+    _devices_revoked(_run(lambda: revocations.revoke_device(_actor(as_name), principal, reason=reason, ctx=_ctx())))
 
 
 # ---------------------------------------------------------------- principals, sessions, issuances

@@ -25,7 +25,7 @@ from broker.ratelimit import RateLimiter
 from broker.sealer import build_sealer
 from broker.settings import OidcStoreConfig, Settings
 from broker.store.db import Database
-from broker.web import admin, errors, health, mfa, oauth, oidc, portal, requests, saml
+from broker.web import admin, devices, errors, health, mfa, oauth, oidc, portal, requests, saml
 from broker.web.hardening import RequestLimits
 
 WEB = Path(__file__).parent / "web"
@@ -99,6 +99,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     app.include_router(portal.router)
     app.include_router(mfa.router)
     app.include_router(oauth.router)
+    app.include_router(devices.router)  # certificate sign-in over mutual TLS
     app.include_router(admin.router)
     app.include_router(requests.router)  # the portal's just-in-time access pages
     if settings.oauth.cli.enabled:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -292,7 +292,23 @@ def serve(
         # HTTPS without a terminating proxy (server.tls_cert_file / tls_key_file).
         ssl_certfile=str(server.tls_cert_file) if server.tls_cert_file else None,
         ssl_keyfile=str(server.tls_key_file) if server.tls_key_file else None,
+        **_device_tls(settings),
     )
+
+
+def _device_tls(settings: Settings) -> dict[str, Any]:
+    """Devices with certificates: ask for client certificates (mutual TLS at the broker) and pass them, with
+    the raw TCP peer for forwarded-certificate checks, to the application (``broker.web.tls``)."""
+    if not any(s.type == "x509" for s in settings.identity_stores):
+        return {}
+    import ssl
+
+    from broker.web.tls import TlsH11Protocol
+
+    options: dict[str, Any] = {"http": TlsH11Protocol}
+    if settings.devices.tls_client_ca_file is not None:
+        options.update(ssl_ca_certs=str(settings.devices.tls_client_ca_file), ssl_cert_reqs=ssl.CERT_OPTIONAL)
+    return options
 
 
 @app.command("dev", rich_help_panel=SERVER)

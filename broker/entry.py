@@ -11,6 +11,10 @@ def main() -> None:
         from broker.client.process import main as credential_process
 
         sys.exit(credential_process(sys.argv[2:]))
+    if sys.argv[1:3] == ["device", "credential-process"] and "--help" not in sys.argv:
+        from broker.client.device import main as device_credential_process
+
+        sys.exit(device_credential_process(sys.argv[3:]))
     from broker.cli import main as full
 
     full()

@@ -224,8 +224,43 @@ def exec_command(
         raise typer.Exit(127) from None
 
 
+device_app = typer.Typer(
+    help="Devices with a certificate: AWS credentials from the device's certificate and key.", no_args_is_help=True
+)
+
+
+@device_app.command("credential-process")
+def device_credential_process(
+    cert: Annotated[str, typer.Option("--cert", help="The device certificate (PEM).")],
+    key: Annotated[str, typer.Option("--key", help="Its private key (PEM, unencrypted, mode 0600).")],
+    role: RoleOption,
+    chain: Annotated[str | None, typer.Option("--chain", help="Intermediate CA certificates (PEM).")] = None,
+    url: UrlOption = None,
+    duration: DurationOption = None,
+    mtls: Annotated[
+        bool, typer.Option("--mtls", help="Present the certificate over mutual TLS instead of a signed assertion.")
+    ] = False,
+    ca_bundle: Annotated[
+        str | None, typer.Option("--ca-bundle", help="CA certificates to trust for the broker's HTTPS.")
+    ] = None,
+) -> None:
+    """Print credential_process JSON for the AWS CLI (`credential_process = broker device credential-process ...`)."""
+    from broker.client.device import main
+
+    argv = ["--cert", cert, "--key", key, "--role", role]
+    for name, value in (("--chain", chain), ("--url", url), ("--ca-bundle", ca_bundle)):
+        if value:
+            argv += [name, value]
+    if duration:
+        argv += ["--duration", str(duration)]
+    if mtls:
+        argv.append("--mtls")
+    raise typer.Exit(main(argv))
+
+
 def register(app: typer.Typer) -> None:
     panel = "Credential helper (your machine)"
+    app.add_typer(device_app, name="device", rich_help_panel=panel)
     app.command("login", rich_help_panel=panel)(login)
     app.command("logout", rich_help_panel=panel)(logout)
     app.command("status", rich_help_panel=panel)(status)

@@ -6,11 +6,13 @@ from typing import Any
 
 import httpx
 
+from broker.devices import Devices
 from broker.federation import Broker
 from broker.oauth.authorization_code import AUTHORIZE_PATH, AuthorizationCodeGrant, AuthorizationFlow
 from broker.oauth.clients import CLIENT_ASSERTION_TYPE, ClientAuthenticator
 from broker.oauth.device import DeviceCodeGrant, DeviceFlow
 from broker.oauth.grants import Grant, Limits, TokenEndpoint
+from broker.oauth.jwt_bearer import JwtBearerGrant
 from broker.oauth.refresh import CliSessions, RefreshTokenGrant
 from broker.oauth.token_exchange import TOKEN_TYPE_AWS_CREDENTIALS, TokenExchangeGrant
 from broker.oauth.tokens import TokenService
@@ -45,6 +47,10 @@ class OAuthServer:
         self.device = DeviceFlow(broker, self.cli)
         self.authorization = AuthorizationFlow(broker, self.cli)
         grants: list[Grant] = [TokenExchangeGrant(broker, verifier=self.verifier, tokens=tokens)]
+        # Devices with a certificate (type: x509 stores): RFC 7523 assertions here, mutual TLS in web/devices.py.
+        self.devices = Devices(broker, http=self.http)
+        if self.devices.enabled:
+            grants.append(JwtBearerGrant(self.devices, audiences=(self.token_endpoint_url, self.issuer)))
         if settings.oauth.cli.enabled:
             grants += [
                 DeviceCodeGrant(broker, self.cli),

@@ -431,3 +431,26 @@ class MfaLockout(Base):
     lockouts: Mapped[int] = mapped_column(Integer, default=0)
     last_failure_at: Mapped[datetime | None]
     locked_until: Mapped[datetime | None]
+
+
+class DeviceCertificate(Base):
+    """A device certificate the broker has seen sign in, or one an operator revoked (``broker revoke``).
+
+    ``fingerprint`` is the SHA-256 of the DER (unique when known); a certificate revoked by serial before it
+    ever signed in has only ``issuer`` and ``serial``. A row with ``revoked_at`` refuses every later sign-in
+    with that certificate (by fingerprint, or by issuer and serial).
+    """
+
+    __tablename__ = "device_certificates"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str | None] = mapped_column(String(64), unique=True)
+    issuer: Mapped[str] = mapped_column(Text)
+    serial: Mapped[str] = mapped_column(String(64), index=True)
+    store: Mapped[str] = mapped_column(String(64))
+    principal_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("principals.id"), index=True)
+    not_after: Mapped[datetime | None]
+    first_seen_at: Mapped[datetime | None]
+    last_seen_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,207 @@
+"""The JWT bearer grant (RFC 7523 section 2.1) for devices: a signed assertion carrying its certificate chain.
+
+Request: ``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``, ``assertion`` (a JWS in compact form),
+and the role as ``role`` (or ``audience``) by name or ``resource`` by ARN, optional ``duration_seconds``.
+The response is the token exchange's AWS credentials form.
+
+The assertion proves possession of the certificate's key; it works through any proxy, since nothing depends
+on the TLS connection. Checked, in this order, all refused as ``invalid_grant`` (section 3.1):
+
+1. size before decoding, the compact shape, and the header: ``alg`` from a short asymmetric list (never
+   ``none`` or HS*), ``x5c`` present (RFC 7515 section 4.1.6: the leaf first, base64 DER), no ``crit``, no
+   ``jku``/``x5u``/``jwk`` (nothing is fetched), ``x5t#S256`` if present naming the leaf;
+2. the signature, with the leaf certificate's public key (an assertion signed by any other key fails), and
+   the claims (section 3): ``iss``, ``sub`` and ``jti`` present, ``aud`` the broker's token endpoint or
+   issuer identifier, ``exp`` in the future and at most ``max_assertion_lifetime_seconds`` after ``iat``,
+   ``nbf`` if present;
+3. the chain (``broker.connectors.x509``): path, extensions, revocation, mapping; then the role decision;
+4. the ``jti``, spent once in the replay store (keyed by the certificate), across every broker process.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
+from broker.audit import Context
+from broker.connectors.x509 import CertificateFacts, leaf_facts, refuse
+from broker.devices import DeviceRequest, Devices
+from broker.errors import BrokerError, InvalidGrant, InvalidRequest, ReplayDetected
+from broker.oauth.clients import AuthenticatedClient
+from broker.oauth.grants import Params
+from broker.oauth.workload import KEY_REFERENCE_HEADERS, b64json, numeric_date
+from broker.settings import X509StoreConfig
+from broker.store import queries
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# Asymmetric algorithms only; a device key is EC P-256/P-384, RSA or Ed25519.
+ALGORITHMS = {
+    "ES256": ec.EllipticCurvePublicKey,
+    "ES384": ec.EllipticCurvePublicKey,
+    "PS256": rsa.RSAPublicKey,
+    "RS256": rsa.RSAPublicKey,
+    "EdDSA": ed25519.Ed25519PublicKey,
+}
+# Four certificates of a few kB each, base64-encoded, plus header and claims.
+MAX_ASSERTION_BYTES = 48 * 1024
+MAX_CLAIM_CHARS = 256
+# Defaults for the claim checks when the chain has not yet named its store.
+DEFAULT_LIFETIME_SECONDS, DEFAULT_SKEW_SECONDS = 300, 60
+
+
+def _fail(reason: str, message: str) -> InvalidGrant:
+    return InvalidGrant(f"The assertion is not acceptable: {message}.", reason=f"x509.assertion_{reason}")
+
+
+class JwtBearerGrant:
+    """``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`` with an ``x5c`` certificate chain."""
+
+    grant_type = GRANT_TYPE
+
+    def __init__(self, devices: Devices, *, audiences: tuple[str, ...]) -> None:
+        self.devices = devices
+        self.audiences = audiences
+
+    def handle(self, params: Params, client: AuthenticatedClient | None, ctx: Context) -> dict[str, Any]:
+        assertion = params.get("assertion") or ""
+        role = params.get("role")
+        targets = params.all("resource") + params.all("audience") + ((role,) if role else ())
+        detail: dict[str, Any] = {"client_id": client.client_id if client else None}
+        claims: dict[str, Any] = {}
+        try:
+            request = DeviceRequest.of(targets, params.get("duration_seconds"))
+            header, ders = self._header(assertion)
+        except BrokerError as exc:
+            # Refused before the chain was read: the one refusal event, with the leaf's facts if it parses.
+            facts = _presented_facts(assertion)
+            detail.update(facts.to_json() if facts else {})
+            raise self.devices.deny(exc, ctx=ctx, detail={"proof": "jwt", **detail}) from None
+
+        def prove(leaf: x509.Certificate, store: X509StoreConfig | None) -> dict[str, Any]:
+            claims.update(self._verify(assertion, header, leaf, store))
+            return {"assertion_jti": claims["jti"], "iss": claims["iss"][:MAX_CLAIM_CHARS]}
+
+        def consume(facts: CertificateFacts) -> None:
+            expires = datetime.fromtimestamp(claims["exp"], UTC) + timedelta(seconds=DEFAULT_SKEW_SECONDS * 2)
+            try:
+                with self.devices.broker.db.transaction() as session:
+                    queries.consume_once(
+                        session,
+                        kind="x509_jti",
+                        key_hmac=self.devices.broker.keys.mac(
+                            "x509-assertion", f"{facts.fingerprint}\n{claims['jti']}"
+                        ),
+                        expires_at=expires,
+                    )
+            except ReplayDetected:
+                raise _fail("replay", "it was already used (mint a new one with a fresh jti)") from None
+
+        return self.devices.sign_in(ders, request, proof="jwt", ctx=ctx, prove=prove, consume=consume, detail=detail)
+
+    def _header(self, assertion: str) -> tuple[dict[str, Any], list[bytes]]:
+        if not assertion:
+            raise InvalidRequest("assertion is required.", reason="x509.assertion_missing")
+        if len(assertion) > MAX_ASSERTION_BYTES:
+            raise refuse("chain_too_large", "the assertion is larger than any acceptable certificate chain")
+        parts = assertion.split(".")
+        if len(parts) != 3:
+            raise _fail("malformed", "it is not a JWS in compact form")
+        try:
+            header = b64json(parts[0], "header")
+        except InvalidRequest:
+            raise _fail("malformed", "its header is not base64url JSON") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in ALGORITHMS:
+            raise _fail("alg", f"alg must be one of {sorted(ALGORITHMS)}")
+        if "crit" in header or KEY_REFERENCE_HEADERS.difference({"x5c"}).intersection(header):
+            raise _fail("header", "crit, jku, x5u and jwk headers are never accepted")
+        chain = header.get("x5c")
+        if not isinstance(chain, list) or not chain or not all(isinstance(c, str) for c in chain):
+            raise _fail("no_x5c", "the x5c header must carry the certificate chain, leaf first")
+        if len(chain) > self.devices.max_chain:
+            raise refuse("chain_too_large", f"the chain holds more than {self.devices.max_chain} certificates")
+        try:
+            # RFC 7515 section 4.1.6: base64 (not base64url) DER.
+            ders = [base64.b64decode(c, validate=True) for c in chain]
+        except (binascii.Error, ValueError):
+            raise _fail("malformed", "an x5c entry is not base64 DER") from None
+        return header, ders
+
+    def _verify(
+        self, assertion: str, header: dict[str, Any], leaf: x509.Certificate, store: X509StoreConfig | None
+    ) -> dict[str, Any]:
+        alg = str(header["alg"])
+        public_key = leaf.public_key()
+        if not isinstance(public_key, ALGORITHMS[alg]):
+            raise _fail("alg", "alg does not fit the certificate's key")
+        thumbprint = header.get("x5t#S256")
+        if thumbprint is not None:
+            expected = base64.urlsafe_b64encode(leaf.fingerprint(hashes.SHA256())).rstrip(b"=").decode()
+            if thumbprint != expected:
+                raise _fail("header", "x5t#S256 does not name the leaf certificate")
+        pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key = (RSAKey if alg in ("RS256", "PS256") else ECKey if alg.startswith("ES") else OKPKey).import_key(pem)
+        try:
+            payload = jws.deserialize_compact(assertion, key, registry=_registry(alg)).payload
+            claims = json.loads(payload)
+        except (JoseError, ValueError):
+            raise _fail("signature", "its signature does not verify with the certificate's key") from None
+        if not isinstance(claims, dict):
+            raise _fail("malformed", "its payload is not a JSON object")
+        return self._claims(claims, store)
+
+    def _claims(self, claims: dict[str, Any], store: X509StoreConfig | None) -> dict[str, Any]:
+        lifetime = store.max_assertion_lifetime_seconds if store else DEFAULT_LIFETIME_SECONDS
+        skew = store.clock_skew_seconds if store else DEFAULT_SKEW_SECONDS
+        now = self.devices.broker.clock().timestamp()
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        exp, iat, nbf = (
+            numeric_date(claims.get("exp")),
+            numeric_date(claims.get("iat")),
+            numeric_date(claims.get("nbf")),
+        )
+        for name in ("iss", "sub", "jti"):
+            value = claims.get(name)
+            if not isinstance(value, str) or not value or len(value) > MAX_CLAIM_CHARS:
+                raise _fail("claims", f"{name} is required (a string of at most {MAX_CLAIM_CHARS} characters)")
+        if not any(isinstance(a, str) and a in self.audiences for a in audiences):
+            raise _fail("audience", "aud must be this broker's token endpoint or issuer")
+        if exp is None or iat is None:
+            raise _fail("claims", "exp and iat are required")
+        if now >= exp + skew:
+            raise _fail("expired", "it has expired")
+        if iat > now + skew or ("nbf" in claims and (nbf is None or nbf > now + skew)):
+            raise _fail("not_yet_valid", "it is not valid yet (check the device's clock)")
+        if exp - iat > lifetime:
+            raise _fail("lifetime", f"it lives longer than {lifetime} seconds; mint one per request")
+        return claims
+
+
+def _registry(alg: str) -> jws.JWSRegistry:
+    """joserfc's registry for one algorithm, admitting a header that carries a certificate chain (its
+    default cap, 512 bytes, is for headers without ``x5c``; the whole assertion was size-checked already)."""
+    registry = jws.JWSRegistry(algorithms=[alg])
+    registry.max_header_length = MAX_ASSERTION_BYTES
+    return registry
+
+
+def _presented_facts(assertion: str) -> CertificateFacts | None:
+    """For the audit trail only: the fingerprint, issuer and serial of the ``x5c`` leaf, if it can be read."""
+    try:
+        chain = b64json(assertion.split(".")[0], "header").get("x5c") if len(assertion) <= MAX_ASSERTION_BYTES else None
+        if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
+            return None
+        return leaf_facts([base64.b64decode(chain[0], validate=True)])
+    except (InvalidRequest, binascii.Error, ValueError):
+        return None
