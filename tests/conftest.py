@@ -90,6 +90,14 @@ def database(db_url: str) -> Iterator[Database]:
     database.dispose()
 
 
+def _is_resource_tracker(process: Any) -> bool:
+    """multiprocessing's resource tracker: started once per interpreter by spawn contexts, it ends with pytest."""
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(process.cmdline())
+    except Exception:
+        return False
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_process_outlives_the_tests() -> Iterator[None]:
     """Every process a test starts is ended by that test (or its fixture), even when it fails. At the end of
@@ -97,7 +105,11 @@ def no_process_outlives_the_tests() -> Iterator[None]:
     import psutil
 
     yield
-    leftovers = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    leftovers = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.status() != psutil.STATUS_ZOMBIE and not _is_resource_tracker(p)
+    ]
     if not leftovers:
         return
     names = []

@@ -307,7 +307,8 @@ def test_a_refusal_raised_inside_a_transaction_is_recorded_after_its_rollback(
     with database.transaction() as s:
         rows = [(r.event, r.outcome, r.reason, r.principal, r.detail) for r in s.scalars(select(AuditEvent))]
     assert rows == [("login", "denied", "principal_disabled", "mallory", {"error": "access_denied"})]
-    assert verify(database, trail) == (True, None, None)
+    result = verify(database, trail)
+    assert (result.ok, result.checked, result.problem) == (True, 1, None)
 
 
 def test_a_refusal_outside_any_transaction_is_recorded_at_once(database: Database, trail: AuditTrail) -> None:
