@@ -24,7 +24,7 @@ from broker.operations import Operations, build_revoker
 from broker.ratelimit import RateLimiter
 from broker.settings import OidcStoreConfig, Settings
 from broker.store.db import Database
-from broker.web import admin, errors, health, mfa, oauth, oidc, portal, requests, saml
+from broker.web import admin, discovery, errors, health, ldap, mfa, oauth, oidc, portal, requests, saml
 from broker.web.hardening import RequestLimits
 
 WEB = Path(__file__).parent / "web"
@@ -102,6 +102,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         app.include_router(api.router)
     app.include_router(oidc.router)
     app.include_router(saml.router)
+    app.include_router(ldap.router)  # directory (LDAP) sign-in form
+    app.include_router(discovery.router)  # home realm discovery: /login asks for the e-mail address first
 
     # Form posts may redirect to the console federation endpoint.
     federation = settings.aws.federation_endpoint or ""
