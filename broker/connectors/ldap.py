@@ -19,12 +19,14 @@ the identity's level is ``none`` and roles that need more get it from the broker
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import ldap
 import ldap.dn
@@ -155,12 +157,19 @@ class LdapConnector:
 
     # ------------------------------------------------------------ connections
 
-    def _unavailable(self, exc: ldap.LDAPError, stage: str) -> DirectoryUnavailable:
+    def _unavailable(self, exc: ldap.LDAPError, stage: str, *, tls_step: bool = False) -> DirectoryUnavailable:
+        """A connection or operation failure as a 503; ``tls_step`` marks failures of StartTLS itself."""
         info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
         text = f"{info.get('desc', '')} {info.get('info', '')}".lower()
-        if isinstance(exc, ldap.TIMEOUT):
+        if isinstance(exc, ldap.TIMEOUT) or "timed out" in text:
             reason = "ldap.timeout"
-        elif any(word in text for word in ("certificate", "tls", "ssl", "x509", "peer cert")):
+        elif any(word in text for word in ("certificate", "tls", "ssl", "x509", "peer cert")) or (
+            # libldap reports a failed handshake as "can't contact" or "connect error": if TCP gets through,
+            # TLS did not.
+            isinstance(exc, (ldap.SERVER_DOWN, ldap.CONNECT_ERROR))
+            and (tls_step or self.config.url.startswith("ldaps://"))
+            and self._tcp_reachable()
+        ):
             reason = "ldap.tls_failed"
         else:
             reason = "ldap.unavailable"
@@ -170,6 +179,16 @@ class LdapConnector:
             reason=reason,
             detail={"stage": stage, "ldap_error": type(exc).__name__, "ldap_info": str(info.get("info", ""))[:200]},
         )
+
+    def _tcp_reachable(self) -> bool:
+        parts = urlsplit(self.config.url)
+        try:
+            with socket.create_connection(
+                (parts.hostname or "", parts.port or 636), timeout=self.config.connect_timeout_seconds
+            ):
+                return True
+        except (OSError, ValueError):
+            return False
 
     @contextmanager
     def _connection(self, stage: str) -> Iterator[Any]:
@@ -181,6 +200,9 @@ class LdapConnector:
             conn.set_option(ldap.OPT_REFERRALS, 0)
             conn.set_option(ldap.OPT_DEREF, ldap.DEREF_NEVER)
             conn.set_option(ldap.OPT_NETWORK_TIMEOUT, config.connect_timeout_seconds)
+            # Asynchronous connect: libldap then bounds the TLS handshake by the network timeout too (a
+            # blocking connect would wait for a silent server's handshake forever).
+            conn.set_option(ldap.OPT_CONNECT_ASYNC, ldap.OPT_ON)
             conn.set_option(ldap.OPT_TIMEOUT, config.timeout_seconds)
             conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)
             conn.set_option(ldap.OPT_X_TLS_PROTOCOL_MIN, ldap.OPT_X_TLS_PROTOCOL_TLS1_2)
@@ -190,10 +212,15 @@ class LdapConnector:
             conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
             # python-ldap's own wait on each synchronous call.
             conn.timeout = config.timeout_seconds
-            if config.start_tls:
-                conn.start_tls_s()
         except ldap.LDAPError as exc:
             raise self._unavailable(exc, stage) from None
+        if config.start_tls:
+            try:
+                conn.start_tls_s()
+            except ldap.LDAPError as exc:
+                with suppress(ldap.LDAPError):
+                    conn.unbind_s()
+                raise self._unavailable(exc, f"{stage}.start_tls", tls_step=True) from None
         try:
             yield conn
         finally:
