@@ -16,7 +16,7 @@ from broker.audit import AuditTrail, Clock, Context, utcnow
 from broker.aws import console
 from broker.aws.sts import AssumeRoleRequest, Sts
 from broker.connectors.base import Connector
-from broker.connectors.ldap import LdapConnector
+from broker.connectors.ldap import LdapConnector, audit_name
 from broker.connectors.local import TOTP_STEP_SECONDS, LocalConnector
 from broker.connectors.oidc import LOGIN_REQUEST_TTL_SECONDS, OidcConnector
 from broker.connectors.saml import SamlConnector
@@ -269,7 +269,7 @@ class Broker:
                 self.db,
                 exc,
                 event="login",
-                principal=username[:256],
+                principal=audit_name(username),
                 store=store,
                 ctx=ctx,
                 detail={"protocol": "ldap", **getattr(exc, "detail", {})},

@@ -20,6 +20,7 @@ the identity's level is ``none`` and roles that need more get it from the broker
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -58,6 +59,13 @@ class DirectoryUnavailable(ServiceUnavailable):
     def __init__(self, message: str, *, reason: str, detail: dict[str, str]) -> None:
         super().__init__(message, reason=reason, retry_after=RETRY_AFTER_SECONDS)
         self.detail = detail
+
+
+def audit_name(username: str) -> str | None:
+    """What the person typed, for the audit trail: control characters (NUL above all, which PostgreSQL text
+    cannot hold) shown as U+FFFD, capped; None when nothing was typed."""
+    shown = "".join(c if c.isprintable() else "\ufffd" for c in username[:MAX_USERNAME_CHARS])
+    return shown or None
 
 
 def parse_dn(value: str) -> tuple[tuple[tuple[str, str], ...], ...]:
@@ -163,12 +171,11 @@ class LdapConnector:
         text = f"{info.get('desc', '')} {info.get('info', '')}".lower()
         if isinstance(exc, ldap.TIMEOUT) or "timed out" in text:
             reason = "ldap.timeout"
-        elif any(word in text for word in ("certificate", "tls", "ssl", "x509", "peer cert")) or (
-            # libldap reports a failed handshake as "can't contact" or "connect error": if TCP gets through,
-            # TLS did not.
-            isinstance(exc, (ldap.SERVER_DOWN, ldap.CONNECT_ERROR))
-            and (tls_step or self.config.url.startswith("ldaps://"))
-            and self._tcp_reachable()
+        elif (
+            # StartTLS: the LDAP exchange worked, so a "connect error" is the handshake's.
+            (tls_step and isinstance(exc, ldap.CONNECT_ERROR))
+            # LDAPS: libldap says "can't contact" for a refused connection and a refused certificate alike.
+            or (isinstance(exc, ldap.SERVER_DOWN) and self.config.url.startswith("ldaps://") and self._speaks_tls())
         ):
             reason = "ldap.tls_failed"
         else:
@@ -180,11 +187,18 @@ class LdapConnector:
             detail={"stage": stage, "ldap_error": type(exc).__name__, "ldap_info": str(info.get("info", ""))[:200]},
         )
 
-    def _tcp_reachable(self) -> bool:
+    def _speaks_tls(self) -> bool:
+        """Diagnosis only, after a failed LDAPS connection: does the server complete a TLS handshake when
+        nothing is checked? Then it is up, and its certificate is what failed. Nothing is sent over it."""
         parts = urlsplit(self.config.url)
+        host = parts.hostname or ""
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        probe.check_hostname = False
+        probe.verify_mode = ssl.CERT_NONE
         try:
-            with socket.create_connection(
-                (parts.hostname or "", parts.port or 636), timeout=self.config.connect_timeout_seconds
+            with (
+                socket.create_connection((host, parts.port or 636), timeout=self.config.connect_timeout_seconds) as raw,
+                probe.wrap_socket(raw, server_hostname=host),
             ):
                 return True
         except (OSError, ValueError):
@@ -232,7 +246,8 @@ class LdapConnector:
     def authenticate(self, username: str, password: str, *, now: float | None = None) -> Identity:
         """Find the person, bind as them, read their groups; raise an error whose ``reason`` says what failed."""
         now = time.time() if now is None else now
-        if not username.strip() or len(username) > MAX_USERNAME_CHARS:
+        if not username.strip() or len(username) > MAX_USERNAME_CHARS or not username.isprintable():
+            # Names never hold control characters; a NUL in particular is an attempt to cut a C string short.
             raise _refuse("username_invalid", "Enter your username.")
         if password == "":
             # RFC 4513 section 5.1.2: a DN with an empty password is an unauthenticated bind, which many

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from broker.connectors.ldap import LdapConnector
+from broker.connectors.ldap import LdapConnector, audit_name
 from broker.errors import BrokerError, NotFound
 from broker.federation import Broker
 from broker.ratelimit import limiter_of, rate_limited
@@ -101,7 +101,7 @@ def ldap_login(
         limiter = limiter_of(request)
         if limiter is not None:
             key = f"{store}:{username.strip().casefold()}"
-            limiter.hit("login", per="principal", key=key, ctx=ctx, principal=username[:256], store=store)
+            limiter.hit("login", per="principal", key=key, ctx=ctx, principal=audit_name(username), store=store)
         signed_in = broker.login_ldap(store, username, password, ctx)
     except BrokerError as exc:
         if not wants_html(request):
