@@ -261,7 +261,9 @@ def test_a_directory_that_accepts_but_never_answers(directory: DirectoryPeer, tl
 
 
 def _settings(store: dict[str, Any], mode: str = "production") -> Any:
-    return load_settings(None, mode=mode, secret_key=SECRET, public_url="https://broker.example.com", identity_stores=[store])
+    return load_settings(
+        None, mode=mode, secret_key=SECRET, public_url="https://broker.example.com", identity_stores=[store]
+    )
 
 
 def test_production_requires_ldaps_or_start_tls(directory: DirectoryPeer) -> None:

@@ -104,9 +104,7 @@ def test_sign_in_form_session_roles_and_credentials(start: Callable[..., Running
         assert 'data-role="docs-reader"' in portal.text and 'data-role="readonly"' in portal.text
         # A directory proves a password only: the MFA role says what it needs.
         assert "needs mfa sign-in" in portal.text
-        issued = client.post(
-            "/credentials", data={"role": "docs-reader", "csrf": csrf_from(portal.text)}, headers=HTML
-        )
+        issued = client.post("/credentials", data={"role": "docs-reader", "csrf": csrf_from(portal.text)}, headers=HTML)
         assert issued.status_code == 200, issued.text
         assert env_credentials(issued.text)["AWS_ACCESS_KEY_ID"].startswith(("ASIA", "FSIA"))
     [login_event, credentials] = [e for e in running.audit() if e.event in ("login", "credentials")]
@@ -118,9 +116,7 @@ def test_sign_in_form_session_roles_and_credentials(start: Callable[..., Running
     assert PASSWORDS["alice"] not in str([(e.detail, e.principal) for e in running.audit()])
 
 
-def test_roles_needing_mfa_use_the_brokers_own_factors(
-    start: Callable[..., Running], directory: DirectoryPeer
-) -> None:
+def test_roles_needing_mfa_use_the_brokers_own_factors(start: Callable[..., Running], directory: DirectoryPeer) -> None:
     running = start([directory.store()])
     with httpx.Client(base_url=running.url, timeout=30) as client:
         assert sign_in(client, "alice", PASSWORDS["alice"]).status_code == 303
