@@ -388,6 +388,7 @@ def test_discovery_settings_problems_are_all_reported() -> None:
             discovery={"enabled": True, "fallback_store": "breakglass"},
         )
     [(path, message)] = caught.value.problems
+    assert path == "(top level)"
     assert message.split("; ") == [
         "identity_stores: domain example.com is listed by one and two",
         "discovery.fallback_store: break-glass accounts cannot be the fallback",
