@@ -112,6 +112,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     idp_origins = {
         "/".join(s.issuer.split("/", 3)[:3]) for s in settings.identity_stores if isinstance(s, OidcStoreConfig)
     }
+    # ... and to SAML identity providers (home realm discovery's form redirects there).
+    idp_origins |= {"/".join(c.sso_url.split("/", 3)[:3]) for c in broker.saml_connectors.values()}
     form_action = " ".join([form_action, *sorted(idp_origins)])
     if settings.oauth.cli.enabled:
         # ... and, from the CLI consent page, to the helper's one-shot loopback listener (RFC 8252 section 7.3).

@@ -190,6 +190,8 @@ def test_saml_idp_gets_the_address_as_an_escaped_subject_nameid(
         address = 'a<b>&"c@saml.example'
         found = discover(client, address)
         assert found.status_code == 303 and urlsplit(found.headers["location"]).path == "/saml/partner/login"
+        # The browser follows the form's redirects to the IdP only if the CSP's form-action allows its origin.
+        assert "https://idp.saml.example" in found.headers["content-security-policy"]
         started = client.get(found.headers["location"])
         assert started.status_code == 303 and started.headers["location"].startswith(SAML_SSO)
         xml = zlib.decompress(base64.b64decode(query(started.headers["location"])["SAMLRequest"]), -15)
