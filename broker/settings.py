@@ -344,7 +344,8 @@ class LdapGroups(Strict):
     base_dn: str | None = None
     # ANDed with (member_attribute=<the person's DN>).
     filter: str = "(objectClass=groupOfNames)"
-    member_attribute: str = Field("member", pattern=_LDAP_ATTRIBUTE)
+    # May name an extensible-match rule, e.g. AD's LDAP_MATCHING_RULE_IN_CHAIN "member:1.2.840.113556.1.4.1941:".
+    member_attribute: str = Field("member", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,63}(:[0-9]+(\.[0-9]+)*:)?$")
     name_attribute: str = Field("cn", pattern=_LDAP_ATTRIBUTE)
     # Follow groups that are members of groups, up to max_depth levels (cycles are cut).
     nested: bool = False

@@ -305,3 +305,28 @@ def test_bad_ldap_settings_are_all_reported(directory: DirectoryPeer) -> None:
         "identity_stores[0].url",
         "identity_stores[0].user_filter",
     ]
+
+
+def test_the_documented_active_directory_store_is_valid(directory: DirectoryPeer) -> None:
+    store = {
+        "type": "ldap",
+        "name": "ad",
+        "url": "ldap://dc1.corp.example.com:389",
+        "start_tls": True,
+        "ca_file": str(directory.ca_file),
+        "bind_dn": "CN=svc-broker,OU=Service Accounts,DC=corp,DC=example,DC=com",
+        "bind_password": "x" * 16,
+        "user_base_dn": "OU=Staff,DC=corp,DC=example,DC=com",
+        "user_filter": "(&(objectCategory=person)(objectClass=user)(!(userAccountControl:1.2.840.113556.1.4.803:=2)))",
+        "login_attributes": ["sAMAccountName", "userPrincipalName"],
+        "attributes": {"username": "sAMAccountName", "email": "mail", "subject": "objectGUID"},
+        "groups": {
+            "source": "search",
+            "base_dn": "OU=Groups,DC=corp,DC=example,DC=com",
+            "filter": "(objectClass=group)",
+            "member_attribute": "member:1.2.840.113556.1.4.1941:",
+        },
+    }
+    [config] = _settings(store).identity_stores
+    assert config.groups.member_attribute == "member:1.2.840.113556.1.4.1941:"
+    assert LdapConnector(config).username_label == "Username or e-mail address"
