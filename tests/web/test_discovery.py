@@ -266,6 +266,24 @@ def test_login_hint_on_login_goes_straight_on(
         assert unknown.status_code == 400 and "nowhere.example" in unknown.text
 
 
+def test_device_verification_link_with_login_hint_reaches_the_right_sign_in(
+    start: Callable[..., Running], directory: DirectoryPeer, idp: OidcProvider
+) -> None:
+    running = start(stores(directory, idp))
+    with httpx.Client(base_url=running.url, timeout=30) as client:
+        # `broker login --device --email` prints /device?user_code=...&login_hint=...
+        device = client.get("/device", params={"user_code": "BCDF-GHJK", "login_hint": "bob@example.com"}, headers=HTML)
+        assert device.status_code == 303
+        login = client.get(device.headers["location"], headers=HTML)
+        assert login.status_code == 303
+        target = login.headers["location"]
+        assert urlsplit(target).path == "/login/ldap/dir"
+        assert query(target) == {
+            "next": "/device?user_code=BCDF-GHJK&login_hint=bob%40example.com",
+            "login_hint": "bob@example.com",
+        }
+
+
 # ---------------------------------------------------------------- the CLI: broker login --email
 
 
