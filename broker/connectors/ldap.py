@@ -142,10 +142,6 @@ class LdapConnector:
         return self.config.display_name
 
     @property
-    def domains(self) -> list[str]:
-        return self.config.domains
-
-    @property
     def start_path(self) -> str:
         """The sign-in form for this directory (the sign-in page links to it)."""
         return f"/login/ldap/{self.name}"

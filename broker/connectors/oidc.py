@@ -361,10 +361,6 @@ class OidcConnector:
     def display_name(self) -> str:
         return self.config.display_name
 
-    @property
-    def domains(self) -> list[str]:
-        return self.config.domains
-
     def close(self) -> None:
         self._http.close()
 

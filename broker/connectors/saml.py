@@ -277,10 +277,6 @@ class SamlConnector:
         return self._config.display_name
 
     @property
-    def domains(self) -> list[str]:
-        return self._config.domains
-
-    @property
     def start_path(self) -> str:
         """Where the sign-in page sends the browser to start a sign-in with this IdP."""
         return f"/saml/{self.name}/login"
