@@ -270,12 +270,17 @@ class LdapConnector:
         if not subject:
             raise _refuse("subject_missing", "Your directory entry lacks an identifier. Tell your administrator.")
         extra = {name: value for name in config.attributes.extra if (value := _first(entry, name)) is not None}
+        found_username = _first(entry, config.attributes.username) or username
+        email = _first(entry, config.attributes.email)
+        if any("\x00" in value for value in (subject, found_username, email or "", *groups, *extra.values())):
+            # Stored verbatim elsewhere (sessions, audit); PostgreSQL text cannot hold NUL, so fail here, clearly.
+            raise _refuse("attributes_invalid", "Your directory entry has a value the broker cannot use.")
         return Identity(
             subject=subject,
             issuer=self.issuer,
             store=self.name,
-            username=_first(entry, config.attributes.username) or username,
-            email=_first(entry, config.attributes.email),
+            username=found_username,
+            email=email,
             groups=frozenset(groups),
             attributes={**extra, "ldap_dn": dn},
             mfa=MfaEvidence(level=MfaLevel.NONE, methods=("pwd",), authenticated_at=datetime.fromtimestamp(now, UTC)),

@@ -156,6 +156,12 @@ def test_filter_escaping_keeps_the_typed_name_a_value() -> None:
     )
 
 
+def test_a_directory_value_with_nul_is_refused(directory: DirectoryPeer) -> None:
+    assert refusal(connector(directory), "nul", PASSWORDS["nul"]).reason == "ldap.attributes_invalid"
+    # Not copied, not refused.
+    assert connector(directory, attributes={}).authenticate("nul", PASSWORDS["nul"]).username == "nul"
+
+
 def test_two_people_with_one_address_are_ambiguous(directory: DirectoryPeer) -> None:
     error = refusal(connector(directory), "shared@example.com", PASSWORDS["dave"])
     assert error.reason == "ldap.user_ambiguous"

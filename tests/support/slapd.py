@@ -4,8 +4,8 @@ One slapd per test module serves ``ldap://`` (plain and StartTLS) and ``ldaps://
 with a certificate for 127.0.0.1 issued by a CA made here with ``cryptography``. A second CA that issued
 nothing stands in for "a certificate that does not verify". The directory holds:
 
-- ``ou=people``: alice (engineering, admins), bob (platform, which is nested in engineering), and two people
-  sharing one address (ambiguous);
+- ``ou=people``: alice (engineering, admins), bob (platform, which is nested in engineering), two people
+  sharing one address (ambiguous), and one whose employeeType holds a NUL;
 - ``ou=contractors``: carol, outside the base DN the broker searches;
 - ``ou=groups``: platform, engineering (members: alice, the platform group), admins;
 - ``ou=services``: the broker's service account, the only one (besides each person) allowed to read.
@@ -39,6 +39,7 @@ PASSWORDS = {
     "carol": "carol-password-3",
     "dave": "dave-password-4",
     "erin": "erin-password-5",
+    "nul": "nul-password-6",
 }
 
 ACL = f"""access to attrs=userPassword
@@ -76,6 +77,8 @@ def directory_ldif() -> str:
         _person("carol", "contractors", "carol@example.com"),
         _person("dave", "people", "shared@example.com"),
         _person("erin", "people", "shared@example.com"),
+        # A hostile or broken entry: a NUL inside an attribute the broker copies (base64 in LDIF: "a\0b").
+        _person("nul", "people", "nul@example.com", "employeeType:: YQBi\n"),
         f"dn: cn=platform,{GROUPS}\nobjectClass: groupOfNames\ncn: platform\nmember: uid=bob,{PEOPLE}\n",
         f"dn: cn=engineering,{GROUPS}\nobjectClass: groupOfNames\ncn: engineering\nmember: uid=alice,{PEOPLE}\n"
         f"member: cn=platform,{GROUPS}\n",
