@@ -4,6 +4,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential pkg-config libxmlsec1-dev \
+    libldap-dev libsasl2-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY broker ./broker
@@ -11,7 +12,9 @@ COPY migrations ./migrations
 RUN python -m venv /opt/broker && /opt/broker/bin/pip install --no-cache-dir .
 
 FROM python:3.11-slim
+# OpenLDAP's client library for python-ldap: libldap2 on Debian 13, libldap-2.5-0 on Debian 12.
 RUN apt-get update && apt-get install -y --no-install-recommends libxmlsec1 libxmlsec1-openssl curl \
+    && (apt-get install -y --no-install-recommends libldap2 || apt-get install -y --no-install-recommends libldap-2.5-0) \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home /nonexistent --shell /usr/sbin/nologin broker
 COPY --from=build /opt/broker /opt/broker

@@ -4,24 +4,36 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: dev test install install-test system-deps node-deps lint typecheck clean
+.PHONY: dev test install install-test build-deps system-deps node-deps lint typecheck clean
 
 $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-install: $(PY)
+install: $(PY) build-deps
 	$(PY) -m pip install -q -e '.[dev]'
+
+## Headers python-ldap compiles against (OpenLDAP's libldap and Cyrus SASL).
+build-deps:
+	@if ! dpkg -s libldap-dev libsasl2-dev >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends libldap-dev libsasl2-dev; \
+	fi
 
 ## Run the broker offline: SQLite, a demo break-glass account, a local STS emulator.
 dev: install
 	$(VENV)/bin/broker dev
 
-## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer.
-system-deps:
+## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer,
+## slapd and ldap-utils for the LDAP directory peer.
+system-deps: build-deps
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xmlsec1 >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium xmlsec1; \
+	fi
+	@if ! command -v /usr/sbin/slapd >/dev/null 2>&1 || ! command -v ldapadd >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends slapd ldap-utils; \
 	fi
 
 ## The real OpenID Connect provider the tests talk to (npm oidc-provider, pinned by the lock file).

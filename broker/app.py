@@ -25,7 +25,7 @@ from broker.ratelimit import RateLimiter
 from broker.sealer import build_sealer
 from broker.settings import OidcStoreConfig, Settings
 from broker.store.db import Database
-from broker.web import admin, devices, errors, health, mfa, oauth, oidc, portal, requests, saml
+from broker.web import admin, devices, discovery, errors, health, ldap, mfa, oauth, oidc, portal, requests, saml
 from broker.web.hardening import RequestLimits
 
 WEB = Path(__file__).parent / "web"
@@ -110,6 +110,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         app.include_router(api.router)
     app.include_router(oidc.router)
     app.include_router(saml.router)
+    app.include_router(ldap.router)  # directory (LDAP) sign-in form
+    app.include_router(discovery.router)  # home realm discovery: /login asks for the e-mail address first
 
     # Form posts may redirect to the console federation endpoint.
     federation = settings.aws.federation_endpoint or ""
@@ -118,6 +120,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     idp_origins = {
         "/".join(s.issuer.split("/", 3)[:3]) for s in settings.identity_stores if isinstance(s, OidcStoreConfig)
     }
+    # ... and to SAML identity providers (home realm discovery's form redirects there).
+    idp_origins |= {"/".join(c.sso_url.split("/", 3)[:3]) for c in broker.saml_connectors.values()}
     form_action = " ".join([form_action, *sorted(idp_origins)])
     if settings.oauth.cli.enabled:
         # ... and, from the CLI consent page, to the helper's one-shot loopback listener (RFC 8252 section 7.3).

@@ -316,11 +316,14 @@ def dev(
     port: Annotated[int, typer.Option(help="Port for the broker.")] = 8000,
     data_dir: Annotated[Path, typer.Option(help="Folder for the SQLite database and demo account.")] = Path("var/dev"),
     config: Annotated[Path, typer.Option(help="Dev configuration.")] = Path("config/dev.yaml"),
+    with_ldap: Annotated[
+        bool, typer.Option("--with-ldap", help="Also start a demo LDAP directory (Debian's slapd) to sign in with.")
+    ] = False,
 ) -> None:
     """Run the whole broker offline: SQLite, a demo break-glass account, and a local STS emulator."""
     from broker import devmode
 
-    devmode.run(port=port, data_dir=data_dir, config=config, console=out)
+    devmode.run(port=port, data_dir=data_dir, config=config, console=out, with_ldap=with_ldap)
 
 
 def main() -> None:

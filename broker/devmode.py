@@ -2,7 +2,8 @@
 
 SQLite under a local data folder, a demo break-glass account (password and TOTP secret kept in that
 folder, readable only by you), and, when no STS endpoint is configured, moto's STS emulator as a child
-process (from the `dev` extra) so the credentials issued work against it.
+process (from the `dev` extra) so the credentials issued work against it. With ``--with-ldap``, a demo
+directory too (Debian's slapd as a child process, ``broker.dev_directory``) so LDAP sign-in can be tried.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _demo_account(data_dir: Path) -> dict[str, str]:
@@ -86,7 +91,12 @@ def start_sts_emulator(port: int) -> subprocess.Popen[bytes]:
 
 
 def dev_settings(
-    config: Path, data_dir: Path, port: int, sts_endpoint: str | None, account: dict[str, str]
+    config: Path,
+    data_dir: Path,
+    port: int,
+    sts_endpoint: str | None,
+    account: dict[str, str],
+    directory: dict[str, Any] | None = None,
 ) -> Settings:
     data: dict[str, Any] = read_yaml(config)
     data["mode"] = "dev"
@@ -108,11 +118,50 @@ def dev_settings(
                     "groups": ["engineering", "admins"],
                 }
             ]
+    if directory is not None:
+        stores.append(directory)
     data["identity_stores"] = stores
     return load_settings(None, **data)
 
 
-def run(*, port: int, data_dir: Path, config: Path, console: Console) -> None:
+def start_demo_directory(data_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """slapd with the demo people (fresh on every start), and the identity store that reaches it."""
+    import shutil
+
+    from broker.dev_directory import (
+        DEMO_SERVICE_DN,
+        DEMO_SUFFIX,
+        DirectoryUnavailable,
+        Slapd,
+        demo_ldif,
+    )
+
+    folder = data_dir / "ldap"
+    shutil.rmtree(folder, ignore_errors=True)
+    service_password = secrets.token_urlsafe(18)
+    slapd = Slapd(folder, suffix=DEMO_SUFFIX, root_password=secrets.token_urlsafe(18), ldif=demo_ldif(service_password))
+    try:
+        slapd.start()
+    except DirectoryUnavailable as exc:
+        raise SystemExit(f"The demo directory did not start: {exc}") from None
+    store = {
+        "type": "ldap",
+        "name": "demo-ldap",
+        "display_name": "Demo directory (LDAP)",
+        # Plain LDAP on loopback is allowed in dev mode only; production needs ldaps:// or start_tls.
+        "url": slapd.url,
+        "bind_dn": DEMO_SERVICE_DN,
+        "bind_password": service_password,
+        "user_base_dn": f"ou=people,{DEMO_SUFFIX}",
+        "user_filter": "(objectClass=inetOrgPerson)",
+        "login_attributes": ["uid", "mail"],
+        "groups": {"source": "member_of", "nested": True},
+        "domains": ["example.com"],
+    }
+    return slapd, store
+
+
+def run(*, port: int, data_dir: Path, config: Path, console: Console, with_ldap: bool = False) -> None:
     import uvicorn
 
     from broker import logs
@@ -131,10 +180,13 @@ def run(*, port: int, data_dir: Path, config: Path, console: Console) -> None:
         # moto accepts any key; these are not credentials and grant nothing anywhere.
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "dev-emulator")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "dev-emulator")
+    directory, directory_store = start_demo_directory(data_dir) if with_ldap else (None, None)
     try:
-        settings = dev_settings(config, data_dir, port, sts_endpoint, account)
+        settings = dev_settings(config, data_dir, port, sts_endpoint, account, directory_store)
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
+        if directory is not None:
+            directory.stop()
         raise SystemExit(2) from None
     db.upgrade(settings.database_url)
     logs.configure(settings.log_level, json=False)
@@ -155,13 +207,27 @@ def run(*, port: int, data_dir: Path, config: Path, console: Console) -> None:
         f'  code now:    {totp.now()}   (later: python -c "import pyotp; '
         f"print(pyotp.TOTP('{account['totp_secret']}').now())\")",
     ]
+    if directory is not None:
+        from broker.dev_directory import DEMO_PASSWORDS
+
+        lines += [
+            "",
+            f"Demo directory (slapd at {directory.url}), sign in with username or e-mail and password:",
+            *(f"  {user:<12} {user}@example.com   password: {pw}" for user, pw in DEMO_PASSWORDS.items()),
+            "  Roles that need MFA ask you to add an authenticator app at /mfa after signing in.",
+        ]
     for line in lines:
         console.print(line, soft_wrap=True, highlight=False, markup=False)
     console.rule()
     sys.stdout.flush()
+    # uvicorn re-raises the SIGTERM it stopped on once it has shut down; with the default handler that would
+    # end the process before the children (STS emulator, directory) are stopped below.
+    signal.signal(signal.SIGTERM, _exit)
     try:
         uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)
     finally:
         if emulator is not None:
             emulator.terminate()
             emulator.wait(timeout=10)
+        if directory is not None:
+            directory.stop()

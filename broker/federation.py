@@ -16,9 +16,11 @@ from broker.audit import AuditTrail, Clock, Context, utcnow
 from broker.aws import console
 from broker.aws.sts import AssumeRoleRequest, Sts
 from broker.connectors.base import Connector
+from broker.connectors.ldap import LdapConnector, audit_name
 from broker.connectors.local import TOTP_STEP_SECONDS, LocalConnector
 from broker.connectors.oidc import LOGIN_REQUEST_TTL_SECONDS, OidcConnector
 from broker.connectors.saml import SamlConnector
+from broker.discovery import Discovery
 from broker.errors import (
     AccessDenied,
     AuditUnavailable,
@@ -44,7 +46,7 @@ from broker.policy import (
     mfa_shortfall,
     visible_roles,
 )
-from broker.settings import OidcStoreConfig, RoleConfig, SamlStoreConfig, Settings
+from broker.settings import LdapStoreConfig, OidcStoreConfig, RoleConfig, SamlStoreConfig, Settings
 from broker.store import queries
 from broker.store.db import Database
 
@@ -123,6 +125,12 @@ class Broker:
             if isinstance(s, SamlStoreConfig)
         }
         self.connectors.update(self.saml_connectors)
+        self.ldap_connectors = {
+            s.name: LdapConnector(s) for s in settings.identity_stores if isinstance(s, LdapStoreConfig)
+        }
+        self.connectors.update(self.ldap_connectors)
+        # Home realm discovery: which store owns an e-mail address's domain.
+        self.discovery = Discovery(settings)
         # Factors the broker holds itself (TOTP, WebAuthn, recovery codes): step-up after any sign-in.
         self.mfa = MfaService(settings, db=db, keys=self.keys, audit=self.audit, clock=lambda: self.clock())
 
@@ -266,6 +274,31 @@ class Broker:
             ) from None
         return self.start_session(login.identity, ctx, previous_session=previous_session)
 
+    # ------------------------------------------------------------ directory (LDAP) sign-in
+
+    def login_ldap(
+        self, store: str, username: str, password: str, ctx: Context, *, previous_session: str | None
+    ) -> SignedIn:
+        """Password sign-in against a directory. The session's MFA level is ``none``: roles that need more
+        ask for the broker's own factors (``/mfa/verify``). Guessing is limited by the web layer's per-account
+        and per-address login limits, the same as for break-glass accounts."""
+        connector = self.ldap_connectors.get(store)
+        if connector is None:
+            raise NotFound("There is no such sign-in option.")
+        try:
+            identity = connector.authenticate(username, password, now=self.clock().timestamp())
+        except BrokerError as exc:
+            raise self.audit.deny(
+                self.db,
+                exc,
+                event="login",
+                principal=audit_name(username),
+                store=store,
+                ctx=ctx,
+                detail={"protocol": "ldap", **getattr(exc, "detail", {})},
+            ) from None
+        return self.start_session(identity, ctx, previous_session=previous_session, detail={"protocol": "ldap"})
+
     # ------------------------------------------------------------ OIDC sign-in and step-up
 
     def oidc(self, store: str) -> OidcConnector:
@@ -275,7 +308,13 @@ class Broker:
         return connector
 
     def begin_oidc_login(
-        self, store: str, *, browser: str, return_to: str, pending: dict[str, Any] | None = None
+        self,
+        store: str,
+        *,
+        browser: str,
+        return_to: str,
+        pending: dict[str, Any] | None = None,
+        login_hint: str | None = None,
     ) -> str:
         """Start an authorization request; state, nonce and PKCE verifier stay server-side, bound to the browser.
 
@@ -284,7 +323,9 @@ class Broker:
         """
         connector = self.oidc(store)
         acr_values = list(pending["acr_values"]) if pending else []
-        request = connector.authorization_request(acr_values=acr_values, max_age=0 if pending else None)
+        request = connector.authorization_request(
+            acr_values=acr_values, max_age=0 if pending else None, login_hint=login_hint
+        )
         now = self.clock()
         with self.db.transaction() as session:
             queries.save_login_request(

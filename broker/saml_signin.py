@@ -42,13 +42,22 @@ class SamlSignIn:
             raise NotFound("There is no such SAML sign-in option.")
         return connector
 
-    def start(self, store: str, *, binding: str, next_path: str, level: MfaLevel = MfaLevel.NONE) -> str:
+    def start(
+        self,
+        store: str,
+        *,
+        binding: str,
+        next_path: str,
+        level: MfaLevel = MfaLevel.NONE,
+        login_hint: str | None = None,
+    ) -> str:
         """Create an AuthnRequest, remember its ID bound to this browser, and return the IdP URL to go to.
 
-        ``binding`` is the browser's SAML binding cookie value; only its HMAC is stored.
+        ``binding`` is the browser's SAML binding cookie value; only its HMAC is stored. ``login_hint`` is the
+        address home realm discovery was given (sent only to IdPs configured with ``subject_hint``).
         """
         broker = self.broker
-        redirect = self.connector(store).authn_request(level=level)
+        redirect = self.connector(store).authn_request(level=level, login_hint=login_hint)
         now = broker.clock()
         with broker.db.transaction() as session:
             queries.save_login_request(

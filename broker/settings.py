@@ -178,6 +178,13 @@ class OidcStoreConfig(Strict):
     max_id_token_bytes: int = Field(32768, ge=1024, le=262144)
     rp_logout: bool = True
     timeout_seconds: float = Field(5.0, gt=0, le=30)
+    # Home realm discovery: e-mail domains whose people sign in here (the address goes as ``login_hint``).
+    domains: list[str] = []
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return _domains(value)
 
     @field_validator("client_secret", "private_key", mode="before")
     @classmethod
@@ -259,6 +266,16 @@ class SamlStoreConfig(Strict):
     max_assertion_age_seconds: int = Field(300, ge=30, le=3600)
     # Tolerated difference between the IdP's clock and ours, for NotBefore/NotOnOrAfter/IssueInstant.
     clock_skew_seconds: int = Field(60, ge=0, le=300)
+    # Home realm discovery: e-mail domains whose people sign in here.
+    domains: list[str] = []
+    # Put the discovered address in the AuthnRequest's <Subject><NameID> (core section 3.4.1) for IdPs that
+    # use it to pre-fill their sign-in (Shibboleth, SimpleSAMLphp, Keycloak). Off: some IdPs refuse a Subject.
+    subject_hint: bool = False
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return _domains(value)
 
     @model_validator(mode="after")
     def _idp_described(self) -> SamlStoreConfig:
@@ -410,8 +427,171 @@ class DeviceSettings(Strict):
         return value
 
 
+# ---------------------------------------------------------------- LDAP directories and home realm discovery
+
+_DOMAIN = re.compile(r"^(\*\.)?([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
+_LDAP_ATTRIBUTE = r"^[A-Za-z][A-Za-z0-9-]{0,63}$"
+
+
+def _domains(value: list[str]) -> list[str]:
+    """E-mail domains a store owns, lower-cased and in ASCII (IDNA); ``*.example.com`` means any subdomain."""
+    normalized = []
+    for domain in value:
+        wildcard = domain.startswith("*.")
+        bare = domain[2:] if wildcard else domain
+        try:
+            ascii_name = bare.strip().rstrip(".").encode("idna").decode("ascii").lower()
+        except UnicodeError:
+            raise ValueError(f"{domain!r} is not a domain name") from None
+        name = ("*." if wildcard else "") + ascii_name
+        if not _DOMAIN.match(name):
+            raise ValueError(f"{domain!r} is not a domain name such as example.com or *.example.com")
+        normalized.append(name)
+    return normalized
+
+
+class LdapAttributes(Strict):
+    """Which directory attributes carry what (Active Directory: ``sAMAccountName``, ``objectGUID``)."""
+
+    username: str = Field("uid", pattern=_LDAP_ATTRIBUTE)
+    email: str | None = Field("mail", pattern=_LDAP_ATTRIBUTE)
+    # A value that never changes (renames and moves change the DN): entryUUID (RFC 4530), AD's objectGUID.
+    subject: str = Field("entryUUID", pattern=_LDAP_ATTRIBUTE)
+    # Copied into Identity.attributes (first value, as text), for `claims:` grant rules.
+    extra: list[str] = []
+
+    @field_validator("extra")
+    @classmethod
+    def _extra(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(_LDAP_ATTRIBUTE, name):
+                raise ValueError(f"{name!r} is not an attribute name")
+        return value
+
+
+class LdapGroups(Strict):
+    """Where a person's groups come from: the ``memberOf`` attribute, a search of group entries, or nowhere.
+
+    Each group's name is the value of ``name_attribute`` (for ``member_of``: of the group DN's first RDN).
+    """
+
+    source: Literal["member_of", "search", "none"] = "member_of"
+    member_of_attribute: str = Field("memberOf", pattern=_LDAP_ATTRIBUTE)
+    base_dn: str | None = None
+    # ANDed with (member_attribute=<the person's DN>).
+    filter: str = "(objectClass=groupOfNames)"
+    # May name an extensible-match rule, e.g. AD's LDAP_MATCHING_RULE_IN_CHAIN "member:1.2.840.113556.1.4.1941:".
+    member_attribute: str = Field("member", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,63}(:[0-9]+(\.[0-9]+)*:)?$")
+    name_attribute: str = Field("cn", pattern=_LDAP_ATTRIBUTE)
+    # Follow groups that are members of groups, up to max_depth levels (cycles are cut).
+    nested: bool = False
+    max_depth: int = Field(5, ge=1, le=20)
+    # A person in more groups than this is refused (a runaway nesting or a hostile directory).
+    max_groups: int = Field(500, ge=1, le=10000)
+
+    @model_validator(mode="after")
+    def _base(self) -> LdapGroups:
+        if self.source == "search" and not self.base_dn:
+            raise ValueError("source search needs base_dn (where the group entries are)")
+        if not (self.filter.startswith("(") and self.filter.endswith(")")):
+            raise ValueError("filter must be an LDAP filter in parentheses, e.g. (objectClass=groupOfNames)")
+        return self
+
+
+class LdapStoreConfig(Strict):
+    """An LDAP directory (OpenLDAP, Active Directory, 389 DS, FreeIPA), owned by ``broker.connectors.ldap``.
+
+    The broker binds with a service account, finds the person with an escaped filter, then binds as the
+    person with the password they typed. A directory proves only a password: roles that need MFA get it from
+    the broker's own factors (TOTP, WebAuthn).
+    """
+
+    type: Literal["ldap"]
+    name: str = Field(pattern=_NAME.pattern)
+    display_name: str = "Company directory"
+    # ldaps://host:636, or ldap://host:389 with start_tls. Plain ldap:// only in dev mode.
+    url: str
+    start_tls: bool = False
+    # PEM bundle of the CA(s) that issued the directory's certificate; None: the system's trust store.
+    # Verification is always on (hostname and chain); there is no switch to turn it off.
+    ca_file: Path | None = None
+    bind_dn: str = Field(min_length=3)
+    bind_password: Secret
+    user_base_dn: str = Field(min_length=3)
+    user_filter: str = "(objectClass=person)"
+    # What a person may type to sign in: matched against each of these attributes (ORed), value escaped.
+    login_attributes: list[str] = Field(["uid"], min_length=1, max_length=4)
+    attributes: LdapAttributes = LdapAttributes()
+    groups: LdapGroups = LdapGroups()
+    # Bounds on every wait: TCP and TLS connect, then each operation's answer. A dead or slow directory
+    # costs a sign-in at most connect + a few operations' timeouts, never a hung worker.
+    connect_timeout_seconds: float = Field(3.0, gt=0, le=30)
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+    # Home realm discovery: e-mail domains whose people sign in here.
+    domains: list[str] = []
+
+    @field_validator("bind_password", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any) -> Any:
+        return resolve_secret(value)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return _domains(value)
+
+    @field_validator("login_attributes")
+    @classmethod
+    def _login_attributes(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(_LDAP_ATTRIBUTE, name):
+                raise ValueError(f"{name!r} is not an attribute name such as uid, sAMAccountName or mail")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^ldaps?://[^/?#\s]+/?$", value):
+            raise ValueError("must be ldaps://host[:port] (or ldap://host[:port] with start_tls)")
+        return value.rstrip("/")
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} does not exist")
+        return value
+
+    @field_validator("user_filter")
+    @classmethod
+    def _filter(cls, value: str) -> str:
+        if not (value.startswith("(") and value.endswith(")")):
+            raise ValueError("must be an LDAP filter in parentheses, e.g. (objectClass=person)")
+        return value
+
+    @property
+    def encrypted(self) -> bool:
+        return self.url.startswith("ldaps://") or self.start_tls
+
+    @model_validator(mode="after")
+    def _tls(self) -> LdapStoreConfig:
+        if self.url.startswith("ldaps://") and self.start_tls:
+            raise ValueError("use ldaps:// or start_tls, not both")
+        return self
+
+
+class DiscoverySettings(Strict):
+    """Home realm discovery: ``/login`` asks for the e-mail address first and goes straight to the identity
+    store that lists its domain (``identity_stores[].domains``), passing the address on as a hint."""
+
+    enabled: bool = False
+    # The store for addresses whose domain no store lists; None: such an address gets a message instead.
+    fallback_store: str | None = None
+
+
 IdentityStoreConfig = Annotated[
-    LocalStoreConfig | OidcStoreConfig | SamlStoreConfig | X509StoreConfig, Field(discriminator="type")
+    LocalStoreConfig | OidcStoreConfig | SamlStoreConfig | LdapStoreConfig | X509StoreConfig,
+    Field(discriminator="type"),
 ]
 
 
@@ -1060,6 +1240,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     audit: AuditSettings = AuditSettings()
     devices: DeviceSettings = DeviceSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -1129,11 +1310,38 @@ class Settings(BaseSettings):
             problems.append(
                 "devices.tls_client_ca_file needs server.tls_cert_file and tls_key_file (TLS at the broker)"
             )
+        problems += self._directory_problems()
         if self.mode != "dev" and not self.public_url.startswith("https://") and self.session.cookie_secure:
             problems.append("public_url must be https:// when session.cookie_secure is true")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _directory_problems(self) -> list[str]:
+        """LDAP transport security and home realm discovery: domains owned once, a usable fallback."""
+        problems = []
+        for index, store in enumerate(self.identity_stores):
+            if isinstance(store, LdapStoreConfig) and not store.encrypted and self.mode != "dev":
+                problems.append(
+                    f"identity_stores[{index}]: {store.url} sends passwords in clear text; use ldaps:// "
+                    "or start_tls: true (plain ldap:// only in dev mode)"
+                )
+        owners: dict[str, str] = {}
+        for store in self.identity_stores:
+            for domain in getattr(store, "domains", []):
+                if domain in owners and owners[domain] != store.name:
+                    problems.append(f"identity_stores: domain {domain} is listed by {owners[domain]} and {store.name}")
+                owners.setdefault(domain, store.name)
+        fallback = self.discovery.fallback_store
+        if fallback is not None:
+            target = self.store(fallback)
+            if target is None:
+                problems.append(f"discovery.fallback_store: unknown identity store {fallback!r}")
+            elif target.type == "local":
+                problems.append("discovery.fallback_store: break-glass accounts cannot be the fallback")
+        if self.discovery.enabled and not owners and fallback is None:
+            problems.append("discovery.enabled: list domains on an identity store (or set fallback_store)")
+        return problems
 
     @property
     def dev(self) -> bool:
@@ -1151,7 +1359,7 @@ def _yaml_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part.startswith("function-") or part in {"local", "oidc", "saml", "x509", "json-or-python"}:
+        elif part.startswith("function-") or part in {"local", "oidc", "saml", "x509", "ldap", "json-or-python"}:
             continue
         else:
             path += f".{part}" if path else part

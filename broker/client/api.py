@@ -95,8 +95,12 @@ class Broker:
 
     # -------------------------------------------------------- sign-in
 
-    def login_loopback(self, open_browser: Callable[[str], bool], say: Callable[[str], None]) -> Tokens:
-        """RFC 8252: a redirect to a one-shot HTTP listener on 127.0.0.1, with PKCE S256 and state."""
+    def login_loopback(
+        self, open_browser: Callable[[str], bool], say: Callable[[str], None], *, login_hint: str | None = None
+    ) -> Tokens:
+        """RFC 8252: a redirect to a one-shot HTTP listener on 127.0.0.1, with PKCE S256 and state.
+
+        ``login_hint`` (an e-mail address) lets the broker's home realm discovery pick the sign-in."""
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         state = secrets.token_urlsafe(24)
@@ -126,16 +130,17 @@ class Broker:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
-            query = urlencode(
-                {
-                    "response_type": "code",
-                    "client_id": CLIENT_ID,
-                    "redirect_uri": redirect_uri,
-                    "code_challenge": challenge,
-                    "code_challenge_method": "S256",
-                    "state": state,
-                }
-            )
+            params = {
+                "response_type": "code",
+                "client_id": CLIENT_ID,
+                "redirect_uri": redirect_uri,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "state": state,
+            }
+            if login_hint:
+                params["login_hint"] = login_hint
+            query = urlencode(params)
             authorize = f"{self.metadata()['authorization_endpoint']}?{query}"
             if not open_browser(authorize):
                 say(f"Open this address in your browser to sign in:\n  {authorize}")
@@ -159,16 +164,26 @@ class Broker:
         )
         return self._tokens(body)
 
-    def login_device(self, say: Callable[[str], None], sleep: Callable[[float], None] = time.sleep) -> Tokens:
-        """RFC 8628: show a code, poll the token endpoint, slow down when told to."""
+    def login_device(
+        self,
+        say: Callable[[str], None],
+        sleep: Callable[[float], None] = time.sleep,
+        *,
+        login_hint: str | None = None,
+    ) -> Tokens:
+        """RFC 8628: show a code, poll the token endpoint, slow down when told to. With ``login_hint``, the
+        complete verification address carries it, so the browser goes straight to the right sign-in."""
         endpoint = urlparse(self.metadata()["device_authorization_endpoint"]).path
         response = self._call("POST", endpoint, data={"client_id": CLIENT_ID})
         grant = self._json(response)
         if response.status_code != 200:
             raise _token_error(self.url, grant)
+        complete = str(grant.get("verification_uri_complete", grant["verification_uri"]))
+        if login_hint:
+            complete += ("&" if "?" in complete else "?") + urlencode({"login_hint": login_hint})
         say(
             f"To sign in, open {grant['verification_uri']} and enter the code:\n\n    {grant['user_code']}\n\n"
-            f"or open {grant.get('verification_uri_complete', grant['verification_uri'])}\n"
+            f"or open {complete}\n"
             f"Waiting for you to confirm (the code expires in {int(grant['expires_in']) // 60} minutes)..."
         )
         interval = float(grant.get("interval", 5))

@@ -58,15 +58,26 @@ def login(
             "--device", help="Use a code shown here instead of a browser on this machine (SSH sessions, containers)."
         ),
     ] = False,
+    email: Annotated[
+        str | None,
+        typer.Option(
+            "--email",
+            envvar="BROKER_EMAIL",
+            help="Your work e-mail address: the broker sends you straight to your company's sign-in for it.",
+        ),
+    ] = None,
 ) -> None:
     """Sign in to the broker; the refresh token goes to the OS keyring (or a 0600 file)."""
     target = _url(url)
+    if email is not None and ("@" not in email or not email.isprintable() or len(email) > 254):
+        err.print(f"[red]broker:[/red] --email {email!r} is not an e-mail address such as name@example.com")
+        raise typer.Exit(2)
     broker = Broker(target)
     try:
         if device or not _can_open_browser():
-            tokens = broker.login_device(err.print)
+            tokens = broker.login_device(err.print, login_hint=email)
         else:
-            tokens = broker.login_loopback(webbrowser.open, err.print)
+            tokens = broker.login_loopback(webbrowser.open, err.print, login_hint=email)
     except HelperError as exc:
         raise _fail(exc) from None
     finally:

@@ -478,12 +478,18 @@ class OidcConnector:
         return uri, headers, (f"{form}&{extra}" if form else extra).encode()
 
     def authorization_request(
-        self, *, acr_values: Sequence[str] = (), max_age: int | None = None
+        self, *, acr_values: Sequence[str] = (), max_age: int | None = None, login_hint: str | None = None
     ) -> AuthorizationRequest:
-        """A fresh request with new ``state``, ``nonce`` and PKCE verifier (RFC 7636 section 4.1: 256 bits)."""
+        """A fresh request with new ``state``, ``nonce`` and PKCE verifier (RFC 7636 section 4.1: 256 bits).
+
+        ``login_hint`` (OpenID Connect Core 1.0 section 3.1.2.1) is the address home realm discovery was given,
+        so the IdP can skip asking for it again.
+        """
         metadata = self.metadata()
         state, nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(48)
         extra: dict[str, Any] = {"nonce": nonce}
+        if login_hint:
+            extra["login_hint"] = login_hint
         if acr_values:
             extra["acr_values"] = " ".join(acr_values)
         if max_age is not None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
+from xml.sax.saxutils import escape as xml_escape
 
 from cryptography import x509
 from lxml import etree
@@ -289,11 +290,17 @@ class SamlConnector:
         xml = self._settings[MfaLevel.NONE].get_sp_metadata()
         return xml.decode() if isinstance(xml, bytes) else str(xml)
 
-    def authn_request(self, *, level: MfaLevel = MfaLevel.NONE) -> AuthnRedirect:
+    def authn_request(self, *, level: MfaLevel = MfaLevel.NONE, login_hint: str | None = None) -> AuthnRedirect:
         """An AuthnRequest over the HTTP-Redirect binding; above ``none`` it carries RequestedAuthnContext
-        (core section 3.3.2.2.1) and ForceAuthn, so the IdP re-authenticates with the stronger factor."""
+        (core section 3.3.2.2.1) and ForceAuthn, so the IdP re-authenticates with the stronger factor.
+
+        With ``subject_hint`` configured, ``login_hint`` (the address home realm discovery was given) goes in
+        ``<Subject><NameID>`` (core section 3.4.1). python3-saml pastes that value into the XML unescaped, so
+        it is escaped here.
+        """
         settings = self._settings[level]
-        request = OneLogin_Saml2_Authn_Request(settings, force_authn=level > MfaLevel.NONE)
+        hint = xml_escape(login_hint) if login_hint and self._config.subject_hint else None
+        request = OneLogin_Saml2_Authn_Request(settings, force_authn=level > MfaLevel.NONE, name_id_value_req=hint)
         separator = "&" if "?" in self.sso_url else "?"
         url = self.sso_url + separator + urlencode({"SAMLRequest": request.get_request()})
         return AuthnRedirect(request_id=request.get_id(), url=url)

@@ -32,7 +32,10 @@ def _current_or_login(request: Request, broker: Broker) -> CurrentSession | Resp
         current = broker.current_session(session_cookie(request))
     except LoginRequired:
         back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/login?next={quote(back, safe='')}", status_code=303)
+        # `broker login --email` sends the address along: home realm discovery picks the sign-in from it.
+        hint = request.query_params.get("login_hint")
+        extra = f"&login_hint={quote(hint[:254], safe='')}" if hint else ""
+        return RedirectResponse(f"/login?next={quote(back, safe='')}{extra}", status_code=303)
     request.state.principal = current.identity.principal
     return current
 

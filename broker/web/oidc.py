@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from broker.errors import BrokerError, InvalidRequest
@@ -22,9 +24,16 @@ MAX_PARAM_CHARS = 4096
     summary="Sign in with an OpenID Connect identity provider",
     dependencies=[rate_limited("login", per="ip")],
 )
-def start(request: Request, store: str, broker: BrokerDep, next: str | None = None) -> Response:
+def start(
+    request: Request,
+    store: str,
+    broker: BrokerDep,
+    next: str | None = None,
+    login_hint: Annotated[str | None, Query(max_length=254)] = None,
+) -> Response:
     browser = browser_id(request)
-    url = broker.begin_oidc_login(store, browser=browser, return_to=safe_return_path(next))
+    hint = login_hint if login_hint and login_hint.isprintable() else None
+    url = broker.begin_oidc_login(store, browser=browser, return_to=safe_return_path(next), login_hint=hint)
     response = RedirectResponse(url, status_code=303)
     set_browser_cookie(response, request, browser)
     response.headers["Cache-Control"] = "no-store"

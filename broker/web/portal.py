@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from broker.audit import Context
@@ -62,7 +62,22 @@ def set_session_cookie(response: Response, request: Request, session_id: str) ->
 
 
 @router.get("/login", response_class=HTMLResponse, summary="Choose how to sign in")
-def login_page(request: Request, broker: BrokerDep, templates: TemplatesDep, next: str | None = None) -> Response:
+def login_page(
+    request: Request,
+    broker: BrokerDep,
+    templates: TemplatesDep,
+    ctx: ContextDep,
+    next: str | None = None,
+    choose: bool = False,
+    login_hint: Annotated[str | None, Query(max_length=320)] = None,
+) -> Response:
+    if broker.discovery.enabled and not choose:
+        # Home realm discovery: the e-mail address first (``choose=1`` shows the list instead).
+        from broker.web import discovery
+
+        return discovery.login_page(
+            request, broker, templates, next_path=safe_return_path(next), login_hint=login_hint, ctx=ctx
+        )
     browser = browser_id(request)
     stores = broker.sign_in_options()
     if len(stores) == 1 and stores[0].kind != "local":

@@ -46,9 +46,13 @@ def saml_login(
     saml: SamlDep,
     next: Annotated[str | None, Query(max_length=2048)] = None,
     level: Annotated[str, Query(pattern="^(none|mfa|phishing_resistant)$")] = "none",
+    login_hint: Annotated[str | None, Query(max_length=254)] = None,
 ) -> Response:
     binding = request.cookies.get(BINDING_COOKIE) or secrets.token_urlsafe(24)
-    url = saml.start(store, binding=binding, next_path=safe_return_path(next), level=MfaLevel.parse(level))
+    hint = login_hint if login_hint and login_hint.isprintable() else None
+    url = saml.start(
+        store, binding=binding, next_path=safe_return_path(next), level=MfaLevel.parse(level), login_hint=hint
+    )
     response = RedirectResponse(url, status_code=303)
     secure = saml.broker.settings.session.cookie_secure
     response.set_cookie(
