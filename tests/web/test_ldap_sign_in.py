@@ -232,4 +232,6 @@ def test_unknown_store_and_missing_csrf(start: Callable[..., Running], directory
         client.get("/login/ldap/corp", headers=HTML)
         no_csrf = client.post("/login/ldap/corp", data={"username": "alice", "password": "x"}, headers=HTML)
         assert no_csrf.status_code == 403 and "csrf_failed" in no_csrf.text
-    assert not [e for e in running.audit() if e.event == "login"]
+    # The one CSRF rule: a sign-in form that names an account is refused with one audit event for it.
+    refusals = [(e.outcome, e.reason, e.principal) for e in running.audit() if e.event == "login"]
+    assert refusals == [("denied", "csrf_failed", "alice")]
