@@ -17,11 +17,17 @@ install: $(PY)
 dev: install
 	$(VENV)/bin/broker dev
 
-## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer.
+## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer,
+## SimpleSAMLphp (with PHP) as a second SAML identity provider.
 system-deps:
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xmlsec1 >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium xmlsec1; \
+	fi
+	@if ! command -v php >/dev/null 2>&1 || [ ! -d /usr/share/simplesamlphp/www ]; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			simplesamlphp php-cli php-xml php-mbstring; \
 	fi
 
 ## The real OpenID Connect provider the tests talk to (npm oidc-provider, pinned by the lock file).

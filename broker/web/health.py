@@ -16,9 +16,13 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database reachable and migrated to head")
+@router.get("/readyz", summary="Readiness: database reachable and migrated to head, AWS credentials configured")
 def readyz(broker: BrokerDep) -> JSONResponse:
     ready, detail = is_ready(broker.db)
-    return JSONResponse(
-        {"status": "ok" if ready else "unavailable", "detail": detail}, status_code=200 if ready else 503
-    )
+    body = {"status": "ok" if ready else "unavailable", "detail": detail}
+    # Without AWS credentials of its own the broker cannot issue anything: a configuration error, named.
+    aws_problem = broker.sts.configuration_problem
+    if aws_problem is not None:
+        ready = False
+        body.update(status="unavailable", aws="misconfigured", aws_detail=aws_problem)
+    return JSONResponse(body, status_code=200 if ready else 503)
