@@ -18,11 +18,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
+from urllib.parse import urlencode
 
-from tests.support.processes import free_port, wait_for_port
+import httpx
+from playwright.sync_api import Page
+from sqlalchemy import select
+
+from broker.app import create_app
+from broker.settings import load_settings
+from broker.store.db import Database
+from broker.store.models import Principal
+from tests.support.processes import LiveServer, free_port, wait_for_port
+from tests.support.records import Records
 from tests.support.saml_idp import cert_base64, make_keypair
 
+SSP_STORE = "uni"
 WWW = Path("/usr/share/simplesamlphp/www")
 PHP = "php"
 TRANSIENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
@@ -73,8 +84,9 @@ class ServiceProvider:
     slo_url: str | None = None
     cert_pem: bytes | None = None
     name_id_format: str = PERSISTENT
-    # The attribute whose value becomes a persistent NameID (``simplesaml.nameidattribute``).
-    name_id_attribute: str | None = "uid"
+    # The attribute whose value becomes a persistent NameID (``simplesaml.nameidattribute``), named as it
+    # is after the attribute map; if the user lacks it, SimpleSAMLphp quietly falls back to a transient one.
+    name_id_attribute: str | None = OID_UID
     # Release attribute names as urn:oid: (SimpleSAMLphp's name2oid map), as most federations do.
     oid_names: bool = True
     extra: dict[str, object] = field(default_factory=dict)
@@ -102,14 +114,10 @@ class SimpleSamlPhp:
 
     def idp_initiated_logout_url(self, return_to: str) -> str:
         """Where a person signs out at the IdP: it sends a LogoutRequest to every SP of the session."""
-        from urllib.parse import urlencode
-
         return f"{self.slo_url}?{urlencode({'ReturnTo': return_to})}"
 
     def idp_initiated_login_url(self) -> str:
         """Unsolicited sign-in at the IdP (``spentityid``): a Response without InResponseTo."""
-        from urllib.parse import urlencode
-
         return f"{self.url}/saml2/idp/SSOService.php?{urlencode({'spentityid': self.sp.entity_id})}"
 
     def _write(self) -> None:
@@ -238,3 +246,93 @@ class SimpleSamlPhp:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class SimpleSamlRig(Records):
+    """SimpleSAMLphp plus a broker (on a real loopback port) that trusts it through its metadata.
+
+    The broker reads the IdP's metadata as a deployer would (``metadata_file``); with ``single_logout`` it
+    gets its own signing key and certificate, which the IdP is told through ``saml20-sp-remote.php``.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        tmp_path: Path,
+        *,
+        single_logout: bool = True,
+        store: Mapping[str, Any] | None = None,
+        **sp: Any,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        base = f"{self.url}/saml/{SSP_STORE}"
+        self.sp_key_pem, self.sp_cert_pem = make_keypair("broker-sp")
+        self.idp = SimpleSamlPhp(
+            ServiceProvider(
+                entity_id=f"{base}/metadata",
+                acs_url=f"{base}/acs",
+                slo_url=f"{base}/slo" if single_logout else None,
+                cert_pem=self.sp_cert_pem if single_logout else None,
+                **sp,
+            )
+        )
+        self._tmp_path = tmp_path
+        self._single_logout = single_logout
+        self._store = dict(store or {})
+        self.config = dict(config)
+        self.db_url = str(config["database_url"])
+        self.server: LiveServer | None = None
+
+    def __enter__(self) -> SimpleSamlRig:
+        self.idp.start()
+        try:
+            metadata = httpx.get(self.idp.entity_id, timeout=30)
+            metadata.raise_for_status()
+            metadata_file = self._tmp_path / "simplesamlphp-idp.xml"
+            metadata_file.write_text(metadata.text)
+            store: dict[str, Any] = {
+                "type": "saml",
+                "name": SSP_STORE,
+                "display_name": "University SSO",
+                "metadata_file": str(metadata_file),
+                "attributes": {"username": OID_UID, "email": OID_MAIL, "groups": OID_ENTITLEMENT},
+            }
+            if self._single_logout:
+                store["sp_private_key"] = self.sp_key_pem.decode()
+                store["sp_certificate"] = self.sp_cert_pem.decode()
+            store.update(self._store)
+            self.config.update(public_url=self.url, identity_stores=[store])
+            settings = load_settings(None, **self.config)
+            self.server = LiveServer(create_app(settings), port=self.port).__enter__()
+        except BaseException:
+            self.idp.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.server is not None:
+                self.server.__exit__(*exc)
+        finally:
+            self.idp.stop()
+
+    def sign_in(self, page: Page, user: str = "carol") -> None:
+        """From the broker's /login (one store: straight to the IdP) through SimpleSAMLphp's form and back."""
+        page.goto(f"{self.url}/login")
+        page.wait_for_selector('input[name="username"]')
+        page.fill('input[name="username"]', user)
+        page.fill('input[name="password"]', PASSWORDS[user])
+        page.locator('button[type="submit"], input[type="submit"]').first.click()
+        # SimpleSAMLphp's HTTP-POST page submits itself; the broker answers with a page of its own.
+        page.wait_for_url(f"{self.url}/**")
+        page.wait_for_load_state()
+
+    def principals(self) -> list[tuple[str, str, str | None]]:
+        db = Database(self.db_url)
+        try:
+            with db.transaction() as session:
+                rows = session.scalars(select(Principal).where(Principal.store == SSP_STORE)).all()
+                return [(r.subject, r.username, r.email) for r in rows]
+        finally:
+            db.dispose()
