@@ -134,7 +134,4 @@ def saml_slo(request: Request, store: str, saml: SamlDep, ctx: ContextDep) -> Re
     target = saml.single_logout(store, dict(items), raw, ctx)
     response = RedirectResponse(target, status_code=303)
     response.headers["Cache-Control"] = "no-store"
-    if "SAMLRequest" in names:
-        # The IdP ended this person's sign-in: whatever session this browser holds here ends with it.
-        response.delete_cookie(saml.broker.settings.session.cookie_name, path="/")
     return response
