@@ -130,19 +130,30 @@ class Sts:
             **options,
         )
         endpoint = settings.sts_endpoint_url or f"https://sts.{settings.region}.amazonaws.com"
-        session = boto3.session.Session()
         # Resolved once here, and cached by the session for the client: a client made without credentials
         # never finds any later, so their absence is a standing configuration problem, reported by /readyz.
         self.configuration_problem: str | None = None
-        if settings.mode != "web_identity":
-            try:
-                missing = session.get_credentials() is None
-            except (*_NO_CREDENTIALS, *_BAD_CONFIG) as exc:
-                missing, self.configuration_problem = True, f"{type(exc).__name__}: {exc}"
-            if missing:
-                self.configuration_problem = self.configuration_problem or f"NoCredentialsError: {NO_CREDENTIALS_HINT}"
-                log.error("aws credentials missing", problem=self.configuration_problem)
-        self._client: STSClient = session.client("sts", endpoint_url=endpoint, config=config)
+        self._client: STSClient | None = None
+        try:
+            session = boto3.session.Session()
+            if settings.mode != "web_identity" and session.get_credentials() is None:
+                self.configuration_problem = f"NoCredentialsError: {NO_CREDENTIALS_HINT}"
+            self._client = session.client("sts", endpoint_url=endpoint, config=config)
+        except (*_NO_CREDENTIALS, *_BAD_CONFIG) as exc:
+            self.configuration_problem = f"{type(exc).__name__}: {exc}"
+        if self.configuration_problem is not None:
+            log.error("aws configuration error", problem=self.configuration_problem)
+
+    @property
+    def client(self) -> STSClient:
+        """The STS client; raises the configuration error (logged) when the AWS setup could not make one."""
+        if self._client is None:
+            log.error("aws configuration error", problem=self.configuration_problem)
+            raise ServiceUnavailable(
+                "The broker's own AWS configuration is invalid. An administrator must fix it (see the broker's log).",
+                reason="sts_config_invalid",
+            )
+        return self._client
 
     def assume_role(self, request: AssumeRoleRequest) -> Credentials:
         if self._settings.mode == "web_identity":
@@ -158,7 +169,7 @@ class Sts:
             params["Tags"] = [{"Key": k, "Value": v} for k, v in request.tags.items()]
         if request.transitive_tag_keys:
             params["TransitiveTagKeys"] = list(request.transitive_tag_keys)
-        return self._call(self._client.assume_role, params, request)
+        return self._call(self.client.assume_role, params, request)
 
     def assume_role_with_web_identity(self, request: AssumeRoleRequest, *, web_identity_token: str) -> Credentials:
         """AssumeRoleWithWebIdentity: no AWS key involved; the token proves the broker is asking.
@@ -172,7 +183,7 @@ class Sts:
             "WebIdentityToken": web_identity_token,
             "DurationSeconds": request.duration_seconds,
         }
-        return self._call(self._client.assume_role_with_web_identity, params, request)
+        return self._call(self.client.assume_role_with_web_identity, params, request)
 
     @staticmethod
     def _call(operation: Any, params: dict[str, Any], request: AssumeRoleRequest) -> Credentials:
