@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from lxml import etree
 from sqlalchemy import select
 
@@ -94,8 +95,8 @@ def test_a_missing_subject_attribute_is_refused_and_named(
         assert principals(database) == []
 
 
-def test_configured_attributes_that_never_arrive_are_audited_and_shown(
-    make_config: Callable[..., dict[str, Any]], database: Database
+def test_configured_attributes_that_never_arrive_are_audited_logged_and_shown(
+    make_config: Callable[..., dict[str, Any]], database: Database, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with SamlRig(make_config()) as rig, rig.client() as client:
         started = rig.begin(client)
@@ -111,6 +112,9 @@ def test_configured_attributes_that_never_arrive_are_audited_and_shown(
             assert (login.outcome, login.reason) == ("ok", "authenticated")
             assert login.detail["attributes_absent"] == ["email", "groups"]
             assert login.detail["attributes_present"] == ["urn:oid:0.9.2342.19200300.100.1.3"]
+    captured = capsys.readouterr()
+    [line] = [x for x in (captured.out + captured.err).splitlines() if "saml attributes absent" in x]
+    assert "absent=['email', 'groups']" in line and "present=['urn:oid:0.9.2342.19200300.100.1.3']" in line
 
 
 def test_attributes_present_mean_no_hint(make_config: Callable[..., dict[str, Any]], database: Database) -> None:
