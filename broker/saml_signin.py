@@ -211,6 +211,8 @@ class SamlSignIn:
                 session,
                 state_hmac=broker.keys.mac("saml-logout", f"{connector.name}\n{redirect.message_id}"),
                 store=connector.name,
+                # Not bound to a browser: the session it concerns has already ended, so the answer can only
+                # confirm the IdP's side (and is checked for signature, issuer and InResponseTo).
                 browser_hmac=broker.keys.mac("saml-logout", "-"),
                 data={"kind": "logout"},
                 now=now,

@@ -35,14 +35,13 @@ def test_persistent_nameid_is_one_principal_and_sign_out_ends_the_idp_session_to
     chromium: Browser, make_config: Callable[..., dict[str, Any]], tmp_path: Path
 ) -> None:
     with SimpleSamlRig(make_config(), tmp_path) as rig:
-        for _ in range(2):
-            context = chromium.new_context()
-            page = context.new_page()
+        first, context = chromium.new_context(), chromium.new_context()
+        for browser_context in (first, context):
+            page = browser_context.new_page()
             rig.sign_in(page)
             expect(page.get_by_role("heading", name="Your AWS access")).to_be_visible()
             expect(page.get_by_text(CAROL)).to_be_visible()
-            if _ == 0:
-                context.close()
+        first.close()
         # SimpleSAMLphp's persistent NameID (from urn:oid uid) is the subject: one person, one principal.
         assert rig.principals() == [("carol", "carol", CAROL)]
         assert logins(rig) == [("ok", "authenticated", CAROL)] * 2
