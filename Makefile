@@ -25,7 +25,7 @@ dev: install
 	$(VENV)/bin/broker dev
 
 ## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer,
-## slapd and ldap-utils for the LDAP directory peer.
+## slapd and ldap-utils for the LDAP directory peer, SimpleSAMLphp (with PHP) as a second SAML identity provider.
 system-deps: build-deps
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xmlsec1 >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
@@ -34,6 +34,11 @@ system-deps: build-deps
 	@if ! command -v /usr/sbin/slapd >/dev/null 2>&1 || ! command -v ldapadd >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends slapd ldap-utils; \
+	fi
+	@if ! command -v php >/dev/null 2>&1 || [ ! -d /usr/share/simplesamlphp/www ]; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			simplesamlphp php-cli php-xml php-mbstring; \
 	fi
 
 ## The real OpenID Connect provider the tests talk to (npm oidc-provider, pinned by the lock file).

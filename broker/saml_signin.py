@@ -1,5 +1,7 @@
 """The SAML sign-in use cases, top to bottom: start (remember the AuthnRequest), finish (check, refuse a
-replay, bind to the browser that started it, then read the identity and start a session).
+replay, bind to the browser that started it, then read the identity and start a session), and single logout
+in both directions (profiles 4.4): the broker's own LogoutRequest when the person signs out, and the IdP's
+LogoutRequest, which ends the broker sessions it names.
 
 Every refusal is audited once, with its reason and python3-saml's error text in the detail, before it is
 raised. The order in :meth:`SamlSignIn.finish` matters: nothing about the person is read until the response
@@ -11,13 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from broker.audit import Context
 from broker.connectors.saml import SamlConnector, SamlRejected
+from broker.connectors.saml_logout import LogoutRejected, SessionRef
 from broker.errors import BrokerError, MfaRequired, NotFound
 from broker.federation import Broker, SignedIn
-from broker.identity import MfaLevel
+from broker.identity import Identity, MfaLevel
+from broker.logs import get_logger
 from broker.store import queries
+
+log = get_logger("broker.saml")
 
 # How long a started sign-in may take at the IdP (typing a password, finding the security key).
 LOGIN_REQUEST_TTL = timedelta(minutes=10)
@@ -28,6 +35,10 @@ class SamlFinished:
     signed_in: SignedIn
     # Unchecked: the web layer passes it through its return-path allow-list.
     next_path: str
+    # Configured attribute names the IdP did not send, and the names it did send: shown to the person when
+    # that leaves them without any role (the usual sign of attribute names that match nothing).
+    attributes_absent: tuple[str, ...] = ()
+    attributes_present: tuple[str, ...] = ()
 
 
 class SamlSignIn:
@@ -116,10 +127,35 @@ class SamlSignIn:
         except BrokerError as exc:
             detail["saml_error"] = getattr(exc, "library_error", None)
             raise broker.audit.deny(broker.db, exc, **audit, detail=detail) from None
+        absent, present = connector.attribute_report(checked)
+        if absent:
+            # Signed in, but without what the store maps (often urn:oid: names against short ones): say so.
+            detail["attributes_absent"], detail["attributes_present"] = absent, present
+            log.warning(
+                "saml attributes absent", store=store, principal=identity.principal, absent=absent, present=present
+            )
         signed_in = broker.start_session(
             identity, ctx, previous_session=previous_session, detail={**detail, "protocol": "saml"}
         )
-        return SamlFinished(signed_in, next_path)
+        if connector.logout is not None:
+            self._remember_for_logout(connector, signed_in.session_id, connector.session_ref(checked))
+        if not absent or broker.roles_for(identity):
+            return SamlFinished(signed_in, next_path)
+        return SamlFinished(signed_in, next_path, tuple(absent), tuple(present))
+
+    def _remember_for_logout(self, connector: SamlConnector, session_id: str, ref: SessionRef) -> None:
+        broker = self.broker
+        now = broker.clock()
+        with broker.db.transaction() as session:
+            queries.save_saml_session(
+                session,
+                session_hmac=broker.session_hmac(session_id),
+                store=connector.name,
+                name_id_hmac=broker.keys.mac("saml-nameid", f"{connector.name}\n{ref.name_id}"),
+                logout=ref.to_json(),
+                now=now,
+                expires_at=now + timedelta(hours=broker.settings.session.absolute_timeout_hours),
+            )
 
     def _bind(
         self,
@@ -156,8 +192,106 @@ class SamlSignIn:
             )
         return str(row.data.get("next") or "/"), MfaLevel.parse(str(row.data.get("level") or "none"))
 
-    def refuse(self, store: str, error: BrokerError, ctx: Context) -> BrokerError:
-        """Audit a refusal made at the edge (oversized or malformed POST) and return it to raise."""
+    def refuse(self, store: str, error: BrokerError, ctx: Context, *, event: str = "login") -> BrokerError:
+        """Audit a refusal made at the edge (oversized or malformed message) and return it to raise."""
         connector = self.connector(store)
         detail = {"idp": connector.idp_entity_id, "saml_error": getattr(error, "library_error", None)}
-        return self.broker.audit.deny(self.broker.db, error, event="login", store=store, ctx=ctx, detail=detail)
+        return self.broker.audit.deny(self.broker.db, error, event=event, store=store, ctx=ctx, detail=detail)
+
+    # ------------------------------------------------------------ single logout (profiles 4.4)
+
+    def sign_out(self, session_id: str | None, ctx: Context) -> str | None:
+        """End a SAML sign-in's broker session; return where the browser goes next, or None if the session is
+        not a SAML one (the caller signs it out as usual).
+
+        With single logout, that is the IdP with a signed LogoutRequest (its ID remembered for the answer);
+        without, the signed-out page, told that the IdP's own session is still alive.
+        """
+        broker = self.broker
+        if not session_id or len(session_id) > 128:
+            return None
+        id_hmac = broker.session_hmac(session_id)
+        with broker.db.transaction() as session:
+            row = queries.get_session(session, id_hmac=id_hmac)
+            store = None if row is None else Identity.from_json(row.identity).store
+            saml_row = queries.take_saml_session(session, session_hmac=id_hmac)
+        connector = broker.saml_connectors.get(store or "")
+        if connector is None:
+            return None
+        broker.logout(session_id, ctx)
+        logout = connector.logout
+        if logout is None or not logout.idp_supports_slo or saml_row is None:
+            return "/signed-out?" + urlencode({"store": connector.name, "idp_session": "kept"})
+        redirect = logout.request(SessionRef.from_json(saml_row.logout), relay_state="/signed-out")
+        now = broker.clock()
+        with broker.db.transaction() as session:
+            queries.save_login_request(
+                session,
+                state_hmac=broker.keys.mac("saml-logout", f"{connector.name}\n{redirect.message_id}"),
+                store=connector.name,
+                # Not bound to a browser: the session it concerns has already ended, so the answer can only
+                # confirm the IdP's side (and is checked for signature, issuer and InResponseTo).
+                browser_hmac=broker.keys.mac("saml-logout", "-"),
+                data={"kind": "logout"},
+                now=now,
+                expires_at=now + LOGIN_REQUEST_TTL,
+            )
+        return redirect.url
+
+    def single_logout(self, store: str, query: dict[str, str], raw_query: str, ctx: Context) -> str:
+        """The SingleLogoutService endpoint (HTTP-Redirect): an IdP's LogoutRequest or its LogoutResponse.
+
+        Returns where the browser goes next: the IdP with a signed LogoutResponse, or the signed-out page.
+        Every refusal is audited once.
+        """
+        broker = self.broker
+        connector = self.connector(store)
+        audit = {"event": "logout", "store": store, "ctx": ctx}
+        try:
+            logout = connector.logout
+            if logout is None:
+                raise NotFound("Single logout is not configured for this sign-in option.", reason="saml.slo_disabled")
+            now = broker.clock()
+            if "SAMLRequest" in query and "SAMLResponse" not in query:
+                incoming = logout.check_request(query, raw_query, now=now)
+                with broker.db.transaction() as session:
+                    queries.consume_once(
+                        session,
+                        kind="saml_logout",
+                        key_hmac=broker.keys.mac("saml-logout-request", f"{store}\n{incoming.request_id}"),
+                        expires_at=incoming.not_on_or_after,
+                    )
+                    ended = queries.end_saml_sessions(
+                        session,
+                        store=store,
+                        name_id_hmac=broker.keys.mac("saml-nameid", f"{store}\n{incoming.name_id}"),
+                        session_indexes=incoming.session_indexes,
+                    )
+                    for identity in ended:
+                        broker.audit.append(
+                            session,
+                            event="logout",
+                            outcome="ok",
+                            reason="idp_logout",
+                            identity=Identity.from_json(identity),
+                            ctx=ctx,
+                            detail={"idp": connector.idp_entity_id, "protocol": "saml"},
+                        )
+                return incoming.response_url
+            if "SAMLResponse" in query and "SAMLRequest" not in query:
+                in_response_to = logout.response_in_response_to(query, now=now)
+                with broker.db.transaction() as session:
+                    row = queries.take_login_request(
+                        session, state_hmac=broker.keys.mac("saml-logout", f"{store}\n{in_response_to}")
+                    )
+                if row is None or row.store != store or row.expires_at <= now:
+                    raise LogoutRejected(
+                        "saml.logout_in_response_to_unknown",
+                        library_error="InResponseTo names no sign-out in flight here",
+                    )
+                logout.check_response(query, raw_query, request_id=in_response_to, now=now)
+                return "/signed-out?" + urlencode({"store": store, "idp_session": "ended"})
+            raise LogoutRejected("saml.logout_malformed", library_error="not exactly one of SAMLRequest, SAMLResponse")
+        except BrokerError as exc:
+            detail = {"idp": connector.idp_entity_id, "saml_error": getattr(exc, "library_error", None)}
+            raise broker.audit.deny(broker.db, exc, **audit, detail=detail) from None

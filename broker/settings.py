@@ -277,6 +277,44 @@ class SamlStoreConfig(Strict):
     def _domains(cls, value: list[str]) -> list[str]:
         return _domains(value)
 
+    # The NameID format asked for in SP metadata and in every AuthnRequest's NameIDPolicy (core 8.3).
+    name_id_format: str = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
+    # Where the person's stable subject comes from: the NameID, or ``attr.NAME`` (one attribute's value).
+    # A transient NameID (core 8.3.8) is refused as a subject: it changes at every sign-in.
+    subject: str = Field("name_id", pattern=r"^(name_id|attr\.\S{1,256})$")
+    # Single logout (profiles 4.4): the IdP's SingleLogoutService (HTTP-Redirect), inline or from metadata_file,
+    # and the broker's own signing key and certificate for LogoutRequest/LogoutResponse (both must be signed).
+    slo_url: str | None = None
+    sp_private_key: Secret | None = None
+    sp_certificate: str | None = None
+
+    @field_validator("sp_private_key", mode="before")
+    @classmethod
+    def _resolve_sp_key(cls, value: Any) -> Any:
+        return resolve_secret(value)
+
+    @field_validator("sp_certificate", mode="before")
+    @classmethod
+    def _resolve_sp_certificate(cls, value: Any) -> Any:
+        resolved = resolve_secret(value)
+        return resolved.get_secret_value() if isinstance(resolved, SecretStr) else resolved
+
+    @property
+    def subject_attribute(self) -> str | None:
+        """The attribute named by ``subject: attr.NAME``, or None when the NameID is the subject."""
+        return self.subject[5:] if self.subject.startswith("attr.") else None
+
+    @model_validator(mode="after")
+    def _single_logout(self) -> SamlStoreConfig:
+        if (self.sp_private_key is None) != (self.sp_certificate is None):
+            raise ValueError("set both sp_private_key and sp_certificate (logout messages are signed), or neither")
+        if self.slo_url is not None:
+            if not re.match(r"^https?://", self.slo_url):
+                raise ValueError("slo_url must be an absolute http(s) URL")
+            if self.sp_private_key is None:
+                raise ValueError("slo_url needs sp_private_key and sp_certificate: logout messages must be signed")
+        return self
+
     @model_validator(mode="after")
     def _idp_described(self) -> SamlStoreConfig:
         if self.metadata_file is not None:

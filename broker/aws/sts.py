@@ -2,6 +2,9 @@
 
 botocore's own DEBUG logging prints response bodies (credentials included); ``broker.logs`` keeps botocore
 at WARNING whatever the broker's level is.
+
+A broker without AWS credentials of its own (``NoCredentialsError``), or with a broken AWS profile, is a
+configuration error, not an outage: it is named as such in the log, in the refusal and in ``/readyz``.
 """
 
 from __future__ import annotations
@@ -13,11 +16,25 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore import UNSIGNED
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    InvalidConfigError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
 
 from broker.errors import BrokerError, PolicyTooLarge, ServiceUnavailable, UpstreamError
 from broker.identity import Credentials
+from broker.logs import get_logger
 from broker.settings import AwsSettings
+
+log = get_logger("broker.aws")
 
 if TYPE_CHECKING:
     from mypy_boto3_sts import STSClient
@@ -26,6 +43,13 @@ _THROTTLED = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooM
 # Seconds a caller should wait after STS throttles or is unreachable (the standard retry mode already
 # backed off max_attempts times before this surfaces).
 RETRY_AFTER_SECONDS = 5
+# botocore's errors for the broker's own AWS setup: nothing to retry, an administrator must act.
+_NO_CREDENTIALS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)
+_BAD_CONFIG = (ProfileNotFound, NoRegionError, InvalidConfigError)
+NO_CREDENTIALS_HINT = (
+    "the broker found no AWS credentials of its own (environment, shared credentials file, container or "
+    "instance role); give it credentials that may call sts:AssumeRole, or use aws.mode: web_identity"
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +66,17 @@ class AssumeRoleRequest:
 
 def translate(exc: Exception) -> BrokerError:
     """Map botocore failures to broker errors that say what to do."""
+    if isinstance(exc, _NO_CREDENTIALS):
+        return ServiceUnavailable(
+            "The broker has no AWS credentials of its own, so it cannot ask AWS for yours. "
+            "An administrator must configure them (see the deployment guide).",
+            reason="sts_no_credentials",
+        )
+    if isinstance(exc, _BAD_CONFIG):
+        return ServiceUnavailable(
+            "The broker's own AWS configuration is invalid. An administrator must fix it (see the broker's log).",
+            reason="sts_config_invalid",
+        )
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         if code in _THROTTLED:
@@ -95,7 +130,30 @@ class Sts:
             **options,
         )
         endpoint = settings.sts_endpoint_url or f"https://sts.{settings.region}.amazonaws.com"
-        self._client: STSClient = boto3.session.Session().client("sts", endpoint_url=endpoint, config=config)
+        # Resolved once here, and cached by the session for the client: a client made without credentials
+        # never finds any later, so their absence is a standing configuration problem, reported by /readyz.
+        self.configuration_problem: str | None = None
+        self._client: STSClient | None = None
+        try:
+            session = boto3.session.Session()
+            if settings.mode != "web_identity" and session.get_credentials() is None:
+                self.configuration_problem = f"NoCredentialsError: {NO_CREDENTIALS_HINT}"
+            self._client = session.client("sts", endpoint_url=endpoint, config=config)
+        except (*_NO_CREDENTIALS, *_BAD_CONFIG) as exc:
+            self.configuration_problem = f"{type(exc).__name__}: {exc}"
+        if self.configuration_problem is not None:
+            log.error("aws configuration error", problem=self.configuration_problem)
+
+    @property
+    def client(self) -> STSClient:
+        """The STS client; raises the configuration error (logged) when the AWS setup could not make one."""
+        if self._client is None:
+            log.error("aws configuration error", problem=self.configuration_problem)
+            raise ServiceUnavailable(
+                "The broker's own AWS configuration is invalid. An administrator must fix it (see the broker's log).",
+                reason="sts_config_invalid",
+            )
+        return self._client
 
     def assume_role(self, request: AssumeRoleRequest) -> Credentials:
         if self._settings.mode == "web_identity":
@@ -111,7 +169,7 @@ class Sts:
             params["Tags"] = [{"Key": k, "Value": v} for k, v in request.tags.items()]
         if request.transitive_tag_keys:
             params["TransitiveTagKeys"] = list(request.transitive_tag_keys)
-        return self._call(self._client.assume_role, params, request)
+        return self._call(self.client.assume_role, params, request)
 
     def assume_role_with_web_identity(self, request: AssumeRoleRequest, *, web_identity_token: str) -> Credentials:
         """AssumeRoleWithWebIdentity: no AWS key involved; the token proves the broker is asking.
@@ -125,7 +183,7 @@ class Sts:
             "WebIdentityToken": web_identity_token,
             "DurationSeconds": request.duration_seconds,
         }
-        return self._call(self._client.assume_role_with_web_identity, params, request)
+        return self._call(self.client.assume_role_with_web_identity, params, request)
 
     @staticmethod
     def _call(operation: Any, params: dict[str, Any], request: AssumeRoleRequest) -> Credentials:
@@ -136,6 +194,10 @@ class Sts:
             params["PolicyArns"] = [{"arn": arn} for arn in request.policy_arns]
         try:
             response = operation(**params)
+        except (*_NO_CREDENTIALS, *_BAD_CONFIG) as exc:
+            # botocore's message names what is missing (never a key): the operator needs it, the caller not.
+            log.error("aws configuration error", error=type(exc).__name__, detail=str(exc), role=request.role_arn)
+            raise translate(exc) from None
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc) from None
         creds = response["Credentials"]

@@ -44,6 +44,7 @@ from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Error, OneLogin_Saml2_ValidationError
 
+from broker.connectors.saml_logout import SamlLogout, SessionRef
 from broker.errors import AuthenticationFailed, ConfigError, InvalidRequest, PayloadTooLarge
 from broker.identity import Identity, MfaEvidence, MfaLevel
 from broker.settings import SamlStoreConfig
@@ -60,6 +61,7 @@ NS = {"samlp": SAMLP, "saml": SAML, "ds": DS}
 BEARER = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
 ENTITY_FORMAT = "urn:oasis:names:tc:SAML:2.0:nameid-format:entity"
 NAMEID_UNSPECIFIED = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
+NAMEID_TRANSIENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
 BINDING_POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
 BINDING_REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
 
@@ -174,7 +176,8 @@ class SamlConnector:
         base = f"{public_url.rstrip('/')}/saml/{config.name}"
         self.entity_id = f"{base}/metadata"
         self.acs_url = f"{base}/acs"
-        self.idp_entity_id, self.sso_url, self.certificates = self._idp_description(config)
+        self.slo_url = f"{base}/slo"
+        self.idp_entity_id, self.sso_url, self.certificates, idp_slo_url = self._idp_description(config)
         acs = urlsplit(self.acs_url)
         # python3-saml rebuilds "the current URL" from these; they come from configuration, never the request.
         self._request_data = {
@@ -183,13 +186,29 @@ class SamlConnector:
             "script_name": acs.path,
         }
         self._settings: dict[MfaLevel, Any] = {level: self._library_settings(level) for level in MfaLevel}
+        # Single logout needs the broker's own signing key; without one there is none, in either direction.
+        self.logout: SamlLogout | None = None
+        if config.sp_private_key is not None and config.sp_certificate is not None:
+            self.logout = SamlLogout(
+                sp_entity_id=self.entity_id,
+                sp_slo_url=self.slo_url,
+                sp_private_key=config.sp_private_key.get_secret_value(),
+                sp_certificate=config.sp_certificate,
+                idp_entity_id=self.idp_entity_id,
+                idp_slo_url=idp_slo_url,
+                certificates=self.certificates,
+                request_data={**self._request_data, "script_name": urlsplit(self.slo_url).path},
+                max_age=timedelta(seconds=config.max_assertion_age_seconds),
+                skew=timedelta(seconds=config.clock_skew_seconds),
+            )
 
     # ------------------------------------------------------------ configuration
 
     @staticmethod
-    def _idp_description(config: SamlStoreConfig) -> tuple[str, str, list[str]]:
+    def _idp_description(config: SamlStoreConfig) -> tuple[str, str, list[str], str | None]:
         where = f"identity_stores.{config.name}"
         entity_id, sso_url, certs = config.idp_entity_id, config.sso_url, list(config.certificates)
+        slo_url = config.slo_url
         if config.metadata_file is not None:
             try:
                 parsed = OneLogin_Saml2_IdPMetadataParser.parse(
@@ -199,6 +218,9 @@ class SamlConnector:
                 raise ConfigError([(f"{where}.metadata_file", f"not usable IdP metadata: {exc}")]) from None
             entity_id = entity_id or parsed.get("entityId")
             sso_url = sso_url or parsed.get("singleSignOnService", {}).get("url")
+            slo = parsed.get("singleLogoutService", {})
+            if slo_url is None and slo.get("binding") == BINDING_REDIRECT:
+                slo_url = slo.get("url")
             if not certs:
                 multi = parsed.get("x509certMulti", {}).get("signing") or []
                 certs = list(multi) or ([parsed["x509cert"]] if parsed.get("x509cert") else [])
@@ -218,7 +240,7 @@ class SamlConnector:
         if problems:
             raise ConfigError(problems)
         assert entity_id and sso_url
-        return entity_id, sso_url, pems
+        return entity_id, sso_url, pems, slo_url
 
     def _requested_contexts(self, level: MfaLevel) -> list[str]:
         mapping, step_up = self._config.authn_context, self._config.step_up
@@ -230,15 +252,21 @@ class SamlConnector:
 
     def _library_settings(self, level: MfaLevel) -> Any:
         requested = self._requested_contexts(level)
+        sp: dict[str, Any] = {
+            "entityId": self.entity_id,
+            "assertionConsumerService": {"url": self.acs_url, "binding": BINDING_POST},
+            # In the metadata and in every AuthnRequest's NameIDPolicy (core 3.4.1.1).
+            "NameIDFormat": self._config.name_id_format,
+        }
+        if self._config.sp_certificate is not None:
+            # Metadata section 2.4.4: where the IdP sends LogoutRequests, and the key that signs ours.
+            sp["singleLogoutService"] = {"url": self.slo_url, "binding": BINDING_REDIRECT}
+            sp["x509cert"] = self._config.sp_certificate
         return OneLogin_Saml2_Settings(
             {
                 "strict": True,
                 "debug": False,
-                "sp": {
-                    "entityId": self.entity_id,
-                    "assertionConsumerService": {"url": self.acs_url, "binding": BINDING_POST},
-                    "NameIDFormat": NAMEID_UNSPECIFIED,
-                },
+                "sp": sp,
                 "idp": {
                     "entityId": self.idp_entity_id,
                     "singleSignOnService": {"url": self.sso_url, "binding": BINDING_REDIRECT},
@@ -529,12 +557,13 @@ class SamlConnector:
             found = values.get(key) if key else None
             return found[0] if found else None
 
-        username = first(names.username) if names.username else name_id
+        subject = self._subject(name_id, response.get_nameid_format(), values)
+        username = first(names.username) if names.username else subject
         if not name_id or not username:
             raise SamlRejected("saml.attributes_invalid", library_error="no NameID or username attribute")
         groups = frozenset(values.get(names.groups, [])) if names.groups else frozenset()
         return Identity(
-            subject=name_id,
+            subject=subject,
             issuer=checked.issuer,
             store=self.name,
             username=username,
@@ -542,4 +571,56 @@ class SamlConnector:
             groups=groups,
             attributes={key: vals[0] for key, vals in values.items() if len(vals) == 1},
             mfa=checked.mfa,
+        )
+
+    def _subject(self, name_id: str | None, name_id_format: str | None, values: Mapping[str, list[str]]) -> str:
+        """The stable subject: an attribute named by ``subject: attr.NAME``, or a NameID that is not transient.
+
+        A transient NameID (core 8.3.8) is a fresh random value at every sign-in: taken as the subject, each
+        sign-in would create a new principal, and factors, lockout, revocation and the audit trail would not
+        follow the person.
+        """
+        attribute = self._config.subject_attribute
+        if attribute is not None:
+            found = values.get(attribute) or []
+            if len(found) != 1 or not found[0].strip():
+                raise SamlRejected(
+                    "saml.subject_attribute_missing",
+                    f"The identity provider did not send the attribute {attribute!r} that identifies you here "
+                    "(exactly one value). Ask your administrator to release it to this service.",
+                    library_error=f"subject attribute {attribute!r}: {len(found)} values; sent {sorted(values)}",
+                )
+            return found[0]
+        if name_id_format == NAMEID_TRANSIENT:
+            raise SamlRejected(
+                "saml.nameid_transient",
+                "The identity provider sent a one-time (transient) identifier, which cannot identify you from one "
+                "sign-in to the next. An administrator must make the identity provider send a persistent NameID, "
+                "or set this store's `subject: attr.NAME` to an attribute that names you.",
+                library_error=f"transient NameID and subject: name_id (asked for {self._config.name_id_format})",
+            )
+        return name_id or ""
+
+    def attribute_report(self, checked: CheckedResponse) -> tuple[list[str], list[str]]:
+        """Configured attribute names the response did not carry, and the names it did carry (sorted).
+
+        Call after :meth:`identity` succeeded. A store mapping ``email`` while the IdP sends
+        ``urn:oid:0.9.2342.19200300.100.1.3`` signs the person in with no email, groups or roles: this says why.
+        """
+        present = sorted(checked._response.get_attributes())
+        names = self._config.attributes
+        configured = [n for n in (names.username, names.email, names.groups, self._config.subject_attribute) if n]
+        absent = sorted({n for n in configured if n not in present})
+        return absent, present
+
+    def session_ref(self, checked: CheckedResponse) -> SessionRef:
+        """The NameID (with its qualifiers) and SessionIndex a LogoutRequest for this sign-in must name."""
+        response = checked._response
+        data = response.get_nameid_data()
+        return SessionRef(
+            name_id=str(data.get("Value") or ""),
+            name_id_format=data.get("Format"),
+            name_qualifier=data.get("NameQualifier"),
+            sp_name_qualifier=data.get("SPNameQualifier"),
+            session_index=response.get_session_index(),
         )

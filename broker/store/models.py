@@ -454,3 +454,20 @@ class DeviceCertificate(Base):
     last_seen_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class SamlSession(Base):
+    """What single logout needs to know about a SAML sign-in, beside its broker session (same HMAC key).
+
+    ``name_id_hmac`` finds the sessions an IdP's LogoutRequest names; ``logout`` keeps the NameID, its
+    qualifiers and the SessionIndex that the broker's own LogoutRequest must repeat (core 3.7.1). No secret.
+    """
+
+    __tablename__ = "saml_sessions"
+
+    session_hmac: Mapped[str] = mapped_column(String(64), primary_key=True)
+    store: Mapped[str] = mapped_column(String(64))
+    name_id_hmac: Mapped[str] = mapped_column(String(64), index=True)
+    logout: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

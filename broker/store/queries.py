@@ -32,6 +32,7 @@ from broker.store.models import (
     RefreshToken,
     ReplayGuard,
     Revocation,
+    SamlSession,
     SigningKey,
     WebhookDelivery,
 )
@@ -177,7 +178,7 @@ def consume_once(session: Session, *, kind: str, key_hmac: str, expires_at: date
 def purge_expired(session: Session, *, now: datetime) -> int:
     """Remove replay-guard rows, sign-ins in flight and sessions that can no longer matter."""
     total = 0
-    for model in (ReplayGuard, LoginRequest, BrokerSession):
+    for model in (ReplayGuard, LoginRequest, BrokerSession, SamlSession):
         result = session.execute(delete(model).where(model.expires_at < now))
         total += int(getattr(result, "rowcount", 0) or 0)
     total += purge_cli_sign_ins(session, now=now)
@@ -1001,3 +1002,56 @@ def block_certificate_serial(session: Session, *, issuer: str, serial: str, now:
         )
     )
     session.flush()
+
+
+# ---------------------------------------------------------------- SAML single logout
+
+
+def save_saml_session(
+    session: Session,
+    *,
+    session_hmac: str,
+    store: str,
+    name_id_hmac: str,
+    logout: dict[str, Any],
+    now: datetime,
+    expires_at: datetime,
+) -> None:
+    session.add(
+        SamlSession(
+            session_hmac=session_hmac,
+            store=store,
+            name_id_hmac=name_id_hmac,
+            logout=logout,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
+
+
+def take_saml_session(session: Session, *, session_hmac: str) -> SamlSession | None:
+    """Fetch and delete what a LogoutRequest for this broker session needs (it is sent once)."""
+    row = session.get(SamlSession, session_hmac)
+    if row is not None:
+        session.delete(row)
+        session.flush()
+    return row
+
+
+def end_saml_sessions(
+    session: Session, *, store: str, name_id_hmac: str, session_indexes: Sequence[str]
+) -> list[dict[str, Any]]:
+    """End the broker sessions an IdP's LogoutRequest names (core 3.7.3.2): every session of that NameID
+    with this store, or only those with one of the given SessionIndex values. Returns their identities."""
+    rows = session.scalars(
+        select(SamlSession).where(SamlSession.store == store, SamlSession.name_id_hmac == name_id_hmac)
+    ).all()
+    if session_indexes:
+        rows = [r for r in rows if r.logout.get("session_index") in session_indexes]
+    hmacs = [r.session_hmac for r in rows]
+    if not hmacs:
+        return []
+    ended = [dict(r.identity) for r in session.scalars(select(BrokerSession).where(BrokerSession.id_hmac.in_(hmacs)))]
+    session.execute(delete(BrokerSession).where(BrokerSession.id_hmac.in_(hmacs)))
+    session.execute(delete(SamlSession).where(SamlSession.session_hmac.in_(hmacs)))
+    return ended

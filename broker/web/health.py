@@ -17,11 +17,17 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database reachable and migrated to head")
+@router.get("/readyz", summary="Readiness: database reachable and migrated to head, AWS credentials configured")
 def readyz(broker: BrokerDep) -> JSONResponse:
     ready, detail = is_ready(broker.db)
+    body = {"status": "ok" if ready else "unavailable", "detail": detail}
+    # Without AWS credentials of its own the broker cannot issue anything: a configuration error, named.
+    aws_problem = broker.sts.configuration_problem
+    if aws_problem is not None:
+        ready = False
+        body.update(status="unavailable", aws="misconfigured", aws_detail=aws_problem)
     if ready:
-        return JSONResponse({"status": "ok", "detail": detail})
+        return JSONResponse(body)
     # Like every 503 of the broker, it says when to look again (RFC 9110 section 10.2.3).
     retry = {"Retry-After": str(ServiceUnavailable.default_retry_after)}
-    return JSONResponse({"status": "unavailable", "detail": detail}, status_code=503, headers=retry)
+    return JSONResponse(body, status_code=503, headers=retry)

@@ -75,6 +75,22 @@ def callback(request: Request, store: str, broker: BrokerDep, ctx: ContextDep) -
     return response
 
 
-@router.get("/signed-out", response_class=HTMLResponse, summary="Shown after signing out at the IdP")
-def signed_out(request: Request, templates: TemplatesDep) -> Response:
-    return templates.TemplateResponse(request, "signed_out.html", {"title": "Signed out"})
+@router.get("/signed-out", response_class=HTMLResponse, summary="Shown after signing out; never redirects")
+def signed_out(
+    request: Request,
+    broker: BrokerDep,
+    templates: TemplatesDep,
+    store: str | None = None,
+    idp_session: str | None = None,
+) -> Response:
+    # Only selects a note: which identity provider, and whether its own sign-in was ended too.
+    connector = broker.connectors.get(store or "")
+    return templates.TemplateResponse(
+        request,
+        "signed_out.html",
+        {
+            "title": "Signed out",
+            "idp": connector.display_name if connector is not None else None,
+            "idp_session": idp_session if idp_session in {"ended", "kept"} else None,
+        },
+    )

@@ -14,6 +14,7 @@ from broker.audit import Context
 from broker.federation import Broker, RoleView
 from broker.identity import Channel, Identity
 from broker.ratelimit import limiter_of, rate_limited
+from broker.saml_signin import SamlSignIn
 from broker.web.deps import (
     BROWSER_COOKIE,
     BrokerDep,
@@ -237,7 +238,10 @@ def logout(
 ) -> Response:
     cookie = session_cookie(request)
     check_csrf(request, csrf, event="logout")
-    idp_logout = broker.logout(cookie, ctx)
-    response = RedirectResponse(idp_logout or "/login", status_code=303)
+    # A SAML sign-in goes to its IdP's single logout (or a page saying the IdP session lives on).
+    saml_exit = SamlSignIn(broker).sign_out(cookie, ctx)
+    idp_logout = saml_exit if saml_exit is not None else broker.logout(cookie, ctx)
+    # Never /login: with one identity store it goes straight back to the IdP, whose session may still be alive.
+    response = RedirectResponse(idp_logout or "/signed-out", status_code=303)
     response.delete_cookie(broker.settings.session.cookie_name, path="/")
     return response

@@ -1,4 +1,5 @@
-"""SAML 2.0 endpoints: start a sign-in, SP metadata, and the Assertion Consumer Service (POST binding).
+"""SAML 2.0 endpoints: start a sign-in, SP metadata, the Assertion Consumer Service (POST binding), and the
+SingleLogoutService (HTTP-Redirect binding) for the IdP's LogoutRequest and its answer to the broker's.
 
 The ACS reads the form body itself, capped, so an oversized message is refused before anything parses it.
 The browser that started a sign-in is recognised at the ACS by a dedicated binding cookie: the IdP's form
@@ -17,11 +18,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from broker.connectors.saml import MAX_FORM_BYTES
+from broker.connectors.saml_logout import MAX_QUERY_CHARS, LogoutRejected
 from broker.errors import InvalidRequest, PayloadTooLarge
 from broker.identity import MfaLevel
 from broker.ratelimit import rate_limited
 from broker.saml_signin import LOGIN_REQUEST_TTL, SamlSignIn
-from broker.web.deps import BrokerDep, ContextDep, safe_return_path, session_cookie
+from broker.web.deps import BrokerDep, ContextDep, TemplatesDep, safe_return_path, session_cookie
 from broker.web.portal import set_session_cookie
 
 router = APIRouter(tags=["saml"])
@@ -78,7 +80,7 @@ def saml_metadata(store: str, saml: SamlDep) -> Response:
     summary="Assertion Consumer Service (HTTP-POST binding)",
     dependencies=[rate_limited("acs", per="ip")],
 )
-async def saml_acs(request: Request, store: str, saml: SamlDep, ctx: ContextDep) -> Response:
+async def saml_acs(request: Request, store: str, saml: SamlDep, ctx: ContextDep, templates: TemplatesDep) -> Response:
     saml.connector(store)  # 404 for an unknown store, before reading anything
     body = bytearray()
     async for chunk in request.stream():
@@ -105,8 +107,40 @@ async def saml_acs(request: Request, store: str, saml: SamlDep, ctx: ContextDep)
             ctx=ctx,
         )
     )
-    response = RedirectResponse(safe_return_path(finished.next_path), status_code=303)
+    response: Response = RedirectResponse(safe_return_path(finished.next_path), status_code=303)
+    if finished.attributes_absent:
+        # Signed in, but the IdP did not send what this store maps: tell the person before the empty portal.
+        response = templates.TemplateResponse(
+            request,
+            "saml_attributes.html",
+            {
+                "title": "Signed in, with information missing",
+                "store": saml.connector(store).display_name,
+                "absent": finished.attributes_absent,
+                "present": finished.attributes_present,
+                "next": safe_return_path(finished.next_path),
+            },
+        )
     set_session_cookie(response, request, finished.signed_in.session_id)
     response.delete_cookie(BINDING_COOKIE, path="/saml/")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.get(
+    "/saml/{store}/slo",
+    summary="SingleLogoutService (HTTP-Redirect): the IdP's LogoutRequest, or its LogoutResponse to the broker's",
+    dependencies=[rate_limited("acs", per="ip")],
+)
+def saml_slo(request: Request, store: str, saml: SamlDep, ctx: ContextDep) -> Response:
+    saml.connector(store)  # 404 for an unknown store, before reading anything
+    raw = request.url.query
+    items = request.query_params.multi_items()
+    names = [name for name, _ in items]
+    if len(raw) > 2 * MAX_QUERY_CHARS or len(names) != len(set(names)):
+        malformed = LogoutRejected("saml.logout_malformed", library_error="oversized query or repeated parameter")
+        raise saml.refuse(store, malformed, ctx, event="logout")
+    target = saml.single_logout(store, dict(items), raw, ctx)
+    response = RedirectResponse(target, status_code=303)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import pytest
+from botocore.exceptions import NoCredentialsError, NoRegionError, PartialCredentialsError, ProfileNotFound
 
+from broker import logs
 from broker.aws.console import signin_url
 from broker.aws.sts import AssumeRoleRequest, Sts, translate
 from broker.errors import PolicyTooLarge, ServiceUnavailable, UpstreamError
@@ -123,3 +127,52 @@ def test_sts_error_codes_map_to_broker_errors(code: str, error: type[Exception],
     assert translated.reason == reason
     if code == "Throttling":
         assert translated.retry_after and translated.status == 503
+
+
+def test_no_credentials_is_a_named_configuration_error_not_an_outage(
+    no_aws_credentials: None, sts_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.configure("INFO", json=True)
+    sts = Sts(AwsSettings(sts_endpoint_url=sts_endpoint))
+    assert sts.configuration_problem is not None
+    assert sts.configuration_problem.startswith("NoCredentialsError: the broker found no AWS credentials")
+    with pytest.raises(ServiceUnavailable) as info:
+        sts.assume_role(request())
+    assert info.value.reason == "sts_no_credentials"
+    assert info.value.retry_after is None
+    assert "no AWS credentials of its own" in info.value.message
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"broker.aws"' in line]
+    assert [(e["level"], e["event"]) for e in logged] == [("error", "aws configuration error")] * 2
+    assert logged[0]["problem"].startswith("NoCredentialsError: the broker found no AWS credentials")
+    assert (logged[1]["error"], logged[1]["detail"]) == ("NoCredentialsError", "Unable to locate credentials")
+
+
+def test_an_unknown_profile_is_a_named_configuration_error(
+    no_aws_credentials: None, monkeypatch: pytest.MonkeyPatch, sts_endpoint: str
+) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "does-not-exist")
+    sts = Sts(AwsSettings(sts_endpoint_url=sts_endpoint))
+    assert sts.configuration_problem is not None
+    assert sts.configuration_problem.startswith("ProfileNotFound: The config profile (does-not-exist)")
+    with pytest.raises(ServiceUnavailable) as info:
+        sts.assume_role(request())
+    assert info.value.reason == "sts_config_invalid"
+
+
+def test_web_identity_mode_needs_no_credentials_of_its_own(no_aws_credentials: None, sts_endpoint: str) -> None:
+    sts = Sts(AwsSettings(sts_endpoint_url=sts_endpoint, mode="web_identity"), web_identity_token=lambda r: "t")
+    assert sts.configuration_problem is None
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (NoCredentialsError(), "sts_no_credentials"),
+        (PartialCredentialsError(provider="env", cred_var="AWS_SECRET_ACCESS_KEY"), "sts_no_credentials"),
+        (ProfileNotFound(profile="x"), "sts_config_invalid"),
+        (NoRegionError(), "sts_config_invalid"),
+    ],
+)
+def test_configuration_errors_translate_to_their_own_reasons(error: Exception, reason: str) -> None:
+    translated = translate(error)
+    assert (type(translated), translated.reason, translated.retry_after) == (ServiceUnavailable, reason, None)

@@ -179,3 +179,54 @@ def test_metadata_names_the_acs_and_wants_signed_assertions(idp: SamlIdp) -> Non
     xml = connector(idp).metadata_xml()
     assert f'entityID="{ENTITY_ID}"' in xml and f'Location="{ACS_URL}"' in xml
     assert 'WantAssertionsSigned="true"' in xml
+
+
+SP_KEY, SP_CERT = make_keypair("broker-sp")
+
+
+def test_single_logout_needs_the_brokers_key_and_certificate_together(idp: SamlIdp) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="set both sp_private_key and sp_certificate"):
+        connector(idp, sp_private_key=SP_KEY.decode())
+    with pytest.raises(ValidationError, match="slo_url needs sp_private_key and sp_certificate"):
+        connector(idp, slo_url="https://idp.example/slo")
+    with pytest.raises(ValidationError, match="subject"):
+        connector(idp, subject="attribute:uid")
+    assert connector(idp).logout is None
+
+
+def test_sp_metadata_lists_single_logout_and_the_signing_certificate_only_with_a_key(idp: SamlIdp) -> None:
+    plain = connector(idp).metadata_xml()
+    assert "SingleLogoutService" not in plain and "KeyDescriptor" not in plain
+    with_key = connector(idp, sp_private_key=SP_KEY.decode(), sp_certificate=SP_CERT.decode())
+    xml = with_key.metadata_xml()
+    assert f'Location="{PUBLIC_URL}/saml/corp/slo"' in xml
+    assert 'use="signing"' in xml
+    assert "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent" in xml
+    assert with_key.logout is not None and not with_key.logout.idp_supports_slo
+
+
+def test_the_idp_slo_endpoint_is_read_from_metadata(idp: SamlIdp, tmp_path: Path) -> None:
+    from lxml import etree
+
+    md = "urn:oasis:names:tc:SAML:2.0:metadata"
+    root = etree.fromstring(idp.metadata_xml().encode())
+    descriptor = root.find(f"{{{md}}}IDPSSODescriptor")
+    assert descriptor is not None
+    slo = etree.Element(f"{{{md}}}SingleLogoutService")
+    slo.set("Binding", "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect")
+    slo.set("Location", "https://idp.example/slo")
+    descriptor.insert(0, slo)
+    path = tmp_path / "idp.xml"
+    path.write_bytes(etree.tostring(root))
+    sp = connector(
+        idp,
+        idp_entity_id=None,
+        sso_url=None,
+        certificates=[],
+        metadata_file=str(path),
+        sp_private_key=SP_KEY.decode(),
+        sp_certificate=SP_CERT.decode(),
+    )
+    assert sp.logout is not None and sp.logout.idp_slo_url == "https://idp.example/slo"

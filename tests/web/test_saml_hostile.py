@@ -29,7 +29,7 @@ from tests.conftest import _reset_postgres
 from tests.support import saml_mutations as mut
 from tests.support.federation_standin import FederationStandIn
 from tests.support.processes import broker_env, free_port, wait_for_port
-from tests.support.saml_broker import AC_PHISHING_RESISTANT, SamlRig, Started
+from tests.support.saml_broker import AC_PHISHING_RESISTANT, USERS, SamlRig, Started
 from tests.support.saml_idp import AC_MFA, make_keypair
 
 NS = mut.NS
@@ -349,7 +349,12 @@ def test_replay_of_an_idp_initiated_response_is_refused(
 ) -> None:
     """With unsolicited responses allowed, nothing but the replay guard stands between a copy and a session."""
     with SamlRig(_config(make_config, standin), store_overrides={"allow_idp_initiated": True}) as rig:
-        xml = rig.idp.make_response(name_id="alice@corp.example", in_response_to=None, authn_context_class_ref=AC_MFA)
+        xml = rig.idp.make_response(
+            name_id="alice@corp.example",
+            in_response_to=None,
+            authn_context_class_ref=AC_MFA,
+            attributes=USERS["alice"].get("attributes"),
+        )
         with rig.client() as client:
             assert rig.post(client, xml, relay_state="https://evil.example/").headers["location"] == "/"
         with rig.client() as thief:
