@@ -139,7 +139,7 @@ def test_no_credentials_is_a_named_configuration_error_not_an_outage(
     with pytest.raises(ServiceUnavailable) as info:
         sts.assume_role(request())
     assert info.value.reason == "sts_no_credentials"
-    assert info.value.retry_after is None
+    assert info.value.retry_after == ServiceUnavailable.default_retry_after
     assert "no AWS credentials of its own" in info.value.message
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"broker.aws"' in line]
     assert [(e["level"], e["event"]) for e in logged] == [("error", "aws configuration error")] * 2
@@ -175,4 +175,4 @@ def test_web_identity_mode_needs_no_credentials_of_its_own(no_aws_credentials: N
 )
 def test_configuration_errors_translate_to_their_own_reasons(error: Exception, reason: str) -> None:
     translated = translate(error)
-    assert (type(translated), translated.reason, translated.retry_after) == (ServiceUnavailable, reason, None)
+    assert (type(translated), translated.reason, translated.retry_after) == (ServiceUnavailable, reason, 60)
