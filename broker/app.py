@@ -22,6 +22,7 @@ from broker.oauth.server import OAuthServer
 from broker.oauth.tokens import TokenService
 from broker.operations import Operations, build_revoker
 from broker.ratelimit import RateLimiter
+from broker.scim.service import Provisioning
 from broker.settings import OidcStoreConfig, Settings
 from broker.store.db import Database
 from broker.web import admin, errors, health, mfa, oauth, oidc, portal, requests, saml
@@ -51,6 +52,10 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     oauth_server = OAuthServer(broker, tokens=tokens)
     # Abuse limits (broker/ratelimit.py): in-process counters, or shared through Redis across processes.
     ratelimiter = RateLimiter(settings.rate_limits, keys=broker.keys, audit=broker.audit, db=db)
+    # SCIM provisioning (broker/scim): IdPs create and retire people and groups; deprovisioning revokes.
+    provisioning = Provisioning(
+        settings.scim, db=db, audit=broker.audit, revocations=operations.revocations, clock=lambda: broker.clock()
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -83,6 +88,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     app.state.oauth = oauth_server
     app.state.operations = operations
     app.state.ratelimiter = ratelimiter
+    app.state.provisioning = provisioning
     app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
     # Every page says so when this is a development broker (base.html shows the banner).
     app.state.templates.env.globals["dev"] = settings.dev
@@ -102,6 +108,10 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         app.include_router(api.router)
     app.include_router(oidc.router)
     app.include_router(saml.router)
+    if settings.scim.clients:
+        from broker.web import scim
+
+        app.include_router(scim.router)
 
     # Form posts may redirect to the console federation endpoint.
     federation = settings.aws.federation_endpoint or ""

@@ -44,6 +44,7 @@ from broker.policy import (
     mfa_shortfall,
     visible_roles,
 )
+from broker.scim.directory import Directory
 from broker.settings import OidcStoreConfig, RoleConfig, SamlStoreConfig, Settings
 from broker.store import queries
 from broker.store.db import Database
@@ -125,6 +126,8 @@ class Broker:
         self.connectors.update(self.saml_connectors)
         # Factors the broker holds itself (TOTP, WebAuthn, recovery codes): step-up after any sign-in.
         self.mfa = MfaService(settings, db=db, keys=self.keys, audit=self.audit, clock=lambda: self.clock())
+        # People and groups provisioned over SCIM: their state and groups count at every decision.
+        self.directory = Directory(settings.scim)
 
     def sign_in_options(self) -> list[Connector]:
         """Every configured identity store, in configuration order, for the sign-in page."""
@@ -155,6 +158,11 @@ class Broker:
                     identity=identity,
                     ctx=ctx,
                 )
+            if self.directory.governs(identity.store):
+                try:
+                    self.directory.admit(session, identity, principal_id=principal.id, now=now)
+                except BrokerError as exc:
+                    raise self.audit.deny(self.db, exc, event=event, identity=identity, ctx=ctx) from None
             queries.create_session(
                 session,
                 id_hmac=self.session_hmac(session_id),
@@ -408,7 +416,18 @@ class Broker:
 
     # ------------------------------------------------------------ roles and issuance
 
+    def provisioned(self, identity: Identity) -> Identity:
+        """The identity as provisioning has it now (SCIM groups; AccessDenied when deprovisioned)."""
+        if not self.directory.governs(identity.store):
+            return identity
+        with self.db.transaction() as session:
+            return self.directory.resolve(session, identity)
+
     def roles_for(self, identity: Identity) -> list[RoleView]:
+        try:
+            identity = self.provisioned(identity)
+        except AccessDenied:
+            return []
         views = []
         for role in visible_roles(identity, self.settings.roles):
             missing = None
@@ -452,6 +471,18 @@ class Broker:
                 ctx=ctx,
                 detail={"role": role},
             )
+        try:
+            identity = self.provisioned(identity)
+        except BrokerError as exc:
+            raise self.audit.deny(
+                self.db,
+                exc,
+                event="credentials",
+                identity=identity,
+                channel=channel.value,
+                ctx=ctx,
+                detail={"role": role},
+            ) from None
         request = AccessRequest(
             role=role,
             channel=channel,
