@@ -200,8 +200,8 @@ class ProvisioningStorage(ScimStorage):
         for row in rows:
             document = dict(row.document)
             people = [
-                {"value": u.id, "display": u.user_name, "type": "User", "$ref": f"Users/{u.id}"}
-                for u in members[row.id]
+                {"value": u.id, "display": display or u.user_name, "type": "User", "$ref": f"Users/{u.id}"}
+                for u, display in members[row.id]
             ]
             if people:
                 document["members"] = people
@@ -231,11 +231,11 @@ class ProvisioningStorage(ScimStorage):
             return self._users([user])[0]
         group = ScimGroup(id=str(uuid.uuid4()), client=self.client.name, store=self.store, created_at=now, version=1)
         self._fill_group(group, resource, now)
-        member_ids = self._member_ids(resource)
+        members = self._members(resource)
         if not queries.add_scim_row(self.session, row=group):
             raise UniquenessException(detail=f"displayName {group.display_name!r} is already provisioned")
-        queries.set_scim_members(self.session, group_id=group.id, user_ids=member_ids)
-        added = self._user_names(member_ids)
+        queries.set_scim_members(self.session, group_id=group.id, members=members)
+        added = self._user_names(sorted(members))
         self._record("group_created", group.id, {"displayName": group.display_name, "added": added})
         return self._groups([group])[0]
 
@@ -274,16 +274,16 @@ class ProvisioningStorage(ScimStorage):
             raise NotFoundException(detail=f"Group {resource_id!r} not found")
         _check_version(group, expected_version)
         self._check_group_allowed(group.display_name)
-        old_members = {u.id for u in queries.scim_members(self.session, group_ids=[group.id])[group.id]}
+        old_members = {u.id for u, _ in queries.scim_members(self.session, group_ids=[group.id])[group.id]}
         old_name = group.display_name
         # Members first: their lookup flushes the session, which must not yet hold the new displayName.
-        member_ids = self._member_ids(resource)
+        members = self._members(resource)
         self._fill_group(group, resource, now)
         group.version += 1
         if not queries.save_scim_row(self.session, row=group):
             raise UniquenessException(detail=f"displayName {group.display_name!r} is already provisioned")
-        queries.set_scim_members(self.session, group_id=group.id, user_ids=member_ids)
-        added, removed = set(member_ids) - old_members, old_members - set(member_ids)
+        queries.set_scim_members(self.session, group_id=group.id, members=members)
+        added, removed = set(members) - old_members, old_members - set(members)
         detail: dict[str, Any] = {
             "displayName": group.display_name,
             "added": self._user_names(sorted(added)),
@@ -309,7 +309,7 @@ class ProvisioningStorage(ScimStorage):
             raise NotFoundException(detail=f"Group {resource_id!r} not found")
         _check_version(group, expected_version)
         self._check_group_allowed(group.display_name)
-        members = [u.user_name for u in queries.scim_members(self.session, group_ids=[group.id])[group.id]]
+        members = [u.user_name for u, _ in queries.scim_members(self.session, group_ids=[group.id])[group.id]]
         queries.delete_scim_row(self.session, row=group)
         self._record("group_deleted", resource_id, {"displayName": group.display_name, "removed": members})
 
@@ -347,18 +347,19 @@ class ProvisioningStorage(ScimStorage):
                 reason="scim.group_not_allowed",
             )
 
-    def _member_ids(self, resource: Resource[Any]) -> list[str]:
-        members = cast(Group, resource).members or []
-        ids = []
-        for member in members:
+    def _members(self, resource: Resource[Any]) -> dict[str, str | None]:
+        """The group's members (user id -> display), each a user this client provisioned."""
+        members: dict[str, str | None] = {}
+        for member in cast(Group, resource).members or []:
             if member.type not in (None, "User") or not member.value:
                 raise InvalidValueException(detail="Group members must be users (nested groups are not supported)")
-            ids.append(member.value)
+            members[member.value] = member.display
+        ids = sorted(members)
         found = {u.id for u in queries.find_scim_users(self.session, store=self.store, ids=ids)} if ids else set()
         unknown = sorted(set(ids) - found)
         if unknown:
             raise InvalidValueException(detail=f"No user {unknown[0]!r} is provisioned by this client")
-        return sorted(set(ids))
+        return members
 
     def _user_names(self, ids: list[str]) -> list[str]:
         if not ids:

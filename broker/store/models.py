@@ -462,3 +462,5 @@ class ScimMembership(Base):
     user_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("scim_users.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+    # The member's display name as the client sent it (RFC 7643 section 4.2); the userName when it sent none.
+    display: Mapped[str | None] = mapped_column(Text)

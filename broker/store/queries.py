@@ -914,24 +914,25 @@ def delete_scim_row(session: Session, *, row: ScimRow) -> None:
     session.flush()
 
 
-def set_scim_members(session: Session, *, group_id: str, user_ids: Sequence[str]) -> None:
+def set_scim_members(session: Session, *, group_id: str, members: dict[str, str | None]) -> None:
+    """Replace a group's members: user id -> display name as the client sent it."""
     session.execute(delete(ScimMembership).where(ScimMembership.group_id == group_id))
-    for user_id in sorted(set(user_ids)):
-        session.add(ScimMembership(group_id=group_id, user_id=user_id))
+    for user_id in sorted(members):
+        session.add(ScimMembership(group_id=group_id, user_id=user_id, display=members[user_id]))
     session.flush()
 
 
-def scim_members(session: Session, *, group_ids: Sequence[str]) -> dict[str, list[ScimUser]]:
-    """Each group's member users, by group id."""
+def scim_members(session: Session, *, group_ids: Sequence[str]) -> dict[str, list[tuple[ScimUser, str | None]]]:
+    """Each group's member users (with the display name the client gave), by group id."""
     query = (
-        select(ScimMembership.group_id, ScimUser)
+        select(ScimMembership.group_id, ScimUser, ScimMembership.display)
         .join(ScimUser, ScimUser.id == ScimMembership.user_id)
         .where(ScimMembership.group_id.in_(list(group_ids)))
         .order_by(ScimUser.user_name_key)
     )
-    found: dict[str, list[ScimUser]] = {group_id: [] for group_id in group_ids}
-    for group_id, user in session.execute(query).all():
-        found[group_id].append(user)
+    found: dict[str, list[tuple[ScimUser, str | None]]] = {group_id: [] for group_id in group_ids}
+    for group_id, user, display in session.execute(query).all():
+        found[group_id].append((user, display))
     return found
 
 

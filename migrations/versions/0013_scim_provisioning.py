@@ -67,6 +67,7 @@ def upgrade() -> None:
         "scim_memberships",
         sa.Column("group_id", sa.String(length=36), nullable=False),
         sa.Column("user_id", sa.String(length=36), nullable=False),
+        sa.Column("display", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(["group_id"], ["scim_groups.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["user_id"], ["scim_users.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("group_id", "user_id"),
