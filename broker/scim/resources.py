@@ -18,6 +18,7 @@ from scim2_models import (
     Filter,
     Patch,
     Reference,
+    ScimPolicy,
     ScimProvider,
     ServiceProviderConfig,
     Sort,
@@ -51,11 +52,21 @@ def service_provider_config(settings: ScimSettings) -> ServiceProviderConfig:
     )
 
 
+# Where Microsoft Entra ID departs from RFC 7644 (section 3.5.2.2), the broker follows Entra, as scim2-models
+# allows: a ``remove`` whose ``value`` lists the members to remove, and a PATCH on ``emails[type eq "work"]``
+# that creates the entry when the person has none. Attributes no schema declares are still refused.
+POLICY = ScimPolicy(
+    remove_value_as_filter=ScimPolicy.RemoveValue.apply,
+    unmatched_path_filter=ScimPolicy.UnmatchedPathFilter.create,
+)
+
+
 def provider(settings: ScimSettings) -> ScimProvider:
     """The description every SCIM response and the discovery endpoints come from."""
     schemas = load_default_schemas().values()
     resource_types = [rt for rt in load_default_resource_types().values() if rt.name in (USER, GROUP)]
-    return ScimProvider.from_discovery(schemas, resource_types, config=service_provider_config(settings))
+    config = service_provider_config(settings)
+    return ScimProvider.from_discovery(schemas, resource_types, config=config, policy=POLICY)
 
 
 def without(document: dict[str, Any], *keys: str) -> dict[str, Any]:

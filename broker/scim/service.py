@@ -163,7 +163,7 @@ class Provisioning:
             path=call.path,
             query=call.query,
             headers=call.headers,
-            body=call.body,
+            body=_without_null_removals(call.body) if call.method.upper() == "PATCH" else call.body,
             subject=client,
         )
         if client is None:
@@ -270,3 +270,26 @@ class Provisioning:
                     },
                 )
             log.info("deprovisioned", client=client.name, kind=change.kind, principal_id=principal_id)
+
+
+def _without_null_removals(body: bytes) -> bytes:
+    """Entra ID removes members with ``{"op": "Remove", "path": "members", "value": [{"$ref": null, "value":
+    "<id>"}]}``; the null ``$ref`` is "no value", not a value to match, so it is dropped before matching.
+    Anything that is not such a body passes unchanged (the library validates it)."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return body
+    operations = message.get("Operations") if isinstance(message, dict) else None
+    if not isinstance(operations, list):
+        return body
+    for operation in operations:
+        if not isinstance(operation, dict) or str(operation.get("op", "")).casefold() != "remove":
+            continue
+        value = operation.get("value")
+        if isinstance(value, list):
+            operation["value"] = [
+                {k: v for k, v in entry.items() if v is not None} if isinstance(entry, dict) else entry
+                for entry in value
+            ]
+    return json.dumps(message).encode()
