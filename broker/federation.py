@@ -148,6 +148,11 @@ class Broker:
         now = self.clock()
         session_id = secrets.token_urlsafe(32)
         absolute = now + timedelta(hours=self.settings.session.absolute_timeout_hours)
+        try:
+            # A person their SCIM client deactivated, deleted or never provisioned does not get a session.
+            self.provisioned(identity)
+        except AccessDenied as exc:
+            raise self.audit.deny(self.db, exc, event=event, identity=identity, ctx=ctx) from None
         with self.db.transaction() as session:
             principal = queries.upsert_principal(session, identity=identity, now=now)
             if principal.disabled:
@@ -158,11 +163,7 @@ class Broker:
                     identity=identity,
                     ctx=ctx,
                 )
-            if self.directory.governs(identity.store):
-                try:
-                    self.directory.admit(session, identity, principal_id=principal.id, now=now)
-                except BrokerError as exc:
-                    raise self.audit.deny(self.db, exc, event=event, identity=identity, ctx=ctx) from None
+            self.directory.link(session, identity, principal_id=principal.id, now=now)
             queries.create_session(
                 session,
                 id_hmac=self.session_hmac(session_id),

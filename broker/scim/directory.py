@@ -101,12 +101,11 @@ class Directory:
             groups |= identity.groups
         return replace(identity, groups=groups)
 
-    def admit(self, session: Session, identity: Identity, *, principal_id: int, now: datetime) -> Identity:
-        """At sign-in: :meth:`resolve`, and link the provisioned user to the principal that signed in."""
-        resolved = self.resolve(session, identity)
+    def link(self, session: Session, identity: Identity, *, principal_id: int, now: datetime) -> None:
+        """At sign-in: record which principal the provisioned user is, and that they signed in."""
         client = self._clients.get(identity.store)
-        if client is not None:
-            user = find_user(session, client, identity)
-            if user is not None:
-                queries.link_scim_user(session, user_id=user.id, principal_id=principal_id, now=now)
-        return resolved
+        if client is None:
+            return
+        user = find_user(session, client, identity)
+        if user is not None:
+            queries.link_scim_user(session, user_id=user.id, principal_id=principal_id, now=now)

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pyotp
 import pytest
 
 from broker.app import create_app
 from broker.scim.service import token_hash
 from broker.settings import load_settings
-from tests.support.cli_broker import MovableClock, local_store
+from tests.support.cli_broker import PASSWORD, TOTP_SECRET, MovableClock, local_store
+from tests.support.portal import csrf_from, login_local
 from tests.support.processes import LiveServer, free_port
 from tests.support.records import Records
 
@@ -37,6 +39,7 @@ class ScimBroker(Records):
     db_url: str
     tokens: dict[str, str]
     clock: MovableClock
+    config: dict[str, Any]
 
     @property
     def base(self) -> str:
@@ -52,6 +55,26 @@ class ScimBroker(Records):
 
     def events(self, after: int, event: str = "scim") -> list[Any]:
         return [e for e in self.audit(after) if e.event == event]
+
+    def sign_in(self, username: str = "alice") -> httpx.Client:
+        """A browser signed in with the break-glass account (a fresh TOTP step on the broker's clock)."""
+        self.clock.advance(30)
+        code = pyotp.TOTP(TOTP_SECRET).at(self.clock().timestamp())
+        browser = httpx.Client(base_url=self.url, follow_redirects=False, timeout=30)
+        response = login_local(
+            browser, store="breakglass", username=username, password=PASSWORD, code=code, next_path="/"
+        )
+        browser.headers["X-Test-Sign-In"] = str(response.status_code)
+        return browser
+
+    @staticmethod
+    def credentials(browser: httpx.Client, role: str) -> httpx.Response:
+        """POST /credentials for a role from the portal page (with its CSRF token)."""
+        page = browser.get("/", headers={"Accept": "text/html"})
+        assert page.status_code == 200, page.status_code
+        return browser.post(
+            "/credentials", data={"role": role, "csrf": csrf_from(page.text)}, headers={"Accept": "text/html"}
+        )
 
 
 def scim_clients(tokens: dict[str, str]) -> list[dict[str, Any]]:
@@ -91,11 +114,11 @@ def scim_broker_factory(make_config: Callable[..., dict[str, Any]]) -> Callable[
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         tokens = {name: secrets.token_urlsafe(36) for name in ("idp", "hr", "partners")}
-        config = make_config(**overrides.pop("config", {}))
-        settings = load_settings(None, **scim_config(config, url, tokens, **overrides))
+        config = scim_config(make_config(**overrides.pop("config", {})), url, tokens, **overrides)
+        settings = load_settings(None, **config)
         clock = MovableClock()
         with LiveServer(create_app(settings, clock=clock), port=port):
-            yield ScimBroker(url, config["database_url"], tokens, clock)
+            yield ScimBroker(url, config["database_url"], tokens, clock, config)
 
     return start
 
