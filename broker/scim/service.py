@@ -65,7 +65,16 @@ _ERRORS: dict[int, type[ScimError]] = {
     413: ScimPayloadTooLarge,
     501: ScimNotImplemented,
 }
-_STATUS_REASONS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 409: "conflict"}
+_STATUS_REASONS = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    501: "not_implemented",
+}
 # Bearer tokens from `broker scim token` are 48 characters; anything much longer is not one of ours.
 MAX_TOKEN_LENGTH = 256
 
