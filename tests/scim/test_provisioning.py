@@ -20,7 +20,10 @@ from scim2_models import Context, PatchOp
 from broker.store import queries
 from broker.store.db import Database
 from broker.store.models import AccessRequestRow, MfaFactor, RefreshFamily
+from tests.scim.conftest import GROUP_SCHEMA as GROUP
+from tests.scim.conftest import USER_SCHEMA as USER
 from tests.scim.conftest import ScimBroker
+from tests.support.portal import csrf_from
 from tests.support.processes import broker_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,3 +237,30 @@ def test_paging_and_filters(scim_broker: ScimBroker, idp: SyncSCIMClient) -> Non
         config = c.get("/ServiceProviderConfig").json()
         assert config["filter"] == {"supported": True, "maxResults": 100}
         assert config["bulk"]["supported"] is False
+
+
+def test_just_in_time_eligibility_follows_provisioned_groups(scim_broker_factory: Any) -> None:
+    oncall = {
+        "name": "oncall-admin",
+        "role_arn": "arn:aws:iam::123456789012:role/OncallAdmin",
+        "grant": [{"groups": ["oncall"]}],
+        "mfa": "mfa",
+        "requires_request": {"approvers": ["leads"], "max_duration_seconds": 3600},
+    }
+    # A broker whose roles include one nobody holds standing: eligible through the provisioned group "oncall".
+    with scim_broker_factory(config={"roles": [oncall]}) as broker, broker.client() as idp:
+        alice = idp.post("/Users", json={"schemas": [USER], "userName": "alice"}).json()
+        browser = broker.sign_in()
+
+        def ask() -> int:
+            page = browser.get("/", headers={"Accept": "text/html"})
+            form = {"role": "oncall-admin", "reason": "INC-42", "duration": "", "csrf": csrf_from(page.text)}
+            return browser.post("/requests", data=form, headers={"Accept": "text/html"}).status_code
+
+        after = broker.last_seq()
+        assert ask() == 403
+        [event] = [e for e in broker.audit(after) if e.event == "access_request"]
+        assert (event.outcome, event.reason) == ("denied", "request_not_eligible")
+        group = {"schemas": [GROUP], "displayName": "oncall", "members": [{"value": alice["id"]}]}
+        assert idp.post("/Groups", json=group).status_code == 201
+        assert ask() == 303
