@@ -22,7 +22,6 @@ from broker.oauth.server import OAuthServer
 from broker.oauth.tokens import TokenService
 from broker.operations import Operations, build_revoker
 from broker.ratelimit import RateLimiter
-from broker.scim.service import Provisioning
 from broker.settings import OidcStoreConfig, Settings
 from broker.store.db import Database
 from broker.web import admin, errors, health, mfa, oauth, oidc, portal, requests, saml
@@ -53,9 +52,14 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     # Abuse limits (broker/ratelimit.py): in-process counters, or shared through Redis across processes.
     ratelimiter = RateLimiter(settings.rate_limits, keys=broker.keys, audit=broker.audit, db=db)
     # SCIM provisioning (broker/scim): IdPs create and retire people and groups; deprovisioning revokes.
-    provisioning = Provisioning(
-        settings.scim, db=db, audit=broker.audit, revocations=operations.revocations, clock=lambda: broker.clock()
-    )
+    # Built (and its libraries imported) only when a provisioning client is configured.
+    provisioning = None
+    if settings.scim.clients:
+        from broker.scim.service import Provisioning
+
+        provisioning = Provisioning(
+            settings.scim, db=db, audit=broker.audit, revocations=operations.revocations, clock=lambda: broker.clock()
+        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -108,7 +112,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         app.include_router(api.router)
     app.include_router(oidc.router)
     app.include_router(saml.router)
-    if settings.scim.clients:
+    if provisioning is not None:
         from broker.web import scim
 
         app.include_router(scim.router)
