@@ -357,6 +357,18 @@ def access_report(
             ", ".join(role["unused_grants"]) or "-",
         )
     out.print(table)
+    people = report.get("provisioned_never_signed_in") or []
+    if people:
+        waiting = Table("store", "userName", "active", "groups", "roles", title="Provisioned, never signed in")
+        for person in people:
+            waiting.add_row(
+                person["store"],
+                person["user_name"],
+                "yes" if person["active"] else "no",
+                ", ".join(person["groups"]) or "-",
+                ", ".join(person["roles"]) or "-",
+            )
+        out.print(waiting)
 
 
 def sweep(config: ConfigOption = DEFAULT_CONFIG) -> None:

@@ -54,6 +54,15 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     oauth_server = OAuthServer(broker, tokens=tokens, limits=ratelimiter)
     # Seals the audit trail in the background and publishes signed digests (broker/sealer.py).
     sealer = build_sealer(broker.audit, db, settings.audit)
+    # SCIM provisioning (broker/scim): IdPs create and retire people and groups; deprovisioning revokes.
+    # Built (and its libraries imported) only when a provisioning client is configured.
+    provisioning = None
+    if settings.scim.clients:
+        from broker.scim.service import Provisioning
+
+        provisioning = Provisioning(
+            settings.scim, db=db, audit=broker.audit, revocations=operations.revocations, clock=lambda: broker.clock()
+        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -90,6 +99,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     app.state.oauth = oauth_server
     app.state.operations = operations
     app.state.ratelimiter = ratelimiter
+    app.state.provisioning = provisioning
     app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
     # Every page says so when this is a development broker (base.html shows the banner).
     app.state.templates.env.globals["dev"] = settings.dev
@@ -112,6 +122,10 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     app.include_router(saml.router)
     app.include_router(ldap.router)  # directory (LDAP) sign-in form
     app.include_router(discovery.router)  # home realm discovery: /login asks for the e-mail address first
+    if provisioning is not None:
+        from broker.web import scim
+
+        app.include_router(scim.router)
 
     # Form posts may redirect to the console federation endpoint.
     federation = settings.aws.federation_endpoint or ""

@@ -258,6 +258,32 @@ def hash_password() -> None:
     out.print(make_hash(password))
 
 
+scim_app = typer.Typer(help="SCIM provisioning clients (Okta, Entra ID).", no_args_is_help=True)
+app.add_typer(scim_app, name="scim", rich_help_panel=SERVER)
+
+
+@scim_app.command("token")
+def scim_token(
+    client: Annotated[str, typer.Option("--client", help="The client's name in scim.clients (e.g. okta).")],
+) -> None:
+    """Make a bearer token for a provisioning client: paste the token into the IdP, the hash into the config."""
+    import re
+    import secrets
+
+    from broker.scim.service import token_hash
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", client):
+        err.print("--client: use lower-case letters, digits, - and _ (the name in scim.clients).")
+        raise typer.Exit(2)
+
+    token = secrets.token_urlsafe(36)
+    out.print(f"Token for the IdP (shown once, store it nowhere else):\n{token}\n", soft_wrap=True, highlight=False)
+    out.print("Configuration (broker.yaml):", highlight=False)
+    lines = ["scim:", "  clients:", f"    - name: {client}", f"      token_hash: {token_hash(token)}"]
+    lines.append("      store: <the identity store it provisions>")
+    out.print("\n".join(lines), soft_wrap=True, highlight=False)
+
+
 @app.command("serve", rich_help_panel=SERVER)
 def serve(
     config: ConfigOption = Path(DEFAULT_CONFIG),

@@ -12,6 +12,7 @@ open windows as data (``policy.decide(..., active_grants=...)``). Every step is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,7 @@ class Elevation:
         notifier: Notifier,
         revocations: Revocations,
         clock: Clock,
+        provisioned: Callable[[Identity], Identity] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -89,6 +91,8 @@ class Elevation:
         self.notifier = notifier
         self.revocations = revocations
         self.clock = clock
+        # The identity as SCIM provisioning has it now (``Broker.provisioned``): eligibility uses its groups.
+        self.provisioned = provisioned or (lambda identity: identity)
 
     # ------------------------------------------------------------ read by issuance
 
@@ -110,7 +114,7 @@ class Elevation:
         try:
             if config is None or config.requires_request is None:
                 raise InvalidRequest(f"Role {role!r} is not requested this way.", reason="request_not_applicable")
-            if not grants(config, identity):
+            if not grants(config, self.provisioned(identity)):
                 raise AccessDenied("You are not eligible to request this role.", reason="request_not_eligible")
             text = reason.strip()
             if not text or len(text) > MAX_REASON_CHARS or not text.isprintable():

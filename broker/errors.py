@@ -236,6 +236,73 @@ class InvalidToken(BrokerError):
     default_message = "The access token is not valid. Run `broker login` to sign in again."
 
 
+# ---------------------------------------------------------------- SCIM 2.0 provisioning
+
+
+class ScimError(BrokerError):
+    """RFC 7644 section 3.12: a SCIM error; ``scim_type`` is the RFC's ``scimType`` where it defines one.
+
+    Rendered (``broker.web.errors``) as a SCIM Error message for the ``/scim/v2`` endpoints. One subclass per
+    HTTP status the protocol answers with, so ``status`` stays a class attribute like every broker error.
+    """
+
+    code = "scim_invalid"
+    status = 400
+    default_message = "The SCIM request is not valid."
+
+    def __init__(self, message: str | None = None, *, scim_type: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.scim_type = scim_type
+
+
+class ScimUnauthorized(ScimError):
+    code = "scim_unauthorized"
+    status = 401
+    default_message = "Send the provisioning client's bearer token (Authorization: Bearer ...)."
+
+
+class ScimForbidden(ScimError):
+    code = "scim_forbidden"
+    status = 403
+    default_message = "This provisioning client may not do that."
+
+
+class ScimNotFound(ScimError):
+    code = "scim_not_found"
+    status = 404
+    default_message = "No such resource."
+
+
+class ScimMethodNotAllowed(ScimError):
+    code = "scim_method_not_allowed"
+    status = 405
+    default_message = "This SCIM endpoint does not accept that method."
+
+
+class ScimConflict(ScimError):
+    code = "scim_conflict"
+    status = 409
+    default_message = "The resource conflicts with one that exists."
+
+
+class ScimPreconditionFailed(ScimError):
+    code = "scim_precondition_failed"
+    status = 412
+    default_message = "The resource changed since it was read (If-Match)."
+
+
+class ScimPayloadTooLarge(ScimError):
+    code = "scim_payload_too_large"
+    status = 413
+    default_message = "The request is too large."
+
+
+class ScimNotImplemented(ScimError):
+    code = "scim_not_implemented"
+    status = 501
+    default_message = "This SCIM feature is not supported by the broker."
+
+
 class ConfigError(Exception):
     """Configuration problems, each with the YAML path it concerns. Not an HTTP error: raised at start-up."""
 

@@ -46,6 +46,7 @@ from broker.policy import (
     mfa_shortfall,
     visible_roles,
 )
+from broker.scim.directory import Directory
 from broker.settings import LdapStoreConfig, OidcStoreConfig, RoleConfig, SamlStoreConfig, Settings
 from broker.store import queries
 from broker.store.db import Database
@@ -133,6 +134,8 @@ class Broker:
         self.discovery = Discovery(settings)
         # Factors the broker holds itself (TOTP, WebAuthn, recovery codes): step-up after any sign-in.
         self.mfa = MfaService(settings, db=db, keys=self.keys, audit=self.audit, clock=lambda: self.clock())
+        # People and groups provisioned over SCIM: their state and groups count at every decision.
+        self.directory = Directory(settings.scim)
 
     def sign_in_options(self) -> list[Connector]:
         """Every configured identity store, in configuration order, for the sign-in page."""
@@ -163,6 +166,11 @@ class Broker:
         now = self.clock()
         session_id = secrets.token_urlsafe(32)
         absolute = now + timedelta(hours=self.settings.session.absolute_timeout_hours)
+        try:
+            # A person their SCIM client deactivated, deleted or never provisioned does not get a session.
+            self.provisioned(identity)
+        except AccessDenied as exc:
+            raise self.audit.deny(self.db, exc, event=event, identity=identity, ctx=ctx) from None
         with self.db.transaction() as session:
             if previous_session and len(previous_session) <= 128:
                 queries.delete_session(session, id_hmac=self.session_hmac(previous_session))
@@ -175,6 +183,7 @@ class Broker:
                     identity=identity,
                     ctx=ctx,
                 )
+            self.directory.link(session, identity, principal_id=principal.id, now=now)
             queries.create_session(
                 session,
                 id_hmac=self.session_hmac(session_id),
@@ -471,7 +480,18 @@ class Broker:
 
     # ------------------------------------------------------------ roles and issuance
 
+    def provisioned(self, identity: Identity) -> Identity:
+        """The identity as provisioning has it now (SCIM groups; AccessDenied when deprovisioned)."""
+        if not self.directory.governs(identity.store):
+            return identity
+        with self.db.transaction() as session:
+            return self.directory.resolve(session, identity)
+
     def roles_for(self, identity: Identity) -> list[RoleView]:
+        try:
+            identity = self.provisioned(identity)
+        except AccessDenied:
+            return []
         views = []
         for role in visible_roles(identity, self.settings.roles):
             missing = None
@@ -515,6 +535,18 @@ class Broker:
                 ctx=ctx,
                 detail={"role": role},
             )
+        try:
+            identity = self.provisioned(identity)
+        except BrokerError as exc:
+            raise self.audit.deny(
+                self.db,
+                exc,
+                event="credentials",
+                identity=identity,
+                channel=channel.value,
+                ctx=ctx,
+                detail={"role": role},
+            ) from None
         request = AccessRequest(
             role=role,
             channel=channel,

@@ -60,6 +60,7 @@ class Operations:
             notifier=self.notifier,
             revocations=self.revocations,
             clock=self.clock,
+            provisioned=broker.provisioned,
         )
         self.monitor = Monitor(
             settings.alerts,

@@ -64,6 +64,11 @@ DEFAULT_LIMITS: dict[str, str] = {
     "token_failure.principal": "20/minute;200/hour",
     "admin.ip": "300/minute",
     "admin.principal": "300/minute",
+    # SCIM provisioning: an IdP's initial sync pushes thousands of users, so the client budget is large;
+    # failed bearer tokens have their own small budget per address.
+    "scim.ip": "1200/minute",
+    "scim.principal": "1200/minute",
+    "scim_auth.ip": "20/minute",
 }
 # Seconds to wait before trying Redis again after it failed.
 _REDIS_RETRY_SECONDS = 5.0

@@ -7,7 +7,9 @@ Answers an auditor's questions from the configuration and the database alone:
   their last sign-in) matches a rule: the people the role is granted to;
 * who used it in the last N days (issuances) and how often, and when last;
 * grants never used in that period: candidates for removal;
-* use by principals no rule matches today (their groups changed since): worth a look.
+* use by principals no rule matches today (their groups changed since): worth a look;
+* people a SCIM client provisioned who never signed in, with the roles their provisioned groups would give
+  them (grant rules may name provisioned groups before anyone in them has signed in).
 
 Rules that test ``claims`` cannot be evaluated from stored data (claims are not persisted); such rules are
 reported as ``claims_not_evaluated`` and their principals appear only through usage.
@@ -92,7 +94,47 @@ def access_report(settings: Settings, db: Database, *, now: datetime, days: int)
                 "approvers": list(role.requires_request.approvers) if role.requires_request else [],
             }
         )
-    return {"generated_at": now.isoformat(), "days": days, "since": since.isoformat(), "roles": roles}
+    return {
+        "generated_at": now.isoformat(),
+        "days": days,
+        "since": since.isoformat(),
+        "roles": roles,
+        "provisioned_never_signed_in": never_signed_in(settings, db),
+    }
+
+
+def never_signed_in(settings: Settings, db: Database) -> list[dict[str, Any]]:
+    """Provisioned people with no sign-in yet, and the roles their provisioned groups would grant them."""
+    with db.transaction() as session:
+        users = [u for u in queries.list_scim_users(session) if u.principal_id is None]
+        groups = queries.scim_groups_of(session, user_ids=[u.id for u in users]) if users else {}
+    people = []
+    for user in users:
+        names = sorted(g.display_name for g in groups[user.id])
+        identity = Identity(
+            subject=user.external_id or "",
+            issuer="",
+            store=user.store,
+            username=user.user_name,
+            email=user.email_key,
+            groups=frozenset(names),
+        )
+        would_get = [
+            role.name
+            for role in settings.roles
+            if any(rule_matches(rule, identity) for rule in role.grant if not rule.claims)
+        ]
+        people.append(
+            {
+                "store": user.store,
+                "user_name": user.user_name,
+                "active": user.active,
+                "provisioned_at": user.created_at.isoformat(),
+                "groups": names,
+                "roles": would_get if user.active else [],
+            }
+        )
+    return people
 
 
 def report_csv(report: dict[str, Any]) -> str:

@@ -1253,6 +1253,66 @@ class AuditSettings(Strict):
         return self.seal_interval_seconds + self.seal_grace_seconds
 
 
+# ---------------------------------------------------------------- SCIM 2.0 provisioning
+
+
+class ScimClientConfig(Strict):
+    """A provisioning client: an IdP's SCIM connector (Okta, Entra ID) that creates and retires the people of
+    one identity store (``broker.scim``). Its bearer token is a master key, so only its SHA-256 is configured."""
+
+    name: str = Field(pattern=_NAME.pattern)
+    # "sha256:<64 hex>" of the client's bearer token, printed by `broker scim token`. The token carries 256
+    # random bits, so a fast hash is safe here (nothing to brute-force) and keeps each request cheap.
+    token_hash: Secret
+    # The identity store whose people this client provisions (an OIDC, SAML or local store name).
+    store: str = Field(pattern=_NAME.pattern)
+    # How a sign-in from ``store`` finds its provisioned user: the identity's username, e-mail or subject
+    # equals the SCIM userName (username, email, case-insensitive) or externalId (subject, exact).
+    match: Literal["username", "email", "subject"] = "username"
+    # True: a sign-in from ``store`` with no active provisioned user is refused (deprovisioned means out).
+    required: bool = True
+    # Whether this client may create, change and delete groups and memberships (False: users only).
+    groups: bool = False
+    # With ``groups``: the group displayNames it may manage; empty means any group of its store.
+    allowed_groups: list[str] = []
+    # scim: provisioned groups replace the IdP's groups at every decision (a removal takes effect even while
+    # the sign-in that asserted the old groups lasts); merge: the IdP's groups from sign-in are kept as well.
+    groups_from: Literal["scim", "merge"] = "scim"
+
+    @field_validator("token_hash", mode="before")
+    @classmethod
+    def _hash(cls, value: Any) -> Any:
+        value = resolve_secret(value)
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", raw):
+            raise ValueError("must be sha256:<64 hex digits>; make a token and its hash with `broker scim token`")
+        return value
+
+
+class ScimSettings(Strict):
+    """SCIM 2.0 provisioning at ``/scim/v2`` (RFC 7643, RFC 7644). No clients: the endpoint is not served."""
+
+    clients: list[ScimClientConfig] = []
+    # The largest page a list or filter answers (RFC 7644 section 3.4.2.4 count is capped to this).
+    max_results: int = Field(100, ge=1, le=1000)
+    # Longer filter expressions are refused before parsing (IdPs send short ones: userName eq "x").
+    max_filter_length: int = Field(512, ge=64, le=8192)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ScimSettings:
+        problems = []
+        for key in ("name", "store"):
+            values = [getattr(c, key) for c in self.clients]
+            if len(set(values)) != len(values):
+                problems.append(f"clients: each {key} may appear once")
+        hashes = [c.token_hash.get_secret_value() for c in self.clients]
+        if len(set(hashes)) != len(hashes):
+            problems.append("clients: every client needs its own token")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class Settings(BaseSettings):
     """The whole broker configuration. Build it with :func:`load_settings`; pass it to ``create_app``."""
 
@@ -1279,6 +1339,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     devices: DeviceSettings = DeviceSettings()
     discovery: DiscoverySettings = DiscoverySettings()
+    scim: ScimSettings = ScimSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -1349,6 +1410,9 @@ class Settings(BaseSettings):
                 "devices.tls_client_ca_file needs server.tls_cert_file and tls_key_file (TLS at the broker)"
             )
         problems += self._directory_problems()
+        for index, client in enumerate(self.scim.clients):
+            if client.store not in [s.name for s in self.identity_stores]:
+                problems.append(f"scim.clients[{index}].store: unknown identity store {client.store!r}")
         if self.mode != "dev" and not self.public_url.startswith("https://") and self.session.cookie_secure:
             problems.append("public_url must be https:// when session.cookie_secure is true")
         if problems:

@@ -471,3 +471,67 @@ class SamlSession(Base):
     logout: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+# ---------------------------------------------------------------- SCIM 2.0 provisioning
+
+
+class ScimUser(Base):
+    """A person provisioned by a SCIM client (``broker.scim``), one per (identity store, userName).
+
+    ``document`` is the SCIM User resource as the client last wrote it (without ``groups``, which come from
+    ``scim_memberships``). ``user_name_key`` is the case-folded userName (RFC 7643 section 4.1.1: userName is
+    not case-exact), unique per store in the database. ``principal_id`` links the broker principal once the
+    person signs in; NULL means they never did.
+    """
+
+    __tablename__ = "scim_users"
+    __table_args__ = (UniqueConstraint("store", "user_name_key", name="uq_scim_users_store_user_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    client: Mapped[str] = mapped_column(String(64))
+    store: Mapped[str] = mapped_column(String(64), index=True)
+    user_name: Mapped[str] = mapped_column(Text)
+    user_name_key: Mapped[str] = mapped_column(String(512))
+    external_id: Mapped[str | None] = mapped_column(String(512), index=True)
+    email_key: Mapped[str | None] = mapped_column(String(512), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    document: Mapped[dict[str, Any]]
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    principal_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("principals.id"), index=True)
+    signed_in_at: Mapped[datetime | None]
+
+
+class ScimGroup(Base):
+    """A group provisioned by a SCIM client; grant rules name it by ``display_name``."""
+
+    __tablename__ = "scim_groups"
+    __table_args__ = (UniqueConstraint("store", "display_name_key", name="uq_scim_groups_store_display_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    client: Mapped[str] = mapped_column(String(64))
+    store: Mapped[str] = mapped_column(String(64), index=True)
+    display_name: Mapped[str] = mapped_column(Text)
+    display_name_key: Mapped[str] = mapped_column(String(512))
+    external_id: Mapped[str | None] = mapped_column(String(512), index=True)
+    document: Mapped[dict[str, Any]]
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ScimMembership(Base):
+    """One user in one group; deleting either side deletes the membership."""
+
+    __tablename__ = "scim_memberships"
+
+    group_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("scim_groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("scim_users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    # The member's display name as the client sent it (RFC 7643 section 4.2); the userName when it sent none.
+    display: Mapped[str | None] = mapped_column(Text)

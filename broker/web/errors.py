@@ -9,11 +9,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from broker.errors import BrokerError, InvalidRequest, LoginRequired, NotFound, PayloadTooLarge, ServiceUnavailable
+from broker.errors import (
+    BrokerError,
+    InvalidRequest,
+    LoginRequired,
+    NotFound,
+    PayloadTooLarge,
+    ScimError,
+    ServiceUnavailable,
+)
 from broker.logs import get_logger
 
 log = get_logger("broker.web")
-_API_PREFIXES = ("/api/", "/oauth2/", "/healthz", "/readyz", "/.well-known/", "/jwks")
+_API_PREFIXES = ("/api/", "/oauth2/", "/healthz", "/readyz", "/.well-known/", "/jwks", "/scim/")
+SCIM_PREFIX = "/scim/"
+SCIM_ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
 
 
 def wants_html(request: Request) -> bool:
@@ -38,6 +48,8 @@ def render_error(request: Request, error: BrokerError) -> Response:
             headers=headers,
         )
         return page
+    if request.url.path.startswith(SCIM_PREFIX):
+        return _scim_error(error, headers)
     body = {"error": error.code, "error_description": error.message}
     # RFC 6749 section 5.2: a failed client authentication names the scheme the client used (Basic here);
     # a failed bearer token gets an RFC 6750 challenge. Error bodies are never cached.
@@ -47,6 +59,18 @@ def render_error(request: Request, error: BrokerError) -> Response:
     elif error.status == 401:
         headers["WWW-Authenticate"] = f'Bearer error="{error.code}"'
     return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+def _scim_error(error: BrokerError, headers: dict[str, str]) -> Response:
+    """RFC 7644 section 3.12: a SCIM Error message (status as a string, scimType where the RFC has one)."""
+    body: dict[str, object] = {"schemas": [SCIM_ERROR_SCHEMA], "status": str(error.status), "detail": error.message}
+    scim_type = error.scim_type if isinstance(error, ScimError) else None
+    if scim_type:
+        body["scimType"] = scim_type
+    headers["Cache-Control"] = "no-store"
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="SCIM"'
+    return JSONResponse(body, status_code=error.status, headers=headers, media_type="application/scim+json")
 
 
 def install(app: FastAPI) -> None:
