@@ -58,13 +58,19 @@ def register(app: typer.Typer, audit_app: typer.Typer, panel: str) -> None:
 
 def _operations(config: Path) -> Operations:
     from broker.aws.sts import Sts
-    from broker.cli import _load
+    from broker.cli import _existing_database, _load
     from broker.federation import Broker
     from broker.operations import Operations, build_revoker
     from broker.store.db import Database
 
     settings = _load(config)
-    broker = Broker(settings, db=Database(settings.database_url), sts=Sts(settings.aws, web_identity_token=_no_token))
+    database = Database(_existing_database(settings, config))
+    if settings.dev:
+        # Dev mode's IAM is the local emulator, which takes the placeholder key (broker.aws.emulator).
+        from broker.aws.emulator import use_emulator_keys
+
+        use_emulator_keys()
+    broker = Broker(settings, db=database, sts=Sts(settings.aws, web_identity_token=_no_token))
     return Operations(broker, revoker=build_revoker(broker))
 
 

@@ -67,6 +67,7 @@ def login(
             tokens = broker.login_device(err.print)
         else:
             tokens = broker.login_loopback(webbrowser.open, err.print)
+        _, aws = broker.roles_and_aws(tokens.access_token)
     except HelperError as exc:
         raise _fail(exc) from None
     finally:
@@ -74,7 +75,12 @@ def login(
     store.set_refresh_token(target, tokens.refresh_token)
     store.save_profile(
         store.Profile(
-            url=target, principal=tokens.principal, mfa=tokens.mfa, session_expires_at=tokens.session_expires_at
+            url=target,
+            principal=tokens.principal,
+            mfa=tokens.mfa,
+            session_expires_at=tokens.session_expires_at,
+            aws_region=str(aws.get("region") or ""),
+            aws_endpoint_url=str(aws.get("endpoint_url") or ""),
         )
     )
     cache.clear()
@@ -141,15 +147,20 @@ def credential_process(role: RoleOption, duration: DurationOption = None, url: U
 def configure_aws(
     url: UrlOption = None,
     prefix: Annotated[str, typer.Option(help="Prefix for profile names.")] = "",
-    region: Annotated[str | None, typer.Option(help="Region written to each profile.")] = None,
+    region: Annotated[
+        str | None, typer.Option(help="Region written to each profile [default: the broker's aws.region].")
+    ] = None,
 ) -> None:
-    """Write one AWS CLI profile per role you may use, leaving your other profiles untouched."""
+    """Write one AWS CLI profile per role you may use, leaving your other profiles untouched.
+
+    Each profile gets the broker's region; a dev-mode broker also names its AWS emulator (`endpoint_url`).
+    """
     from broker.client.aws_config import config_path, write_profiles
 
     target = _url(url)
     broker = Broker(target)
     try:
-        roles = broker.roles(broker.access_token())
+        roles, aws = broker.roles_and_aws(broker.access_token())
     except HelperError as exc:
         raise _fail(exc) from None
     finally:
@@ -163,11 +174,15 @@ def configure_aws(
     profiles = {}
     for role in roles:
         values = {"credential_process": f"{program} credential-process --role {role['name']} --url {target}"}
-        if region:
-            values["region"] = region
+        if region or aws.get("region"):
+            values["region"] = str(region or aws["region"])
+        if aws.get("endpoint_url"):
+            values["endpoint_url"] = str(aws["endpoint_url"])
         profiles[f"{prefix}{role['name']}"] = values
     added, updated = write_profiles(profiles)
     err.print(f"Wrote {len(profiles)} profile(s) to {config_path()} (added {len(added)}, updated {len(updated)}).")
+    if aws.get("endpoint_url"):
+        err.print(f"The profiles send every AWS call to the broker's AWS emulator at {aws['endpoint_url']}.")
     for name in profiles:
         err.print(f"  aws sts get-caller-identity --profile {name}")
 
@@ -217,6 +232,15 @@ def exec_command(
         AWS_CREDENTIAL_EXPIRATION=creds["Expiration"],
         BROKER_ROLE=role,
     )
+    profile = store.load_profile()
+    if profile is not None and profile.url == target:
+        # The broker's region (AWS CLI v1 and older SDKs read AWS_DEFAULT_REGION) and, for a dev-mode broker,
+        # its AWS emulator; the user's own settings win.
+        if profile.aws_region:
+            env.setdefault("AWS_REGION", profile.aws_region)
+            env.setdefault("AWS_DEFAULT_REGION", profile.aws_region)
+        if profile.aws_endpoint_url:
+            env.setdefault("AWS_ENDPOINT_URL", profile.aws_endpoint_url)
     try:
         os.execvpe(command[0], command, env)  # noqa: S606 (the user's own command, by design)
     except FileNotFoundError:
