@@ -108,7 +108,7 @@ def test_broker_dev_runs_offline_and_break_glass_yields_working_credentials(tmp_
     process = subprocess.Popen(
         [sys.executable, "-m", "broker.cli", "dev", "--port", str(port), "--data-dir", str(tmp_path / "dev")],
         cwd=ROOT,
-        env=broker_env(COLUMNS="200"),
+        env=broker_env(COLUMNS="200", BROKER_AWS__STS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -124,9 +124,9 @@ def test_broker_dev_runs_offline_and_break_glass_yields_working_credentials(tmp_
         assert "DEV MODE" in banner
         password = re.search(r"password:\s+(\S+)", banner)
         secret = re.search(r"TOTP secret:\s+([A-Z2-7]+)", banner)
-        emulator = re.search(r"STS emulator:\s+(http://\S+)", banner)
+        emulator = re.search(r"AWS emulator:\s+(http://\S+)", banner)
         assert password and secret and emulator
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(base_url=f"http://localhost:{port}", timeout=30) as client:
             assert (
                 login_local(
                     client,
