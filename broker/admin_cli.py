@@ -23,6 +23,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from broker.terminal import print_table
+
 if TYPE_CHECKING:
     from broker.operations import Operations
     from broker.revocation import Actor
@@ -107,7 +109,7 @@ def _print(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> Non
     table = Table(*columns)
     for row in rows:
         table.add_row(*[str(row.get(c, "") if row.get(c) is not None else "") for c in columns])
-    out.print(table)
+    print_table(out, table)
 
 
 # ---------------------------------------------------------------- requests
@@ -315,7 +317,7 @@ def access_report(
             used or "-",
             ", ".join(role["unused_grants"]) or "-",
         )
-    out.print(table)
+    print_table(out, table)
 
 
 def sweep(config: ConfigOption = DEFAULT_CONFIG) -> None:

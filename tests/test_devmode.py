@@ -237,10 +237,17 @@ def test_first_hour_portal_cli_exchange_request_revoke_audit_explain(dev: Dev, c
         context.close()
 
     # 2. The CLI: log in (device code confirmed in a second signed-in session), configure the AWS CLI.
-    with httpx.Client(base_url=dev.url, timeout=30) as web:
-        signed_in = login_local(web, store="breakglass", username="demo", password=dev.password, code=dev.totp(1))
-        assert signed_in.status_code == 303
-        assert "Signed in" in login_device(dev, web)
+    web = httpx.Client(base_url=dev.url, timeout=30)
+    code = dev.totp(1)
+    signed_in = login_local(web, store="breakglass", username="demo", password=dev.password, code=code)
+    assert signed_in.status_code == 303
+    assert "Signed in" in login_device(dev, web)
+    # The same code again: the page says what happened and the one next step.
+    with httpx.Client(base_url=dev.url, timeout=30) as again:
+        replay = login_local(again, store="breakglass", username="demo", password=dev.password, code=code)
+        assert replay.status_code == 400
+        assert "This authenticator code was already used. Wait for the next code" in replay.text
+        assert "Back to your roles" not in replay.text and 'href="/login">Sign in</a>' in replay.text
     configured = dev.shell(dev.printed("broker configure-aws"))
     assert "dev-readonly" in configured.stderr
     aws_config = (dev.home / "aws" / "config").read_text()
@@ -283,6 +290,10 @@ def test_first_hour_portal_cli_exchange_request_revoke_audit_explain(dev: Dev, c
     document = json.loads(document) if isinstance(document, str) else document
     assert document["Statement"][0]["Condition"]["StringEquals"] == {"aws:SourceIdentity": "demo@example.test"}
 
+    # Piped tables keep whole values (no `ASIA...` cut at 80 columns).
+    issuances = dev.shell(dev.printed("broker audit verify").replace("broker audit verify", "broker issuances list"))
+    assert exchanged["aws_credentials"]["AccessKeyId"] in issuances.stdout
+
     # 6. The audit chain, and the policy simulator, as printed.
     verified = dev.shell(dev.printed("broker audit verify"))
     assert "Audit chain intact" in verified.stdout
@@ -293,6 +304,15 @@ def test_first_hour_portal_cli_exchange_request_revoke_audit_explain(dev: Dev, c
 
     # No Authlib deprecation notice (or any warning) in the user's terminal.
     assert "Warning" not in verified.stderr + configured.stderr
+
+    # 7. Disabling the person: their open portal says so on the next page, at once.
+    disable = dev.printed("broker audit verify").replace(
+        "broker audit verify", "broker principals disable demo@example.test -r 'leaving'"
+    )
+    dev.shell(disable)
+    page = web.get("/", headers={"Accept": "text/html"})
+    web.close()
+    assert page.status_code == 403 and "<h1>This account is disabled</h1>" in page.text
 
 
 def test_operator_commands_refuse_a_missing_database(dev: Dev, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import webbrowser
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from broker.client import cache, store
 from broker.client.api import Broker, HelperError, not_signed_in
+from broker.terminal import print_table
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -107,7 +109,10 @@ def logout(url: UrlOption = None) -> None:
     err.print(f"Signed out of {target}; removed {removed} cached credential set(s).")
 
 
-def status(url: UrlOption = None) -> None:
+def status(
+    url: UrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
     """Who is signed in, until when, and which roles can be used."""
     target = _url(url)
     profile = store.load_profile()
@@ -120,6 +125,10 @@ def status(url: UrlOption = None) -> None:
         raise _fail(exc) from None
     finally:
         broker.close()
+    if as_json:
+        who = asdict(profile) if profile and profile.url == target else {"url": target}
+        sys.stdout.write(json.dumps({**who, "roles": roles}, indent=2) + "\n")
+        return
     if profile and profile.url == target:
         out.print(
             f"Signed in to {target} as [bold]{profile.principal}[/bold] ({profile.mfa}) until "
@@ -133,7 +142,7 @@ def status(url: UrlOption = None) -> None:
             f"{role['max_duration_seconds'] // 60} min",
             "yes" if role["usable"] else f"no: {role.get('missing') or ''}",
         )
-    out.print(table)
+    print_table(out, table)
 
 
 def credential_process(role: RoleOption, duration: DurationOption = None, url: UrlOption = None) -> None:
