@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
+import shlex
 import sys
 import webbrowser
 from dataclasses import asdict
@@ -174,15 +175,14 @@ def configure_aws(
         raise _fail(exc) from None
     finally:
         broker.close()
-    # The `broker` installed next to this Python (a virtualenv's), else the one on PATH.
-    program = (
-        shutil.which("broker", path=os.path.dirname(sys.executable))
-        or shutil.which("broker")
-        or f"{sys.executable} -m broker.cli"
-    )
+    # This Python runs the helper's own file directly, isolated and without `site` (broker.client.process):
+    # the quickest start for a command the AWS CLI runs on every call.
+    from broker.client import process
+
+    program = f"{shlex.quote(sys.executable)} -I -S {shlex.quote(os.path.abspath(process.__file__))}"
     profiles = {}
     for role in roles:
-        values = {"credential_process": f"{program} credential-process --role {role['name']} --url {target}"}
+        values = {"credential_process": f"{program} --role {shlex.quote(role['name'])} --url {shlex.quote(target)}"}
         if region or aws.get("region"):
             values["region"] = str(region or aws["region"])
         if aws.get("endpoint_url"):
@@ -257,6 +257,54 @@ def exec_command(
         raise typer.Exit(127) from None
 
 
+def credentials_endpoint(
+    role: Annotated[list[str], typer.Option("--role", "-r", help="Role to serve (repeatable; the first is exported).")],
+    command: Annotated[list[str] | None, typer.Argument(help="Command to run with the endpoint, after --.")] = None,
+    duration: DurationOption = None,
+    url: UrlOption = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 [default: any free port].")] = 0,
+) -> None:
+    """Serve credentials to AWS SDKs on 127.0.0.1 (container credentials provider); no process per call.
+
+    With a command: run it with AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN set,
+    and stop when it ends. Without: print those two variables (for `eval`) and serve until Ctrl+C.
+    """
+    import signal
+    import subprocess
+    import threading
+
+    from broker.client.endpoint import CredentialsEndpoint
+
+    target = _url(url)
+    if not store.get_refresh_token(target):
+        raise _fail(not_signed_in(target))
+    with CredentialsEndpoint(target, role, duration=duration, port=port) as endpoint:
+        env = endpoint.environment(role[0])
+        if command:
+            child_env = {k: v for k, v in os.environ.items() if k not in {"AWS_PROFILE", "AWS_DEFAULT_PROFILE"}}
+            child_env.update(env, BROKER_ROLE=role[0])
+            profile = store.load_profile()
+            if profile is not None and profile.url == target and profile.aws_endpoint_url:
+                child_env.setdefault("AWS_ENDPOINT_URL", profile.aws_endpoint_url)
+            if profile is not None and profile.url == target and profile.aws_region:
+                child_env.setdefault("AWS_REGION", profile.aws_region)
+                child_env.setdefault("AWS_DEFAULT_REGION", profile.aws_region)
+            try:
+                code = subprocess.call(command, env=child_env)  # the user's own command, by design
+            except FileNotFoundError:
+                err.print(f"[red]broker:[/red] command not found: {command[0]}")
+                raise typer.Exit(127) from None
+            raise typer.Exit(code)
+        for name, value in env.items():
+            sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
+        sys.stdout.flush()
+        err.print(f"Serving {', '.join(role)} on 127.0.0.1:{endpoint.port}; Ctrl+C stops.")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+
+
 def register(app: typer.Typer) -> None:
     panel = "Credential helper (your machine)"
     app.command("login", rich_help_panel=panel)(login)
@@ -266,3 +314,6 @@ def register(app: typer.Typer) -> None:
     app.command("configure-aws", rich_help_panel=panel)(configure_aws)
     app.command("console", rich_help_panel=panel)(console)
     app.command("exec", rich_help_panel=panel, context_settings={"allow_interspersed_args": False})(exec_command)
+    app.command("credentials-endpoint", rich_help_panel=panel, context_settings={"allow_interspersed_args": False})(
+        credentials_endpoint
+    )
