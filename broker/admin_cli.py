@@ -98,7 +98,8 @@ def _run(action: Any) -> Any:
     try:
         return action()
     except BrokerError as exc:
-        err.print(f"[red]{exc.code}[/red] ({exc.reason}): {exc.message}", highlight=False)
+        # Printed literally: a message may quote config text or names with brackets.
+        err.print(f"{exc.code} ({exc.reason}): {exc.message}", style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
 
 

@@ -57,6 +57,8 @@ def render(explanations: list[dict[str, Any]], *, identity: dict[str, Any]) -> l
                 f"RoleSessionName {sts['role_session_name']}"
             )
             lines.append(f"  session tags: {json.dumps(sts['tags'])}")
+            for key, template in sts["tags_omitted"].items():
+                lines.append(f"  session tag {key} left out: {template} has no value for this identity")
             if sts["transitive_tag_keys"]:
                 lines.append(f"  transitive tags: {sts['transitive_tag_keys']}")
             lines.append(f"  session policy: {json.dumps(sts['session_policy'])}")

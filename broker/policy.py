@@ -387,6 +387,8 @@ class Explanation:
                 "transitive_tag_keys": list(decision.transitive_tag_keys),
                 "session_policy": json.loads(decision.session_policy) if decision.session_policy else None,
                 "policy_arns": list(decision.policy_arns),
+                # Tags whose template has no value for this identity are left out, not sent empty.
+                "tags_omitted": {k: v for k, v in self.role.session_tags.items() if k not in decision.tags},
             }
         return data
 

@@ -267,7 +267,11 @@ def test_explain_names_each_condition_and_the_sts_request() -> None:
         "transitive_tag_keys": [],
         "session_policy": {"Version": "2012-10-17"},
         "policy_arns": [],
+        "tags_omitted": {},
     }
+    without_email = {e.role.name: e.to_json() for e in explain(identity(email=None), roles, NOW)}
+    assert without_email["readonly"]["sts"]["tags"] == {"Team": "platform"}
+    assert without_email["readonly"]["sts"]["tags_omitted"] == {"Email": "{email}"}
 
     admin = by_name["admin"]
     assert not admin["visible"] and not admin["usable"] and admin["reason"] == "role_not_granted"

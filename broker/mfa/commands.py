@@ -38,7 +38,7 @@ def register(app: typer.Typer, *, panel: str) -> None:
         try:
             pending = service.request_reset(principal, requested_by=getpass.getuser())
         except BrokerError as exc:
-            err.print(f"[red]{exc.message}[/red]", highlight=False)
+            err.print(exc.message, style="red", markup=False, highlight=False)
             raise typer.Exit(1) from None
         out.print(
             f"Reset of [bold]{pending.principal}[/bold] requested. It does nothing until an MFA operator opens\n"
