@@ -17,11 +17,16 @@ install: $(PY)
 dev: install
 	$(VENV)/bin/broker dev
 
-## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer.
+## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer,
+## curl for the token-exchange command `broker dev` prints.
 system-deps:
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xmlsec1 >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium xmlsec1; \
+	fi
+	@if ! command -v curl >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl; \
 	fi
 
 ## The real OpenID Connect provider the tests talk to (npm oidc-provider, pinned by the lock file).

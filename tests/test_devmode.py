@@ -253,6 +253,10 @@ def test_first_hour_portal_cli_exchange_request_revoke_audit_explain(dev: Dev, c
     aws_config = (dev.home / "aws" / "config").read_text()
     assert "region = us-east-1" in aws_config and f"endpoint_url = {dev.emulator}" in aws_config
 
+    status = json.loads(dev.shell(f"broker status --json --url {dev.url}").stdout)
+    assert status["principal"] == "demo@example.test"
+    assert {r["name"]: r["usable"] for r in status["roles"]}["dev-readonly"] is True
+
     # The real AWS CLI with only --profile: credentials, region and endpoint come from the profile.
     who = json.loads(dev.shell(dev.printed("aws sts get-caller-identity --profile dev-readonly")).stdout)
     assert who["Arn"] == "arn:aws:sts::123456789012:assumed-role/DevReadOnly/demo"

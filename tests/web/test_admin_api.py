@@ -175,7 +175,10 @@ def test_jit_request_approval_and_admin_revocation_over_http(broker: Running, ho
         # Disabling ends the person's sessions everywhere.
         disabled = root.post("/api/v1/admin/principals/eng@example.test/disable", json={"reason": "offboarding"})
         assert disabled.status_code == 200 and disabled.json()["revocation"]["sessions"] >= 1
-        assert eng.get("/api/v1/access-requests").status_code == 401
+        # ... and the person's next request says why, at once (not a bare "sign in").
+        after = eng.get("/api/v1/access-requests")
+        assert after.status_code == 403 and after.json()["error"] == "access_denied"
+        assert after.json()["error_description"].startswith("This account is disabled.")
 
         report = root.get("/api/v1/admin/access-report", params={"days": 7}).json()
         prod = next(r for r in report["roles"] if r["role"] == "prod-admin")
