@@ -252,6 +252,7 @@ def dev(
     devmode.run(port=port, data_dir=data_dir, config=config, console=out)
 
 
+# broker.oauth.dev_issuer.DEFAULT_SUBJECT, repeated here so `--help` need not import the JOSE stack.
 DEV_WORKLOAD_SUBJECT = "system:serviceaccount:demo:deployer"
 
 

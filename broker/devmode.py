@@ -30,12 +30,12 @@ from rich.console import Console
 from broker.connectors.local import hash_password
 from broker.errors import ConfigError
 from broker.settings import Settings, load_settings, read_yaml
+from broker.web.dev import FEDERATION_PATH
 
 DEMO_USER = "demo"
 DEMO_EMAIL = "demo@example.test"
 DEFAULT_DATA_DIR = Path("var/dev")
 DEFAULT_CONFIG = Path("config/dev.yaml")
-FEDERATION_PATH = "/dev/federation"
 
 
 def _free_port() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,7 +23,7 @@ from broker.web.deps import TemplatesDep
 
 router = APIRouter(prefix="/dev", tags=["dev mode"], include_in_schema=False)
 FEDERATION_PATH = "/dev/federation"
-# Sign-in tokens live as long as AWS's (15 minutes); dev mode keeps them in memory, one process.
+# Sign-in tokens are kept in memory until used (dev mode runs one process); at most this many at once.
 MAX_TOKENS = 1000
 
 
@@ -41,8 +42,6 @@ async def federation(request: Request, templates: TemplatesDep) -> Response:
     if action == "getSigninToken":
         try:
             session: Any = json.loads(query.get("Session") or "")
-            from datetime import UTC, datetime
-
             credentials = Credentials(
                 access_key_id=str(session["sessionId"]),
                 secret_access_key=str(session["sessionKey"]),
