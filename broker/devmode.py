@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -183,6 +184,12 @@ class Guide:
             "-d audience=dev-deployer"
         )
         started = " (moto, started by broker dev)" if self.emulator_started else " (already running)"
+        here = os.path.dirname(sys.executable)
+        activate = (
+            []
+            if shutil.which("broker") == shutil.which("broker", path=here)
+            else [f"(In another terminal, first: . {shlex.quote(os.path.dirname(here))}/bin/activate)"]
+        )
         return [
             "Placeholder secrets, plain HTTP, local data only.",
             "",
@@ -198,6 +205,7 @@ class Guide:
             f'  code now:    {totp.now()}   (later: python -c "import pyotp; '
             f"print(pyotp.TOTP('{account['totp_secret']}').now())\")",
             "",
+            *activate,
             "AWS CLI and SDKs (profiles point at the emulator, with a region):",
             f"  broker login --url {url}",
             f"  broker configure-aws --url {url}",
