@@ -25,7 +25,8 @@ dev: install
 	$(VENV)/bin/broker dev
 
 ## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer,
-## slapd and ldap-utils for the LDAP directory peer, SimpleSAMLphp (with PHP) as a second SAML identity provider.
+## slapd and ldap-utils for the LDAP directory peer, SimpleSAMLphp (with PHP) as a second SAML identity provider,
+## curl for the token-exchange command `broker dev` prints.
 system-deps: build-deps
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xmlsec1 >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
@@ -39,6 +40,10 @@ system-deps: build-deps
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 			simplesamlphp php-cli php-xml php-mbstring; \
+	fi
+	@if ! command -v curl >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl; \
 	fi
 
 ## The real OpenID Connect provider the tests talk to (npm oidc-provider, pinned by the lock file).

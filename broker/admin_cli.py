@@ -23,6 +23,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from broker.terminal import print_table
+
 if TYPE_CHECKING:
     from broker.operations import Operations
     from broker.revocation import Actor
@@ -60,13 +62,19 @@ def register(app: typer.Typer, audit_app: typer.Typer, panel: str) -> None:
 
 def _operations(config: Path) -> Operations:
     from broker.aws.sts import Sts
-    from broker.cli import _load
+    from broker.cli import _existing_database, _load
     from broker.federation import Broker
     from broker.operations import Operations, build_revoker
     from broker.store.db import Database
 
     settings = _load(config)
-    broker = Broker(settings, db=Database(settings.database_url), sts=Sts(settings.aws, web_identity_token=_no_token))
+    database = Database(_existing_database(settings, config))
+    if settings.dev:
+        # Dev mode's IAM is the local emulator, which takes the placeholder key (broker.aws.emulator).
+        from broker.aws.emulator import use_emulator_keys
+
+        use_emulator_keys()
+    broker = Broker(settings, db=database, sts=Sts(settings.aws, web_identity_token=_no_token))
     return Operations(broker, revoker=build_revoker(broker))
 
 
@@ -92,7 +100,8 @@ def _run(action: Any) -> Any:
     try:
         return action()
     except BrokerError as exc:
-        err.print(f"[red]{exc.code}[/red] ({exc.reason}): {exc.message}", highlight=False)
+        # Printed literally: a message may quote config text or names with brackets.
+        err.print(f"{exc.code} ({exc.reason}): {exc.message}", style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -103,7 +112,7 @@ def _print(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> Non
     table = Table(*columns)
     for row in rows:
         table.add_row(*[str(row.get(c, "") if row.get(c) is not None else "") for c in columns])
-    out.print(table)
+    print_table(out, table)
 
 
 # ---------------------------------------------------------------- requests
@@ -356,7 +365,7 @@ def access_report(
             used or "-",
             ", ".join(role["unused_grants"]) or "-",
         )
-    out.print(table)
+    print_table(out, table)
     people = report.get("provisioned_never_signed_in") or []
     if people:
         waiting = Table("store", "userName", "active", "groups", "roles", title="Provisioned, never signed in")
@@ -368,7 +377,7 @@ def access_report(
                 ", ".join(person["groups"]) or "-",
                 ", ".join(person["roles"]) or "-",
             )
-        out.print(waiting)
+        print_table(out, waiting)
 
 
 def sweep(config: ConfigOption = DEFAULT_CONFIG) -> None:

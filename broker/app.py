@@ -103,6 +103,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
     # Every page says so when this is a development broker (base.html shows the banner).
     app.state.templates.env.globals["dev"] = settings.dev
+    # Dev mode's credentials work against the local AWS emulator only; the credentials page says where it is.
+    app.state.templates.env.globals["dev_aws_endpoint"] = settings.aws.sts_endpoint_url if settings.dev else None
     app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     errors.install(app)
     app.include_router(health.router)
@@ -126,6 +128,11 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         from broker.web import scim
 
         app.include_router(scim.router)
+    if settings.dev:
+        # The console landing page that stands in for AWS's console in dev mode (broker/web/dev.py).
+        from broker.web import dev
+
+        app.include_router(dev.router)
 
     # Form posts may redirect to the console federation endpoint.
     federation = settings.aws.federation_endpoint or ""

@@ -55,6 +55,15 @@ def _register_admin() -> None:
 
 _register_admin()
 
+
+def _register_policy() -> None:
+    from broker.explain_cli import register
+
+    register(app, panel="Administer access (operator)")
+
+
+_register_policy()
+
 out = Console()
 err = Console(stderr=True)
 DEFAULT_CONFIG = "config/broker.yaml"
@@ -68,10 +77,29 @@ def _load(path: Path) -> Settings:
     try:
         return load_settings(path)
     except ConfigError as exc:
-        err.print(f"[red]Configuration {path} is not valid:[/red]")
+        err.print(f"Configuration {path} is not valid:", style="red", markup=False, highlight=False)
+        # Config text is printed literally: a pattern such as '^[a-z0-9]{0,62}$' is not terminal markup.
         for where, problem in exc.problems:
-            err.print(f"  [bold]{where}[/bold]: {problem}", markup=True, highlight=False)
+            err.print(f"  {where}: {problem}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def _existing_database(settings: Settings, config: Path) -> str:
+    """The database URL for an operator command; exit 2 rather than create an empty database by accident."""
+    from broker.store.db import existing_schema_problem
+
+    problem = existing_schema_problem(settings.database_url)
+    if problem is not None:
+        err.print(
+            f"No broker database for {config}: {problem} (database_url: {settings.database_url}).\n"
+            f"Start `broker dev` first, or create the schema with `broker db upgrade -c {config}`; "
+            "BROKER_DATABASE_URL overrides the file's database_url.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    return settings.database_url
 
 
 @config_app.command("check")
@@ -103,7 +131,7 @@ def db_purge(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
     from broker.store.db import Database
 
     settings = _load(config)
-    database = Database(settings.database_url)
+    database = Database(_existing_database(settings, config))
     with database.transaction() as session:
         removed = queries.purge_expired(session, now=datetime.now(UTC))
     out.print(f"Removed {removed} expired row(s).")
@@ -187,7 +215,7 @@ def audit_verify(
         return
 
     settings = _load(config)
-    database = Database(settings.database_url)
+    database = Database(_existing_database(settings, config))
     trail = AuditTrail(Keys(settings.secret_key), seal_window=timedelta(seconds=settings.audit.seal_window_seconds))
     with database.transaction() as session:
         result = trail.verify_store(session)
@@ -220,7 +248,7 @@ def audit_seal(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
     from broker.store.db import Database
 
     settings = _load(config)
-    database = Database(settings.database_url)
+    database = Database(_existing_database(settings, config))
     sealer = build_sealer(AuditTrail(Keys(settings.secret_key)), database, settings.audit)
     sealed = sealer.run_once()
     out.print(f"Sealed {sealed} event(s).")
@@ -236,7 +264,7 @@ def audit_export(
     from broker.store.db import Database
 
     settings = _load(config)
-    database = Database(settings.database_url)
+    database = Database(_existing_database(settings, config))
     with database.transaction() as session:
         if output is None:
             count = export_jsonl(session, sys.stdout)
@@ -247,15 +275,25 @@ def audit_export(
 
 
 @app.command("hash-password", rich_help_panel=SERVER)
-def hash_password() -> None:
-    """Hash a break-glass password with argon2id for `identity_stores[].accounts[].password_hash`."""
+def hash_password(
+    stdin: Annotated[
+        bool, typer.Option("--stdin", help="Read the password from standard input (one line), for scripts.")
+    ] = False,
+) -> None:
+    """Hash a break-glass password with argon2id for `identity_stores[].accounts[].password_hash`.
+
+    Prompts go to stderr and only the hash to stdout, so `broker hash-password > hash.txt` works.
+    """
     from broker.connectors.local import hash_password as make_hash
 
-    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
     if len(password) < 16:
-        err.print("[red]Use at least 16 characters for a break-glass password.[/red]")
+        err.print("Use at least 16 characters for a break-glass password.", style="red", markup=False)
         raise typer.Exit(2)
-    out.print(make_hash(password))
+    sys.stdout.write(make_hash(password) + "\n")
 
 
 scim_app = typer.Typer(help="SCIM provisioning clients (Okta, Entra ID).", no_args_is_help=True)
@@ -340,16 +378,49 @@ def _device_tls(settings: Settings) -> dict[str, Any]:
 @app.command("dev", rich_help_panel=SERVER)
 def dev(
     port: Annotated[int, typer.Option(help="Port for the broker.")] = 8000,
-    data_dir: Annotated[Path, typer.Option(help="Folder for the SQLite database and demo account.")] = Path("var/dev"),
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the demo account and keys [default: var/dev]; also holds the database if set."),
+    ] = None,
     config: Annotated[Path, typer.Option(help="Dev configuration.")] = Path("config/dev.yaml"),
     with_ldap: Annotated[
         bool, typer.Option("--with-ldap", help="Also start a demo LDAP directory (Debian's slapd) to sign in with.")
     ] = False,
 ) -> None:
-    """Run the whole broker offline: SQLite, a demo break-glass account, and a local STS emulator."""
+    """Run the whole broker offline: SQLite, a demo break-glass account, and a local AWS emulator."""
     from broker import devmode
 
     devmode.run(port=port, data_dir=data_dir, config=config, console=out, with_ldap=with_ldap)
+
+
+# broker.oauth.dev_issuer.DEFAULT_SUBJECT, repeated here so `--help` need not import the JOSE stack.
+DEV_WORKLOAD_SUBJECT = "system:serviceaccount:demo:deployer"
+
+
+@app.command("dev-token", rich_help_panel=SERVER)
+def dev_token(
+    subject: Annotated[str, typer.Option(help="The workload's subject (`sub`).")] = DEV_WORKLOAD_SUBJECT,
+    audience: Annotated[str, typer.Option(help="The token's audience (`aud`).")] = "broker-dev",
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 600,
+    claim: Annotated[list[str] | None, typer.Option(help="Extra claim NAME=VALUE (repeatable).")] = None,
+    data_dir: Annotated[Path, typer.Option(help="The dev data folder (`broker dev --data-dir`).")] = Path("var/dev"),
+) -> None:
+    """Print a workload token from `broker dev`'s workload issuer, for trying token exchange."""
+    from broker.oauth import dev_issuer
+
+    extra = {}
+    for item in claim or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            err.print(f"--claim takes NAME=VALUE, not {item!r}", markup=False)
+            raise typer.Exit(2)
+        extra[name] = value
+    try:
+        token = dev_issuer.mint(data_dir, subject=subject, audience=audience, ttl_seconds=ttl, claims=extra)
+    except FileNotFoundError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2) from None
+    sys.stdout.write(token + "\n")
 
 
 def main() -> None:

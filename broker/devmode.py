@@ -1,24 +1,31 @@
 """`broker dev`: the whole broker on a laptop, offline, loudly marked as dev mode.
 
-SQLite under a local data folder, a demo break-glass account (password and TOTP secret kept in that
-folder, readable only by you), and, when no STS endpoint is configured, moto's STS emulator as a child
-process (from the `dev` extra) so the credentials issued work against it. With ``--with-ldap``, a demo
-directory too (Debian's slapd as a child process, ``broker.dev_directory``) so LDAP sign-in can be tried.
+SQLite under a local data folder, a demo break-glass account (password and TOTP secret kept in that folder,
+readable only by you), a workload issuer for trying token exchange (``broker.oauth.dev_issuer``), the console
+landing page that stands in for AWS's console (``broker.web.dev``), and moto's AWS emulator (STS and IAM, from
+the `dev` extra) as a child process at ``aws.sts_endpoint_url``, with every configured role created in it, so
+credentials, the AWS CLI and revocation all work against it. With ``--with-ldap``, a demo directory too
+(Debian's slapd as a child process, ``broker.dev_directory``) so LDAP sign-in can be tried. The start banner
+prints how to use each.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import secrets
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyotp
 from rich.console import Console
@@ -26,10 +33,12 @@ from rich.console import Console
 from broker.connectors.local import hash_password
 from broker.errors import ConfigError
 from broker.settings import Settings, load_settings, read_yaml
+from broker.web.dev import FEDERATION_PATH
 
 DEMO_USER = "demo"
-# linux/prctl.h: deliver a signal to this process when its parent exits.
-_PR_SET_PDEATHSIG = 1
+DEMO_EMAIL = "demo@example.test"
+DEFAULT_DATA_DIR = Path("var/dev")
+DEFAULT_CONFIG = Path("config/dev.yaml")
 
 
 def _free_port() -> int:
@@ -39,8 +48,12 @@ def _free_port() -> int:
         return port
 
 
-def _exit(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
 
 
 def _demo_account(data_dir: Path) -> dict[str, str]:
@@ -56,15 +69,14 @@ def _demo_account(data_dir: Path) -> dict[str, str]:
     return account
 
 
-def _end_with_parent() -> None:
-    """In the emulator's process, before it runs: ask Linux for SIGTERM when `broker dev` ends, however it
-    ends (a signal, a crash, a configuration error), so the emulator never outlives it. Elsewhere a no-op:
-    `broker dev` still stops it on a normal exit."""
+def _end_with_parent() -> None:  # pragma: no cover (runs in the child between fork and exec)
+    """Linux: the emulator gets SIGTERM when `broker dev` dies, even by SIGKILL (prctl PR_SET_PDEATHSIG)."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
     except (OSError, AttributeError):
-        return
+        pass
 
 
 def start_sts_emulator(port: int) -> subprocess.Popen[bytes]:
@@ -77,17 +89,25 @@ def start_sts_emulator(port: int) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=_end_with_parent,  # one prctl call in the child: no locks, nothing to deadlock on
+        preexec_fn=_end_with_parent if sys.platform.startswith("linux") else None,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        if process.poll() is not None:
+            raise SystemExit(f"The local STS emulator exited at start (is port {port} free?).")
+        if _listening("127.0.0.1", port):
             return process
-        except OSError:
-            time.sleep(0.1)
+        time.sleep(0.1)
     process.kill()
     raise SystemExit("The local STS emulator did not start within 20 seconds.")
+
+
+def _emulator_port(endpoint: str) -> int | None:
+    """The port of a plain-HTTP loopback endpoint (one `broker dev` may run the emulator on), else None."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "http" or parts.hostname not in {"127.0.0.1", "localhost"}:
+        return None
+    return parts.port or 80
 
 
 def dev_settings(
@@ -96,16 +116,32 @@ def dev_settings(
     port: int,
     sts_endpoint: str | None,
     account: dict[str, str],
+    *,
+    own_db: bool,
     directory: dict[str, Any] | None = None,
 ) -> Settings:
+    from broker.oauth import dev_issuer
+
     data: dict[str, Any] = read_yaml(config)
     data["mode"] = "dev"
-    data["public_url"] = f"http://127.0.0.1:{port}"
-    data.setdefault("database_url", f"sqlite:///{(data_dir / 'broker.db').resolve()}")
+    # localhost, not 127.0.0.1: a WebAuthn relying party ID must be a domain name.
+    public = f"http://localhost:{port}"
+    data["public_url"] = public
+    if own_db or not data.get("database_url"):
+        data["database_url"] = f"sqlite:///{(data_dir / 'broker.db').resolve()}"
     aws = dict(data.get("aws") or {})
     if sts_endpoint:
         aws["sts_endpoint_url"] = sts_endpoint
+    federation = aws.get("federation_endpoint")
+    if not federation or str(federation).endswith(FEDERATION_PATH):
+        aws["federation_endpoint"] = public + FEDERATION_PATH
     data["aws"] = aws
+    oauth = dict(data.get("oauth") or {})
+    oauth["workload_issuers"] = [
+        dev_issuer.issuer_config(data_dir) if issuer.get("name") == dev_issuer.NAME else issuer
+        for issuer in oauth.get("workload_issuers") or []
+    ]
+    data["oauth"] = oauth
     stores = list(data.get("identity_stores") or [])
     for store in stores:
         if store.get("type") == "local" and store.get("name") == "breakglass":
@@ -114,7 +150,7 @@ def dev_settings(
                     "username": DEMO_USER,
                     "password_hash": hash_password(account["password"]),
                     "totp_secret": account["totp_secret"],
-                    "email": "demo@example.test",
+                    "email": DEMO_EMAIL,
                     "groups": ["engineering", "admins"],
                 }
             ]
@@ -124,10 +160,103 @@ def dev_settings(
     return load_settings(None, **data)
 
 
+@dataclass(frozen=True)
+class Guide:
+    """What the start banner prints: how to reach each part of the dev broker."""
+
+    settings: Settings
+    config: Path
+    data_dir: Path
+    own_db: bool
+    sts_endpoint: str
+    emulator_started: bool
+
+    def operator_prefix(self) -> str:
+        """Environment for operator commands when this run differs from what ``-c config`` says."""
+        raw = read_yaml(self.config)
+        env = []
+        if self.own_db or os.environ.get("BROKER_DATABASE_URL"):
+            env.append(f"BROKER_DATABASE_URL={shlex.quote(self.settings.database_url)}")
+        if (raw.get("aws") or {}).get("sts_endpoint_url") != self.sts_endpoint:
+            env.append(f"BROKER_AWS__STS_ENDPOINT_URL={self.sts_endpoint}")
+        return " ".join(env) + (" " if env else "")
+
+    def lines(self, account: dict[str, str]) -> list[str]:
+        url = self.settings.public_url
+        totp = pyotp.TOTP(account["totp_secret"])
+        prefix = self.operator_prefix()
+        config = shlex.quote(str(self.config))
+        data_dir = "" if self.data_dir == DEFAULT_DATA_DIR else f" --data-dir {shlex.quote(str(self.data_dir))}"
+        exchange = (
+            f"curl -s {url}/oauth2/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange "
+            "-d subject_token_type=urn:ietf:params:oauth:token-type:jwt "
+            '-d subject_token="$(broker dev-token' + data_dir + ')" '
+            "-d requested_token_type=urn:identity-broker:params:oauth:token-type:aws-credentials "
+            "-d audience=dev-deployer"
+        )
+        started = " (moto, started by broker dev)" if self.emulator_started else " (already running)"
+        here = os.path.dirname(sys.executable)
+        activate = (
+            []
+            if shutil.which("broker") == shutil.which("broker", path=here)
+            else [f"(In another terminal, first: . {shlex.quote(os.path.dirname(here))}/bin/activate)"]
+        )
+        return [
+            "Placeholder secrets, plain HTTP, local data only.",
+            "",
+            f"Broker:        {url}   (open this URL; security keys need localhost, not 127.0.0.1)",
+            f"AWS emulator:  {self.sts_endpoint}{started}: STS and IAM",
+            f"Database:      {self.settings.database_url}",
+            "",
+            "Demo break-glass account (sign in at the broker's /login page):",
+            f"  username:    {DEMO_USER}",
+            f"  password:    {account['password']}",
+            f"  TOTP secret: {account['totp_secret']}",
+            f"  otpauth URI: {totp.provisioning_uri(name=DEMO_USER, issuer_name='broker-dev')}",
+            f'  code now:    {totp.now()}   (later: python -c "import pyotp; '
+            f"print(pyotp.TOTP('{account['totp_secret']}').now())\")",
+            "",
+            *activate,
+            "AWS CLI and SDKs (profiles point at the emulator, with a region):",
+            f"  broker login --url {url}",
+            f"  broker configure-aws --url {url}",
+            "  aws sts get-caller-identity --profile dev-readonly",
+            "  broker exec -r dev-readonly -- aws sts get-caller-identity",
+            "",
+            "Token exchange (a workload JWT from the dev issuer, for role dev-deployer):",
+            f"  {exchange}",
+            "",
+            "Operator commands (same database and emulator):",
+            f"  {prefix}broker audit verify -c {config}",
+            f"  {prefix}broker requests list -c {config}      (request dev-oncall at {url}/requests)",
+            f"  {prefix}broker requests approve ID -c {config}",
+            f"  {prefix}broker revoke principal {DEMO_EMAIL} -r 'trying it' -c {config}",
+            f"  {prefix}broker policy explain -c {config} --store breakglass --subject {DEMO_USER} "
+            "--group engineering --mfa mfa",
+        ]
+
+
+def _print_problems(console: Console, config: Path, exc: ConfigError) -> None:
+    console.print(f"Configuration {config} is not valid:", style="red", markup=False)
+    for where, problem in exc.problems:
+        console.print(f"  {where}: {problem}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends `broker dev` like Ctrl+C does, so the emulator is stopped too.
+
+    uvicorn restores the previous handler after its graceful shutdown and raises the signal again; with the
+    default handler the process would die before its ``finally`` could stop the emulator.
+    """
+
+    def _exit(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def start_demo_directory(data_dir: Path) -> tuple[Any, dict[str, Any]]:
     """slapd with the demo people (fresh on every start), and the identity store that reaches it."""
-    import shutil
-
     from broker.dev_directory import (
         DEMO_SERVICE_DN,
         DEMO_SUFFIX,
@@ -161,69 +290,65 @@ def start_demo_directory(data_dir: Path) -> tuple[Any, dict[str, Any]]:
     return slapd, store
 
 
-def run(*, port: int, data_dir: Path, config: Path, console: Console, with_ldap: bool = False) -> None:
+def directory_lines(directory: Any) -> list[str]:
+    from broker.dev_directory import DEMO_PASSWORDS
+
+    return [
+        "",
+        f"Demo directory (slapd at {directory.url}), sign in with username or e-mail and password:",
+        *(f"  {user:<12} {user}@example.com   password: {pw}" for user, pw in DEMO_PASSWORDS.items()),
+        "  Roles that need MFA ask you to add an authenticator app at /mfa after signing in.",
+    ]
+
+
+def run(*, port: int, data_dir: Path | None, config: Path, console: Console, with_ldap: bool = False) -> None:
     import uvicorn
 
     from broker import logs
     from broker.app import create_app
+    from broker.aws import emulator as aws_emulator
     from broker.store import db
 
+    own_db = data_dir is not None
+    data_dir = data_dir if data_dir is not None else DEFAULT_DATA_DIR
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     account = _demo_account(data_dir)
-    emulator = None
-    raw_aws = (read_yaml(config).get("aws") or {}) if config.exists() else {}
-    sts_endpoint = os.environ.get("BROKER_AWS__STS_ENDPOINT_URL") or raw_aws.get("sts_endpoint_url")
-    if not sts_endpoint:
-        emulator_port = _free_port()
-        emulator = start_sts_emulator(emulator_port)
-        sts_endpoint = f"http://127.0.0.1:{emulator_port}"
-        # moto accepts any key; these are not credentials and grant nothing anywhere.
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "dev-emulator")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "dev-emulator")
-    directory, directory_store = start_demo_directory(data_dir) if with_ldap else (None, None)
     try:
-        settings = dev_settings(config, data_dir, port, sts_endpoint, account, directory_store)
+        raw_aws = read_yaml(config).get("aws") or {}
     except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        if directory is not None:
-            directory.stop()
+        _print_problems(console, config, exc)
         raise SystemExit(2) from None
-    db.upgrade(settings.database_url)
-    logs.configure(settings.log_level, json=False)
-    totp = pyotp.TOTP(account["totp_secret"])
-    console.rule("[bold yellow]broker dev: DEV MODE, not for production[/bold yellow]")
-    lines = [
-        "Placeholder secrets, plain HTTP, local data only.",
-        "",
-        f"Broker:        {settings.public_url}",
-        f"STS emulator:  {sts_endpoint}{' (moto, started by broker dev)' if emulator else ''}",
-        f"Database:      {settings.database_url}",
-        "",
-        "Demo break-glass account (sign in at the broker's /login page):",
-        f"  username:    {DEMO_USER}",
-        f"  password:    {account['password']}",
-        f"  TOTP secret: {account['totp_secret']}",
-        f"  otpauth URI: {totp.provisioning_uri(name=DEMO_USER, issuer_name='broker-dev')}",
-        f'  code now:    {totp.now()}   (later: python -c "import pyotp; '
-        f"print(pyotp.TOTP('{account['totp_secret']}').now())\")",
-    ]
-    if directory is not None:
-        from broker.dev_directory import DEMO_PASSWORDS
-
-        lines += [
-            "",
-            f"Demo directory (slapd at {directory.url}), sign in with username or e-mail and password:",
-            *(f"  {user:<12} {user}@example.com   password: {pw}" for user, pw in DEMO_PASSWORDS.items()),
-            "  Roles that need MFA ask you to add an authenticator app at /mfa after signing in.",
-        ]
-    for line in lines:
-        console.print(line, soft_wrap=True, highlight=False, markup=False)
-    console.rule()
-    sys.stdout.flush()
-    # uvicorn re-raises the SIGTERM it stopped on once it has shut down; with the default handler that would
-    # end the process before the children (STS emulator, directory) are stopped below.
-    signal.signal(signal.SIGTERM, _exit)
+    sts_endpoint = os.environ.get("BROKER_AWS__STS_ENDPOINT_URL") or raw_aws.get("sts_endpoint_url")
+    emulator = None
+    _stop_on_sigterm()
+    if not sts_endpoint:
+        sts_endpoint = f"http://127.0.0.1:{_free_port()}"
+    emulator_port = _emulator_port(sts_endpoint)
+    if emulator_port is not None and not _listening("127.0.0.1", emulator_port):
+        emulator = start_sts_emulator(emulator_port)
+    aws_emulator.use_emulator_keys()
+    directory = None
     try:
+        directory_store = None
+        if with_ldap:
+            directory, directory_store = start_demo_directory(data_dir)
+        try:
+            settings = dev_settings(
+                config, data_dir, port, sts_endpoint, account, own_db=own_db, directory=directory_store
+            )
+        except ConfigError as exc:
+            _print_problems(console, config, exc)
+            raise SystemExit(2) from None
+        db.upgrade(settings.database_url)
+        if emulator_port is not None:
+            aws_emulator.ensure_roles(settings.aws, list(settings.roles))
+        logs.configure(settings.log_level, json=False)
+        guide = Guide(settings, config, data_dir, own_db, sts_endpoint, emulator is not None)
+        console.rule("[bold yellow]broker dev: DEV MODE, not for production[/bold yellow]")
+        for line in guide.lines(account) + (directory_lines(directory) if directory is not None else []):
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
+        console.rule()
+        sys.stdout.flush()
         uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)
     finally:
         if emulator is not None:

@@ -139,6 +139,20 @@ class RateLimited(BrokerError):
     status = 429
     default_message = "Too many attempts. Wait a little and try again."
 
+    def __init__(
+        self, message: str | None = None, *, reason: str | None = None, retry_after: int | None = None
+    ) -> None:
+        # The wait is known (it is the Retry-After header): say it rather than "a little".
+        if message is None and retry_after is not None:
+            unit = "second" if retry_after == 1 else "seconds"
+            message = f"Too many attempts. Try again in {retry_after} {unit}."
+        super().__init__(message, reason=reason, retry_after=retry_after)
+
+
+TOTP_REPLAY_MESSAGE = (
+    "This authenticator code was already used. Wait for the next code (at most 30 seconds) and enter it."
+)
+
 
 class ReplayDetected(InvalidGrant):
     """A one-time value (assertion ID, ``jti``, nonce, code, TOTP code) was presented a second time."""

@@ -22,6 +22,7 @@ from broker.connectors.oidc import LOGIN_REQUEST_TTL_SECONDS, OidcConnector
 from broker.connectors.saml import SamlConnector
 from broker.discovery import Discovery
 from broker.errors import (
+    TOTP_REPLAY_MESSAGE,
     AccessDenied,
     AuditUnavailable,
     AuthenticationFailed,
@@ -50,6 +51,9 @@ from broker.scim.directory import Directory
 from broker.settings import LdapStoreConfig, OidcStoreConfig, RoleConfig, SamlStoreConfig, Settings
 from broker.store import queries
 from broker.store.db import Database
+
+# What a disabled person reads, at sign-in and on the next page after being disabled.
+DISABLED_MESSAGE = "This account is disabled. Ask an administrator to enable it again."
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,7 @@ class Broker:
             if principal.disabled:
                 raise self.audit.deny(
                     self.db,
-                    AccessDenied("This account is disabled.", reason="principal_disabled"),
+                    AccessDenied(DISABLED_MESSAGE, reason="principal_disabled"),
                     event=event,
                     identity=identity,
                     ctx=ctx,
@@ -220,8 +224,16 @@ class Broker:
         with self.db.transaction() as session:
             row = queries.get_session(session, id_hmac=id_hmac)
             if row is None or row.revoked_at is not None or row.expires_at <= now or row.last_seen_at + idle <= now:
-                if row is not None:
+                disabled = (
+                    row is not None
+                    and row.revoked_at is not None
+                    and queries.principal_id_disabled(session, principal_id=row.principal_id)
+                )
+                if row is not None and not disabled:
                     queries.delete_session(session, id_hmac=id_hmac)
+                if disabled:
+                    # Said at once, on the next page, rather than after another trip through the IdP.
+                    raise AccessDenied(DISABLED_MESSAGE, reason="principal_disabled")
                 raise LoginRequired()
             queries.touch_session(session, id_hmac=id_hmac, now=now)
             return CurrentSession(id_hmac, row.principal_id, Identity.from_json(row.identity), row.expires_at)
@@ -276,6 +288,7 @@ class Broker:
                     kind="totp",
                     key_hmac=self.keys.mac("totp", f"{store}:{username}:{login.totp_step}"),
                     expires_at=self.clock() + timedelta(seconds=TOTP_STEP_SECONDS * 4),
+                    message=TOTP_REPLAY_MESSAGE,
                 )
         except BrokerError as exc:
             raise self.audit.deny(

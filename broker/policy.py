@@ -14,9 +14,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from broker.identity import Channel, Identity, MfaLevel
+from broker.identity import Channel, Identity, MfaEvidence, MfaLevel
 from broker.settings import STS_MAX_DURATION, STS_MIN_DURATION, AudienceBinding, GrantRule, RoleConfig
 
 # STS: role chaining caps a session at one hour (IAM User Guide, "Role chaining").
@@ -324,4 +325,160 @@ def decide_audience(
     ttls = [b.ttl_seconds for b in matching if b.ttl_seconds]
     return AudienceDecision(
         True, "granted", (f"granted by an audience binding for {audience!r}",), granted, min(ttls) if ttls else None
+    )
+
+
+# ---------------------------------------------------------------- the simulator: why a role is (not) usable
+
+
+@dataclass(frozen=True)
+class ConditionCheck:
+    """One condition of a grant rule, whether it held for the identity, and why."""
+
+    condition: str
+    held: bool
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"condition": self.condition, "held": self.held, "why": self.why}
+
+
+@dataclass(frozen=True)
+class RuleCheck:
+    index: int
+    matched: bool
+    conditions: tuple[ConditionCheck, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.index, "matched": self.matched, "conditions": [c.to_json() for c in self.conditions]}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What :func:`decide` would answer for one role, with every grant rule checked and the STS request."""
+
+    role: RoleConfig
+    rules: tuple[RuleCheck, ...]
+    decision: Decision
+
+    @property
+    def granted_by_rule(self) -> bool:
+        return any(rule.matched for rule in self.rules)
+
+    def to_json(self) -> dict[str, Any]:
+        decision = self.decision
+        data: dict[str, Any] = {
+            "role": self.role.name,
+            "role_arn": self.role.role_arn,
+            "visible": self.granted_by_rule,
+            "usable": decision.allowed,
+            "reason": decision.reason,
+            "reasons": list(decision.reasons),
+            "required_mfa": self.role.mfa.label,
+            "requires_request": self.role.requires_request is not None,
+            "rules": [rule.to_json() for rule in self.rules],
+        }
+        if decision.allowed:
+            data["sts"] = {
+                "duration_seconds": decision.duration_seconds,
+                "role_session_name": decision.role_session_name,
+                "source_identity": decision.source_identity,
+                "tags": dict(decision.tags),
+                "transitive_tag_keys": list(decision.transitive_tag_keys),
+                "session_policy": json.loads(decision.session_policy) if decision.session_policy else None,
+                "policy_arns": list(decision.policy_arns),
+                # Tags whose template has no value for this identity are left out, not sent empty.
+                "tags_omitted": {k: v for k, v in self.role.session_tags.items() if k not in decision.tags},
+            }
+        return data
+
+
+def _one_of(name: str, wanted: Sequence[str], have: str | None) -> ConditionCheck:
+    held = have is not None and have in wanted
+    shown = "none" if have is None else repr(have)
+    why = f"{name} {shown} is {'' if held else 'not '}one of {sorted(wanted)}"
+    return ConditionCheck(f"{name} in {sorted(wanted)}", held, why)
+
+
+def explain_rule(rule: GrantRule, identity: Identity, index: int = 0) -> RuleCheck:
+    """Each condition of ``rule`` checked separately (the same comparisons as :func:`rule_matches`)."""
+    checks: list[ConditionCheck] = []
+    if rule.everyone:
+        checks.append(ConditionCheck("everyone", True, "the rule grants every signed-in identity"))
+    if rule.stores:
+        checks.append(_one_of("store", rule.stores, identity.store))
+    if rule.groups:
+        common = sorted(identity.groups.intersection(rule.groups))
+        why = f"member of {common}" if common else f"groups {sorted(identity.groups)} include none of them"
+        checks.append(ConditionCheck(f"groups any of {sorted(rule.groups)}", bool(common), why))
+    if rule.subjects:
+        checks.append(_one_of("subject", rule.subjects, identity.subject))
+    if rule.emails:
+        checks.append(_one_of("email", rule.emails, identity.email))
+    for claim, allowed in rule.claims.items():
+        checks.append(_one_of(f"claim {claim}", allowed, identity.attributes.get(claim)))
+    matched = rule_matches(rule, identity)
+    return RuleCheck(index, matched, tuple(checks))
+
+
+def explain(
+    identity: Identity,
+    roles: Sequence[RoleConfig],
+    now: datetime,
+    *,
+    role: str | None = None,
+    channel: Channel = Channel.CLI,
+    client_ip: str | None = None,
+    duration_seconds: int | None = None,
+    role_chaining: bool = False,
+    active_grants: Sequence[ActiveGrant] = (),
+) -> list[Explanation]:
+    """For each role (or the one named), every grant rule checked and what :func:`decide` answers. No I/O.
+
+    Answers "why can't I see role X": a role is visible when a rule matches, and usable when ``decide`` allows
+    it (MFA, source address, allowed hours, approved request, STS limits); the STS request it would make is
+    included for usable roles.
+    """
+    chosen = [r for r in roles if role is None or r.name == role]
+    explanations = []
+    for config in chosen:
+        request = AccessRequest(
+            role=config.name,
+            channel=channel,
+            duration_seconds=duration_seconds,
+            client_ip=client_ip,
+            role_chaining=role_chaining,
+        )
+        rules = tuple(explain_rule(rule, identity, index) for index, rule in enumerate(config.grant))
+        decision = decide(identity, roles, request, now, active_grants=active_grants)
+        explanations.append(Explanation(config, rules, decision))
+    return explanations
+
+
+def simulated_identity(
+    *,
+    store: str,
+    subject: str,
+    now: datetime,
+    username: str | None = None,
+    email: str | None = None,
+    groups: Sequence[str] = (),
+    attributes: dict[str, str] | None = None,
+    mfa: MfaLevel = MfaLevel.NONE,
+    mfa_age_minutes: int | None = None,
+) -> Identity:
+    """An identity described by an operator, for :func:`explain` only: it is never verified and never issued to.
+
+    ``mfa_age_minutes`` is how long ago the MFA proof happened (default: just now).
+    """
+    proven_at = now - timedelta(minutes=mfa_age_minutes or 0)
+    return Identity(
+        subject=subject,
+        issuer=store,
+        store=store,
+        username=username or subject,
+        email=email,
+        groups=frozenset(groups),
+        attributes=dict(attributes or {}),
+        mfa=MfaEvidence(level=mfa, methods=(), authenticated_at=proven_at if mfa > MfaLevel.NONE else None),
     )

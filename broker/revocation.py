@@ -100,14 +100,18 @@ class Revocations:
 
     def revoke_issuance(self, actor: Actor, issuance_id: int, *, reason: str, ctx: Context) -> RevocationOutcome:
         now = self.clock()
-        with self.db.transaction() as session:
-            row = queries.get_issuance(session, issuance_id=issuance_id)
-            if row is None:
-                raise self._refuse(actor, NotFound("No such issuance.", reason="issuance_unknown"), ctx, issuance_id)
-            queries.mark_issuances_revoked(session, ids=[row.id], now=now)
-            principal_id, target = row.principal_id, _Target(row.role_arn, row.role_name, row.source_identity)
-            # STS stamps the token before the broker records issued_at; one second later covers it.
-            before = row.issued_at.replace(microsecond=0) + timedelta(seconds=1)
+        try:
+            with self.db.transaction() as session:
+                row = queries.get_issuance(session, issuance_id=issuance_id)
+                if row is None:
+                    raise NotFound("No such issuance.", reason="issuance_unknown")
+                queries.mark_issuances_revoked(session, ids=[row.id], now=now)
+                principal_id, target = row.principal_id, _Target(row.role_arn, row.role_name, row.source_identity)
+                # STS stamps the token before the broker records issued_at; one second later covers it.
+                before = row.issued_at.replace(microsecond=0) + timedelta(seconds=1)
+        except NotFound as error:
+            # Audited after the transaction ended: on SQLite the audit write would wait on it.
+            raise self._refuse(actor, error, ctx, issuance_id) from None
         return self._finish(
             actor,
             "issuance",
@@ -135,9 +139,11 @@ class Revocations:
         now = self.clock()
         with self.db.transaction() as session:
             found = queries.find_principals(session, name=principal)
-            if len(found) != 1:
-                error = NotFound(f"No single principal named {principal!r}.", reason="principal_unknown")
-                raise self._refuse(actor, error, ctx, principal)
+        if len(found) != 1:
+            # Audited outside the transaction: on SQLite the audit write would wait on it.
+            error = NotFound(f"No single principal named {principal!r}.", reason="principal_unknown")
+            raise self._refuse(actor, error, ctx, principal)
+        with self.db.transaction() as session:
             principal_id = found[0].id
             live = queries.find_issuances(session, principal_id=principal_id, role_name=role, live_at=now, limit=10000)
             ids = [i.id for i in live]
@@ -197,9 +203,11 @@ class Revocations:
         """Disable (and revoke everything of) a principal, or enable them again."""
         with self.db.transaction() as session:
             found = queries.find_principals(session, name=principal)
-            if len(found) != 1:
-                error = NotFound(f"No single principal named {principal!r}.", reason="principal_unknown")
-                raise self._refuse(actor, error, ctx, principal)
+        if len(found) != 1:
+            # Audited outside the transaction: on SQLite the audit write would wait on it.
+            error = NotFound(f"No single principal named {principal!r}.", reason="principal_unknown")
+            raise self._refuse(actor, error, ctx, principal)
+        with self.db.transaction() as session:
             queries.set_principal_disabled(session, principal_id=found[0].id, disabled=disabled)
             self.audit.append(
                 session,

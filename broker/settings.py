@@ -8,6 +8,8 @@ file yields every problem at once as a :class:`~broker.errors.ConfigError`, each
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from cryptography import x509
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -98,6 +101,18 @@ class AwsSettings(Strict):
     mode: Literal["assume_role", "web_identity"] = "assume_role"
 
 
+def _is_totp_secret(value: str) -> bool:
+    """RFC 4648 base32 (what RFC 6238 authenticator apps import), 80 bits at least (RFC 4226 section 4)."""
+    cleaned = value.replace(" ", "").upper()
+    if len(cleaned) < 16 or not re.fullmatch(r"[A-Z2-7]+=*", cleaned):
+        return False
+    try:
+        base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
 class LocalAccount(Strict):
     """A break-glass account: argon2id password hash plus a TOTP secret, for when the IdP is down."""
 
@@ -119,7 +134,13 @@ class LocalAccount(Strict):
     @field_validator("totp_secret", mode="before")
     @classmethod
     def _resolve(cls, value: Any) -> Any:
-        return resolve_secret(value)
+        value = resolve_secret(value)
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if not _is_totp_secret(raw):
+            raise ValueError(
+                "must be a base32 TOTP secret of at least 16 characters (A-Z, 2-7), as authenticator apps take it"
+            )
+        return value
 
 
 class LocalStoreConfig(Strict):
@@ -314,6 +335,19 @@ class SamlStoreConfig(Strict):
             if self.sp_private_key is None:
                 raise ValueError("slo_url needs sp_private_key and sp_certificate: logout messages must be signed")
         return self
+
+    @field_validator("certificates")
+    @classmethod
+    def _certificates(cls, value: list[str]) -> list[str]:
+        for index, certificate in enumerate(value):
+            body = re.sub(r"-----(BEGIN|END) CERTIFICATE-----|\s", "", certificate)
+            try:
+                x509.load_der_x509_certificate(base64.b64decode(body, validate=True))
+            except (binascii.Error, ValueError):
+                raise ValueError(
+                    f"certificates[{index}] is not an X.509 certificate (PEM, or the base64 body of one)"
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _idp_described(self) -> SamlStoreConfig:
@@ -710,6 +744,10 @@ class AllowedHours(Strict):
         return self
 
 
+# The identity fields a session tag template may name (``broker.policy.render_template``), besides {attr.NAME}.
+TAG_PLACEHOLDERS = ("username", "email", "subject", "store", "issuer")
+
+
 class RoleConfig(Strict):
     name: str = Field(pattern=_NAME.pattern)
     description: str = ""
@@ -761,9 +799,16 @@ class RoleConfig(Strict):
     def _tags(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) > 50:
             raise ValueError("STS accepts at most 50 session tags")
-        for key in value:
+        for key, template in value.items():
             if not _TAG_KEY.match(key) or key.lower().startswith("aws:"):
                 raise ValueError(f"{key!r} is not a valid session tag key")
+            for name in re.findall(r"\{([^{}]*)\}", template):
+                if name not in TAG_PLACEHOLDERS and not re.fullmatch(r"attr\.[A-Za-z0-9_:-]+", name):
+                    raise ValueError(
+                        f"session tag {key!r}: unknown placeholder {{{name}}}; use one of "
+                        + ", ".join(f"{{{p}}}" for p in TAG_PLACEHOLDERS)
+                        + " or {attr.NAME}"
+                    )
         return value
 
     @property
@@ -1378,46 +1423,26 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
+        problems = reference_problems(self.model_dump(mode="json"))
+        for problem in self._typed_problems():
+            where, _, what = problem.partition(": ")
+            problems.append((where, what))
+        if problems:
+            raise ValueError("; ".join(f"{where}: {problem}" for where, problem in problems))
+        return self
+
+    def _typed_problems(self) -> list[str]:
+        """Cross-checks that need the typed sections (certificates, directories, provisioning), as "path: problem"."""
         problems = []
-        store_names = [s.name for s in self.identity_stores]
-        if len(set(store_names)) != len(store_names):
-            problems.append("identity_stores: names must be unique")
-        # Workload issuers are identity stores for services: grant rules name them the same way.
-        workload_names = [i.name for i in self.oauth.workload_issuers]
-        if set(workload_names) & set(store_names):
-            problems.append("oauth.workload_issuers: names must differ from identity_stores names")
-        store_names = store_names + workload_names
-        for index, binding in enumerate(self.oauth.audiences):
-            for rule in binding.grant:
-                for store in rule.stores:
-                    if store not in store_names:
-                        problems.append(f"oauth.audiences[{index}].grant: unknown identity store {store!r}")
-        if any(i.issuer == self.public_url for i in self.oauth.workload_issuers):
-            # The broker's own tokens must never come back as workload tokens (token-type confusion).
-            problems.append("oauth.workload_issuers: the broker's own public_url cannot be a workload issuer")
-        if self.aws.mode == "web_identity" and self.oauth.tokens.algorithm != "ES256":
-            problems.append("aws.mode web_identity needs oauth.tokens.algorithm ES256 (STS does not accept EdDSA)")
-        role_names = [r.name for r in self.roles]
-        if len(set(role_names)) != len(role_names):
-            problems.append("roles: names must be unique")
-        for index, role in enumerate(self.roles):
-            for rule in role.grant:
-                for store in rule.stores:
-                    if store not in store_names:
-                        problems.append(f"roles[{index}].grant: unknown identity store {store!r}")
         if self.devices.tls_client_ca_file is not None and self.server.tls_cert_file is None:
             problems.append(
-                "devices.tls_client_ca_file needs server.tls_cert_file and tls_key_file (TLS at the broker)"
+                "devices.tls_client_ca_file: needs server.tls_cert_file and tls_key_file (TLS at the broker)"
             )
         problems += self._directory_problems()
         for index, client in enumerate(self.scim.clients):
             if client.store not in [s.name for s in self.identity_stores]:
                 problems.append(f"scim.clients[{index}].store: unknown identity store {client.store!r}")
-        if self.mode != "dev" and not self.public_url.startswith("https://") and self.session.cookie_secure:
-            problems.append("public_url must be https:// when session.cookie_secure is true")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        return problems
 
     def _directory_problems(self) -> list[str]:
         """LDAP transport security and home realm discovery: domains owned once, a usable fallback."""
@@ -1456,6 +1481,58 @@ class Settings(BaseSettings):
         return next((r for r in self.roles if r.name == name), None)
 
 
+def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _named(items: Any) -> list[dict[str, Any]]:
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def reference_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Checks across sections (names unique, grant rules naming known stores, HTTPS), as (YAML path, problem).
+
+    Works on plain data, so ``load_settings`` can report these beside field errors in the same pass: a
+    malformed field elsewhere must not hide them until the next run.
+    """
+    problems: list[tuple[str, str]] = []
+    oauth, aws, session = _section(data, "oauth"), _section(data, "aws"), _section(data, "session")
+    store_names = [s.get("name") for s in _named(data.get("identity_stores"))]
+    if len(set(store_names)) != len(store_names):
+        problems.append(("identity_stores", "names must be unique"))
+    issuers = _named(oauth.get("workload_issuers"))
+    workload_names = [i.get("name") for i in issuers]
+    if set(workload_names) & set(store_names):
+        problems.append(("oauth.workload_issuers", "names must differ from identity_stores names"))
+    known = set(store_names) | set(workload_names)
+    public_url = str(data.get("public_url") or "http://127.0.0.1:8000").rstrip("/")
+    if any(i.get("issuer") == public_url for i in issuers):
+        # The broker's own tokens must never come back as workload tokens (token-type confusion).
+        problems.append(("oauth.workload_issuers", "the broker's own public_url cannot be a workload issuer"))
+    tokens = _section(oauth, "tokens")
+    if aws.get("mode") == "web_identity" and tokens.get("algorithm", "ES256") != "ES256":
+        problems.append(("aws.mode", "web_identity needs oauth.tokens.algorithm ES256 (STS does not accept EdDSA)"))
+    sections = [("roles", _named(data.get("roles"))), ("oauth.audiences", _named(oauth.get("audiences")))]
+    for section, items in sections:
+        for index, item in enumerate(items):
+            for rule in _named(item.get("grant")):
+                stores = rule.get("stores")
+                for store in stores if isinstance(stores, list) else []:
+                    if store not in known:
+                        problems.append((f"{section}[{index}].grant", f"unknown identity store {store!r}"))
+    role_names = [r.get("name") for r in _named(data.get("roles"))]
+    if len(set(role_names)) != len(role_names):
+        problems.append(("roles", "names must be unique"))
+    if (
+        data.get("mode", "production") != "dev"
+        and not public_url.startswith("https://")
+        and session.get("cookie_secure", True) is not False
+    ):
+        problems.append(("public_url", "must be https:// when session.cookie_secure is true"))
+    return problems
+
+
 def _yaml_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
@@ -1491,4 +1568,12 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
             problems.append((_yaml_path(err["loc"]), msg))
+        # Field errors stop pydantic before the cross-section checks; run those too, in the same report.
+        for key in ("mode", "public_url"):
+            if f"BROKER_{key.upper()}" in os.environ:
+                data[key] = os.environ[f"BROKER_{key.upper()}"]
+        for where, problem in reference_problems(data):
+            joined = f"{where}: {problem}"
+            if not any(joined in f"{w}: {p}" or problem in p for w, p in problems):
+                problems.append((where, problem))
         raise ConfigError(problems) from None

@@ -109,7 +109,7 @@ def test_broker_dev_runs_offline_and_break_glass_yields_working_credentials(tmp_
     with spawned(
         [sys.executable, "-m", "broker.cli", "dev", "--port", str(port), "--data-dir", str(tmp_path / "dev")],
         cwd=ROOT,
-        env=broker_env(COLUMNS="200"),
+        env=broker_env(COLUMNS="200", BROKER_AWS__STS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -124,9 +124,9 @@ def test_broker_dev_runs_offline_and_break_glass_yields_working_credentials(tmp_
         assert "DEV MODE" in banner
         password = re.search(r"password:\s+(\S+)", banner)
         secret = re.search(r"TOTP secret:\s+([A-Z2-7]+)", banner)
-        emulator = re.search(r"STS emulator:\s+(http://\S+)", banner)
+        emulator = re.search(r"AWS emulator:\s+(http://\S+)", banner)
         assert password and secret and emulator
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(base_url=f"http://localhost:{port}", timeout=30) as client:
             assert (
                 login_local(
                     client,
@@ -154,3 +154,132 @@ def test_broker_dev_runs_offline_and_break_glass_yields_working_credentials(tmp_
             aws_session_token=env["AWS_SESSION_TOKEN"],
         ).get_caller_identity()
         assert caller["Arn"].endswith(":assumed-role/DevReadOnly/demo")
+
+
+def test_hash_password_prints_only_the_hash_on_stdout(tmp_path: Path) -> None:
+    password = "correct horse battery staple"
+    prompted = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "hash-password"],
+        input=f"{password}\n{password}\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env=broker_env(COLUMNS="40"),
+    )
+    assert prompted.returncode == 0, prompted.stderr
+    assert "Password" in prompted.stderr and "Password" not in prompted.stdout
+    (line,) = prompted.stdout.splitlines()  # one line, never wrapped at the terminal width
+    assert line.startswith("$argon2id$")
+
+    scripted = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "hash-password", "--stdin"],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env=broker_env(),
+    )
+    assert scripted.returncode == 0 and scripted.stderr == ""
+    (hashed,) = scripted.stdout.splitlines()
+
+    from argon2 import PasswordHasher
+
+    assert PasswordHasher().verify(hashed, password)
+    short = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "hash-password", "--stdin"],
+        input="short\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env=broker_env(),
+    )
+    assert short.returncode == 2 and short.stdout == "" and "at least 16 characters" in short.stderr
+
+
+def test_config_check_lists_every_problem_in_one_pass_literally(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "mode": "production",
+                "public_url": "http://broker.example.com",
+                "secret_key": SECRET,
+                "identity_stores": [
+                    {
+                        "type": "local",
+                        "name": "Break_Glass",
+                        "accounts": [
+                            {
+                                "username": "x",
+                                "password_hash": "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
+                                "totp_secret": "not-base32!",
+                            }
+                        ],
+                    },
+                    {
+                        "type": "saml",
+                        "name": "corp",
+                        "idp_entity_id": "https://idp.example.com",
+                        "sso_url": "https://idp.example.com/sso",
+                        "certificates": ["MIIBnotacert"],
+                    },
+                ],
+                "roles": [
+                    {
+                        "name": "a",
+                        "role_arn": "arn:aws:iam::123456789012:role/A",
+                        "grant": [{"stores": ["nowhere"]}],
+                        "session_tags": {"Who": "{nosuch}"},
+                    },
+                    {"name": "a", "role_arn": "arn:aws:iam::123456789012:role/A", "grant": [{"groups": ["x"]}]},
+                ],
+            }
+        )
+    )
+    result = broker("config", "check", str(path), env=broker_env(COLUMNS="300"))
+    assert result.returncode == 2
+    problems = [line.strip() for line in result.stderr.splitlines()[1:]]
+    assert problems == [
+        "identity_stores[0].name: String should match pattern '^[a-z0-9][a-z0-9_-]{0,62}$'",
+        "identity_stores[0].accounts[0].totp_secret: must be a base32 TOTP secret of at least 16 characters "
+        "(A-Z, 2-7), as authenticator apps take it",
+        "identity_stores[1].certificates: certificates[0] is not an X.509 certificate (PEM, or the base64 body of one)",
+        "roles[0].session_tags: session tag 'Who': unknown placeholder {nosuch}; use one of {username}, {email}, "
+        "{subject}, {store}, {issuer} or {attr.NAME}",
+        "roles[0].grant: unknown identity store 'nowhere'",
+        "roles: names must be unique",
+        "public_url: must be https:// when session.cookie_secure is true",
+    ]
+
+
+def test_policy_explain_json_needs_no_database(tmp_path: Path) -> None:
+    result = broker(
+        "policy",
+        "explain",
+        "-c",
+        "config/dev.yaml",
+        "--store",
+        "breakglass",
+        "--subject",
+        "demo",
+        "--email",
+        "demo@example.test",
+        "--group",
+        "engineering",
+        "--mfa",
+        "mfa",
+        "--role",
+        "dev-readonly",
+        "--json",
+        env=broker_env(BROKER_DATABASE_URL=f"sqlite:///{tmp_path}/absent.db"),
+    )
+    assert result.returncode == 0, result.stderr
+    (role,) = json.loads(result.stdout)["roles"]
+    assert role["usable"] and role["sts"]["tags"] == {"Email": "demo@example.test"}
+    assert role["sts"]["source_identity"] == "demo@example.test" and role["sts"]["duration_seconds"] == 3600
+    assert not (tmp_path / "absent.db").exists()
+    unknown = broker("policy", "explain", "-c", "config/dev.yaml", "--store", "x", "--subject", "y", "--role", "nope")
+    assert unknown.returncode == 2 and "No role named 'nope'" in unknown.stderr

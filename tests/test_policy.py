@@ -228,3 +228,91 @@ def test_source_identity_is_the_principal_and_session_name_the_username() -> Non
 def test_visible_roles_ignore_mfa_but_not_grants() -> None:
     roles = [role(name="a", mfa="phishing_resistant"), role(name="b", grant=[{"groups": ["x"]}])]
     assert [r.name for r in visible_roles(identity(), roles)] == ["a"]
+
+
+# ---------------------------------------------------------------- the simulator (explain)
+
+
+def test_explain_names_each_condition_and_the_sts_request() -> None:
+    from broker.policy import explain
+
+    roles = [
+        role(session_tags={"Email": "{email}", "Team": "{attr.team}"}, session_policy={"Version": "2012-10-17"}),
+        role(name="admin", role_arn="arn:aws:iam::123456789012:role/Admin", grant=[{"groups": ["admins"]}]),
+        role(
+            name="ops",
+            role_arn="arn:aws:iam::123456789012:role/Ops",
+            grant=[{"stores": ["corp"], "claims": {"team": ["ops"]}}, {"emails": ["alice@example.com"]}],
+            mfa="phishing_resistant",
+        ),
+    ]
+    by_name = {e.role.name: e.to_json() for e in explain(identity(), roles, NOW)}
+
+    readonly = by_name["readonly"]
+    assert readonly["usable"] and readonly["reason"] == "granted"
+    assert readonly["rules"] == [
+        {
+            "rule": 0,
+            "matched": True,
+            "conditions": [
+                {"condition": "groups any of ['engineering']", "held": True, "why": "member of ['engineering']"}
+            ],
+        }
+    ]
+    assert readonly["sts"] == {
+        "duration_seconds": 3600,
+        "role_session_name": "alice",
+        "source_identity": "alice@example.com",
+        "tags": {"Email": "alice@example.com", "Team": "platform"},
+        "transitive_tag_keys": [],
+        "session_policy": {"Version": "2012-10-17"},
+        "policy_arns": [],
+        "tags_omitted": {},
+    }
+    without_email = {e.role.name: e.to_json() for e in explain(identity(email=None), roles, NOW)}
+    assert without_email["readonly"]["sts"]["tags"] == {"Team": "platform"}
+    assert without_email["readonly"]["sts"]["tags_omitted"] == {"Email": "{email}"}
+
+    admin = by_name["admin"]
+    assert not admin["visible"] and not admin["usable"] and admin["reason"] == "role_not_granted"
+    assert admin["rules"][0]["conditions"][0]["why"] == "groups ['engineering'] include none of them"
+    assert "sts" not in admin
+
+    ops = by_name["ops"]
+    # The first rule fails on its claim (the store held); the second matches; MFA is what is missing.
+    assert [r["matched"] for r in ops["rules"]] == [False, True]
+    assert [(c["condition"], c["held"]) for c in ops["rules"][0]["conditions"]] == [
+        ("store in ['corp']", True),
+        ("claim team in ['ops']", False),
+    ]
+    assert ops["rules"][0]["conditions"][1]["why"] == "claim team 'platform' is not one of ['ops']"
+    assert ops["visible"] and not ops["usable"] and ops["reason"] == "mfa_insufficient"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"client_ip": "198.51.100.7"}, "source_ip_not_allowed"),
+        ({"client_ip": "10.1.2.3"}, "granted"),
+        ({"client_ip": "10.1.2.3", "duration_seconds": 7200}, "granted"),
+    ],
+)
+def test_explain_uses_decide_for_the_verdict(kwargs: dict[str, Any], reason: str) -> None:
+    from broker.policy import explain
+
+    roles = [role(source_cidrs=["10.0.0.0/8"])]
+    (only,) = explain(identity(), roles, NOW, role="readonly", **kwargs)
+    assert only.decision == decide(identity(), roles, request(**kwargs), NOW)
+    assert only.decision.reason == reason
+
+
+def test_simulated_identity_mfa_age_counts_for_fresh_mfa_roles() -> None:
+    from broker.policy import explain, simulated_identity
+
+    roles = [role(mfa_max_age_minutes=10)]
+    fresh = simulated_identity(store="corp", subject="u-1", groups=["engineering"], mfa=MfaLevel.MFA, now=NOW)
+    stale = simulated_identity(
+        store="corp", subject="u-1", groups=["engineering"], mfa=MfaLevel.MFA, mfa_age_minutes=30, now=NOW
+    )
+    assert explain(fresh, roles, NOW)[0].decision.reason == "granted"
+    assert explain(stale, roles, NOW)[0].decision.reason == "mfa_stale"

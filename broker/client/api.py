@@ -238,8 +238,14 @@ class Broker:
         return body
 
     def roles(self, access: str) -> list[dict[str, Any]]:
-        roles: list[dict[str, Any]] = self._api("GET", "/api/v1/roles", access)["roles"]
-        return roles
+        return self.roles_and_aws(access)[0]
+
+    def roles_and_aws(self, access: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The roles, and the AWS settings for profiles: ``{"region": ..., "endpoint_url": ... or None}``."""
+        body = self._api("GET", "/api/v1/roles", access)
+        aws = body.get("aws") if isinstance(body.get("aws"), dict) else {}
+        roles: list[dict[str, Any]] = body["roles"]
+        return roles, dict(aws or {})
 
     def credentials(self, access: str, role: str, duration: int | None) -> dict[str, Any]:
         payload: dict[str, Any] = {"role": role}

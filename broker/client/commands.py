@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
+import shlex
 import sys
 import webbrowser
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -15,6 +17,7 @@ from rich.table import Table
 
 from broker.client import cache, store
 from broker.client.api import Broker, HelperError, not_signed_in
+from broker.terminal import print_table
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -78,6 +81,7 @@ def login(
             tokens = broker.login_device(err.print, login_hint=email)
         else:
             tokens = broker.login_loopback(webbrowser.open, err.print, login_hint=email)
+        _, aws = broker.roles_and_aws(tokens.access_token)
     except HelperError as exc:
         raise _fail(exc) from None
     finally:
@@ -85,7 +89,12 @@ def login(
     store.set_refresh_token(target, tokens.refresh_token)
     store.save_profile(
         store.Profile(
-            url=target, principal=tokens.principal, mfa=tokens.mfa, session_expires_at=tokens.session_expires_at
+            url=target,
+            principal=tokens.principal,
+            mfa=tokens.mfa,
+            session_expires_at=tokens.session_expires_at,
+            aws_region=str(aws.get("region") or ""),
+            aws_endpoint_url=str(aws.get("endpoint_url") or ""),
         )
     )
     cache.clear()
@@ -112,7 +121,10 @@ def logout(url: UrlOption = None) -> None:
     err.print(f"Signed out of {target}; removed {removed} cached credential set(s).")
 
 
-def status(url: UrlOption = None) -> None:
+def status(
+    url: UrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
     """Who is signed in, until when, and which roles can be used."""
     target = _url(url)
     profile = store.load_profile()
@@ -125,6 +137,10 @@ def status(url: UrlOption = None) -> None:
         raise _fail(exc) from None
     finally:
         broker.close()
+    if as_json:
+        who = asdict(profile) if profile and profile.url == target else {"url": target}
+        sys.stdout.write(json.dumps({**who, "roles": roles}, indent=2) + "\n")
+        return
     if profile and profile.url == target:
         out.print(
             f"Signed in to {target} as [bold]{profile.principal}[/bold] ({profile.mfa}) until "
@@ -138,7 +154,7 @@ def status(url: UrlOption = None) -> None:
             f"{role['max_duration_seconds'] // 60} min",
             "yes" if role["usable"] else f"no: {role.get('missing') or ''}",
         )
-    out.print(table)
+    print_table(out, table)
 
 
 def credential_process(role: RoleOption, duration: DurationOption = None, url: UrlOption = None) -> None:
@@ -152,33 +168,41 @@ def credential_process(role: RoleOption, duration: DurationOption = None, url: U
 def configure_aws(
     url: UrlOption = None,
     prefix: Annotated[str, typer.Option(help="Prefix for profile names.")] = "",
-    region: Annotated[str | None, typer.Option(help="Region written to each profile.")] = None,
+    region: Annotated[
+        str | None, typer.Option(help="Region written to each profile [default: the broker's aws.region].")
+    ] = None,
 ) -> None:
-    """Write one AWS CLI profile per role you may use, leaving your other profiles untouched."""
+    """Write one AWS CLI profile per role you may use, leaving your other profiles untouched.
+
+    Each profile gets the broker's region; a dev-mode broker also names its AWS emulator (`endpoint_url`).
+    """
     from broker.client.aws_config import config_path, write_profiles
 
     target = _url(url)
     broker = Broker(target)
     try:
-        roles = broker.roles(broker.access_token())
+        roles, aws = broker.roles_and_aws(broker.access_token())
     except HelperError as exc:
         raise _fail(exc) from None
     finally:
         broker.close()
-    # The `broker` installed next to this Python (a virtualenv's), else the one on PATH.
-    program = (
-        shutil.which("broker", path=os.path.dirname(sys.executable))
-        or shutil.which("broker")
-        or f"{sys.executable} -m broker.cli"
-    )
+    # This Python runs the helper's own file directly, isolated and without `site` (broker.client.process):
+    # the quickest start for a command the AWS CLI runs on every call.
+    from broker.client import process
+
+    program = f"{shlex.quote(sys.executable)} -I -S {shlex.quote(os.path.abspath(process.__file__))}"
     profiles = {}
     for role in roles:
-        values = {"credential_process": f"{program} credential-process --role {role['name']} --url {target}"}
-        if region:
-            values["region"] = region
+        values = {"credential_process": f"{program} --role {shlex.quote(role['name'])} --url {shlex.quote(target)}"}
+        if region or aws.get("region"):
+            values["region"] = str(region or aws["region"])
+        if aws.get("endpoint_url"):
+            values["endpoint_url"] = str(aws["endpoint_url"])
         profiles[f"{prefix}{role['name']}"] = values
     added, updated = write_profiles(profiles)
     err.print(f"Wrote {len(profiles)} profile(s) to {config_path()} (added {len(added)}, updated {len(updated)}).")
+    if aws.get("endpoint_url"):
+        err.print(f"The profiles send every AWS call to the broker's AWS emulator at {aws['endpoint_url']}.")
     for name in profiles:
         err.print(f"  aws sts get-caller-identity --profile {name}")
 
@@ -228,6 +252,15 @@ def exec_command(
         AWS_CREDENTIAL_EXPIRATION=creds["Expiration"],
         BROKER_ROLE=role,
     )
+    profile = store.load_profile()
+    if profile is not None and profile.url == target:
+        # The broker's region (AWS CLI v1 and older SDKs read AWS_DEFAULT_REGION) and, for a dev-mode broker,
+        # its AWS emulator; the user's own settings win.
+        if profile.aws_region:
+            env.setdefault("AWS_REGION", profile.aws_region)
+            env.setdefault("AWS_DEFAULT_REGION", profile.aws_region)
+        if profile.aws_endpoint_url:
+            env.setdefault("AWS_ENDPOINT_URL", profile.aws_endpoint_url)
     try:
         os.execvpe(command[0], command, env)  # noqa: S606 (the user's own command, by design)
     except FileNotFoundError:
@@ -269,6 +302,54 @@ def device_credential_process(
     raise typer.Exit(main(argv))
 
 
+def credentials_endpoint(
+    role: Annotated[list[str], typer.Option("--role", "-r", help="Role to serve (repeatable; the first is exported).")],
+    command: Annotated[list[str] | None, typer.Argument(help="Command to run with the endpoint, after --.")] = None,
+    duration: DurationOption = None,
+    url: UrlOption = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 [default: any free port].")] = 0,
+) -> None:
+    """Serve credentials to AWS SDKs on 127.0.0.1 (container credentials provider); no process per call.
+
+    With a command: run it with AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN set,
+    and stop when it ends. Without: print those two variables (for `eval`) and serve until Ctrl+C.
+    """
+    import signal
+    import subprocess
+    import threading
+
+    from broker.client.endpoint import CredentialsEndpoint
+
+    target = _url(url)
+    if not store.get_refresh_token(target):
+        raise _fail(not_signed_in(target))
+    with CredentialsEndpoint(target, role, duration=duration, port=port) as endpoint:
+        env = endpoint.environment(role[0])
+        if command:
+            child_env = {k: v for k, v in os.environ.items() if k not in {"AWS_PROFILE", "AWS_DEFAULT_PROFILE"}}
+            child_env.update(env, BROKER_ROLE=role[0])
+            profile = store.load_profile()
+            if profile is not None and profile.url == target and profile.aws_endpoint_url:
+                child_env.setdefault("AWS_ENDPOINT_URL", profile.aws_endpoint_url)
+            if profile is not None and profile.url == target and profile.aws_region:
+                child_env.setdefault("AWS_REGION", profile.aws_region)
+                child_env.setdefault("AWS_DEFAULT_REGION", profile.aws_region)
+            try:
+                code = subprocess.call(command, env=child_env)  # the user's own command, by design
+            except FileNotFoundError:
+                err.print(f"[red]broker:[/red] command not found: {command[0]}")
+                raise typer.Exit(127) from None
+            raise typer.Exit(code)
+        for name, value in env.items():
+            sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
+        sys.stdout.flush()
+        err.print(f"Serving {', '.join(role)} on 127.0.0.1:{endpoint.port}; Ctrl+C stops.")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+
+
 def register(app: typer.Typer) -> None:
     panel = "Credential helper (your machine)"
     app.add_typer(device_app, name="device", rich_help_panel=panel)
@@ -279,3 +360,6 @@ def register(app: typer.Typer) -> None:
     app.command("configure-aws", rich_help_panel=panel)(configure_aws)
     app.command("console", rich_help_panel=panel)(console)
     app.command("exec", rich_help_panel=panel, context_settings={"allow_interspersed_args": False})(exec_command)
+    app.command("credentials-endpoint", rich_help_panel=panel, context_settings={"allow_interspersed_args": False})(
+        credentials_endpoint
+    )

@@ -1,6 +1,11 @@
 """`broker credential-process`: the AWS CLI and SDKs run this for every call (``credential_process`` in
 ~/.aws/config), so the cache-hit path imports only the standard library and the cache cipher.
 
+``broker configure-aws`` writes the fastest launch: this file run directly by the virtualenv's Python with
+``-I -S`` (isolated, no ``site``), which skips the ``site`` module's ``.pth`` processing on every AWS CLI
+call; :func:`_paths` then puts back only the two folders the cache-hit needs (this package's and the
+virtualenv's ``site-packages``), falling back to the full ``site`` setup if that is not enough.
+
 Stdout carries exactly the credential_process JSON (Version 1). On failure: exit 1, one line on stderr, and
 nothing on stdout, so the SDK never reads partial credentials. No secret is ever written to stderr.
 """
@@ -71,6 +76,22 @@ def fetch(url: str, role: str, duration: int | None) -> bytes:
     return body
 
 
+def _paths() -> None:
+    """Make ``broker`` and ``cryptography`` importable when started with ``python -I -S .../process.py``."""
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    candidates = [package_root, os.path.join(venv, "lib", version, "site-packages")]
+    for path in candidates:
+        if os.path.isdir(path) and path not in sys.path:
+            sys.path.append(path)
+    # importlib.util would cost more than it saves; a folder check is enough to know the layout is the usual one.
+    if not any(os.path.isdir(os.path.join(path, "cryptography")) for path in sys.path):
+        import site  # another layout (system Python, --user): the full site setup
+
+        site.main()
+
+
 def main(argv: list[str]) -> int:
     try:
         options = _parse(argv)
@@ -85,3 +106,9 @@ def main(argv: list[str]) -> int:
         return 1
     sys.stdout.buffer.write(creds + b"\n")
     return 0
+
+
+if __name__ == "__main__":  # `python -I -S .../broker/client/process.py --role ...` (see the module docstring)
+    if sys.flags.no_site:
+        _paths()
+    sys.exit(main(sys.argv[1:]))

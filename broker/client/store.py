@@ -27,6 +27,10 @@ class Profile:
     principal: str = ""
     mfa: str = ""
     session_expires_at: str = ""
+    # The broker's AWS region, and its AWS endpoint when it names one (dev mode's emulator): `broker exec`
+    # passes them to the command it runs.
+    aws_region: str = ""
+    aws_endpoint_url: str = ""
 
 
 def _profile_path() -> str:

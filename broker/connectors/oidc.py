@@ -21,6 +21,7 @@ import json
 import secrets
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +30,13 @@ from urllib.parse import urlencode
 
 import httpx
 from authlib.integrations.base_client import OAuthError
-from authlib.integrations.httpx_client import OAuth2Client
+
+with warnings.catch_warnings():
+    # Authlib warns, on import, that it would rather drive httpx2 than httpx; the broker's HTTP stack is httpx
+    # (its errors are caught below), so the notice is for the maintainers, not for every `broker` command's
+    # terminal. Only this one message is silenced, only during this import.
+    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+    from authlib.integrations.httpx_client import OAuth2Client
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey

@@ -38,7 +38,7 @@ def register(app: typer.Typer, *, panel: str) -> None:
         try:
             pending = service.request_reset(principal, requested_by=getpass.getuser())
         except BrokerError as exc:
-            err.print(f"[red]{exc.message}[/red]", highlight=False)
+            err.print(exc.message, style="red", markup=False, highlight=False)
             raise typer.Exit(1) from None
         out.print(
             f"Reset of [bold]{pending.principal}[/bold] requested. It does nothing until an MFA operator opens\n"
@@ -56,7 +56,7 @@ def register(app: typer.Typer, *, panel: str) -> None:
 
 def _service(config: Path) -> MfaService:
     from broker.audit import AuditTrail, utcnow
-    from broker.cli import _load
+    from broker.cli import _existing_database, _load
     from broker.keys import Keys
     from broker.mfa.service import MfaService
     from broker.store.db import Database
@@ -64,4 +64,5 @@ def _service(config: Path) -> MfaService:
     settings = _load(config)
     keys = Keys(settings.secret_key)
     audit = AuditTrail(keys)
-    return MfaService(settings, db=Database(settings.database_url), keys=keys, audit=audit, clock=utcnow)
+    database = Database(_existing_database(settings, config))
+    return MfaService(settings, db=database, keys=keys, audit=audit, clock=utcnow)

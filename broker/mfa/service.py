@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from broker.audit import AuditTrail, Clock, Context
 from broker.errors import (
+    TOTP_REPLAY_MESSAGE,
     AccessDenied,
     AuthenticationFailed,
     BrokerError,
@@ -309,6 +310,7 @@ class MfaService:
                     kind="mfa_totp",
                     key_hmac=self.keys.mac("mfa-totp-step", f"{row.id}:{step}"),
                     expires_at=now + timedelta(seconds=totp.STEP_SECONDS * (2 * totp.DRIFT_STEPS + 2)),
+                    message=TOTP_REPLAY_MESSAGE,
                 )
                 resealed = None
                 if self.box.needs_rotation(row.secret_encrypted):

@@ -168,3 +168,27 @@ def is_ready(db: Database) -> tuple[bool, str]:
             return True, f"schema {sorted(current)} is newer than this release: rolling upgrade in progress"
         return False, f"schema at {sorted(current)}, migrations at {sorted(heads)}: run `broker db upgrade`"
     return True, "ok"
+
+
+def existing_schema_problem(url: str) -> str | None:
+    """Why operator commands must not use this database: a missing SQLite file or no broker schema, else None.
+
+    Opening a SQLite URL creates the file, so a mistyped path would otherwise become a fresh, empty database.
+    """
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if not path or path == ":memory:":
+            return "an in-memory SQLite database holds no broker data"
+        if not Path(path).is_file():
+            return f"there is no database file at {Path(path).resolve()}"
+    engine = make_engine(url)
+    try:
+        current = current_revisions(engine)
+    except SQLAlchemyError as exc:
+        return f"the database is unreachable ({type(getattr(exc, 'orig', None) or exc).__name__})"
+    finally:
+        engine.dispose()
+    if not current:
+        return "the database has no broker schema yet"
+    return None

@@ -74,6 +74,11 @@ def principal_disabled(session: Session, *, store: str, subject: str) -> bool:
     return bool(disabled)
 
 
+def principal_id_disabled(session: Session, *, principal_id: int) -> bool:
+    """True when the principal with this row id is disabled."""
+    return bool(session.scalar(select(Principal.disabled).where(Principal.id == principal_id)))
+
+
 # ---------------------------------------------------------------- broker sessions
 
 
@@ -165,7 +170,9 @@ def record_issuance(session: Session, **fields: Any) -> Issuance:
 # ---------------------------------------------------------------- replay guard
 
 
-def consume_once(session: Session, *, kind: str, key_hmac: str, expires_at: datetime) -> None:
+def consume_once(
+    session: Session, *, kind: str, key_hmac: str, expires_at: datetime, message: str | None = None
+) -> None:
     """Record a one-time value; raise ReplayDetected if it was recorded before (by any process).
 
     The primary key makes the database the arbiter: two processes racing on one value both INSERT and
@@ -175,7 +182,7 @@ def consume_once(session: Session, *, kind: str, key_hmac: str, expires_at: date
         with session.begin_nested():
             session.add(ReplayGuard(kind=kind, key_hmac=key_hmac, expires_at=expires_at))
     except IntegrityError:
-        raise ReplayDetected(reason=f"{kind}_replay") from None
+        raise ReplayDetected(message, reason=f"{kind}_replay") from None
 
 
 def purge_expired(session: Session, *, now: datetime) -> int:

@@ -72,6 +72,24 @@ class ReasonBody(Body):
     reason: str = Field(max_length=1000)
 
 
+class ExplainBody(Body):
+    """An identity to simulate (``broker.policy.explain``): nothing is verified, issued or sent to AWS."""
+
+    store: str = Field(max_length=64)
+    subject: str = Field(max_length=512)
+    username: str | None = Field(None, max_length=320)
+    email: str | None = Field(None, max_length=320)
+    groups: list[str] = Field([], max_length=500)
+    attributes: dict[str, str] = {}
+    mfa: Literal["none", "mfa", "phishing_resistant"] = "none"
+    mfa_age_minutes: int | None = Field(None, ge=0, le=7 * 24 * 60)
+    client_ip: str | None = Field(None, max_length=64)
+    at: datetime | None = None
+    role: str | None = Field(None, max_length=64)
+    duration_seconds: int | None = Field(None, ge=0, le=7 * 24 * 3600)
+    channel: Literal["console", "cli", "service"] = "cli"
+
+
 # ---------------------------------------------------------------- just-in-time requests (any signed-in person)
 
 
@@ -197,6 +215,46 @@ def report(
     if format == "csv":
         return Response(report_csv(data), media_type="text/csv")
     return JSONResponse(data)
+
+
+@router.post("/api/v1/admin/policy/explain", dependencies=[JsonOnly], summary="Simulate the grant rules")
+def policy_explain(body: ExplainBody, ops: OpsDep, current: CurrentDep, ctx: ContextDep) -> dict[str, Any]:
+    """Which roles this identity would get, each grant rule matched or failed and why, and the STS request."""
+    from datetime import UTC
+
+    from broker.identity import Channel, MfaLevel
+    from broker.policy import explain, simulated_identity
+
+    access = ops.authorize(current.identity, change=False, ctx=ctx, action="policy_explain")
+    ops.record_admin_read(access.actor, "policy_explain", ctx, {"store": body.store, "role": body.role})
+    now = body.at or datetime.now(UTC)
+    now = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+    identity = simulated_identity(
+        store=body.store,
+        subject=body.subject,
+        now=now,
+        username=body.username,
+        email=body.email,
+        groups=body.groups,
+        attributes=body.attributes,
+        mfa=MfaLevel.parse(body.mfa),
+        mfa_age_minutes=body.mfa_age_minutes,
+    )
+    roles = ops.broker.settings.roles
+    results = explain(
+        identity,
+        roles,
+        now,
+        role=body.role,
+        channel=Channel(body.channel),
+        client_ip=body.client_ip,
+        duration_seconds=body.duration_seconds,
+    )
+    return {
+        "identity": {"principal": identity.principal, "store": body.store, "subject": body.subject},
+        "at": now.isoformat(),
+        "roles": [e.to_json() for e in results],
+    }
 
 
 @router.post("/api/v1/admin/revocations", dependencies=[JsonOnly], summary="Revoke an issuance, person or role")

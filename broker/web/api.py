@@ -90,6 +90,12 @@ def roles(broker: BrokerDep, signed_in: CliSignInDep) -> JSONResponse:
                 }
                 for view in views
             ],
+            # What `broker configure-aws` writes into each profile: the region, and in dev mode the local AWS
+            # emulator's endpoint (in production the SDKs' own endpoints are right).
+            "aws": {
+                "region": broker.settings.aws.region,
+                "endpoint_url": broker.settings.aws.sts_endpoint_url if broker.settings.dev else None,
+            },
         },
         headers=NO_STORE,
     )

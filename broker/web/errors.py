@@ -32,6 +32,20 @@ def wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
+def _signed_in(request: Request) -> bool:
+    """Whether the error page may offer "Back to your roles": a live session, not merely a cookie."""
+    if getattr(request.state, "principal", None) is not None:
+        return True
+    cookie = request.cookies.get(request.app.state.broker.settings.session.cookie_name)
+    if not cookie:
+        return False
+    try:
+        request.app.state.broker.current_session(cookie)
+    except BrokerError:
+        return False
+    return True
+
+
 def render_error(request: Request, error: BrokerError) -> Response:
     request.state.outcome = error.reason
     retry_after = error.retry_after or (ServiceUnavailable.default_retry_after if error.status == 503 else None)
@@ -43,7 +57,7 @@ def render_error(request: Request, error: BrokerError) -> Response:
         page: Response = templates.TemplateResponse(
             request,
             "error.html",
-            {"error": error, "title": "Something went wrong"},
+            {"error": error, "title": "Something went wrong", "signed_in": _signed_in(request)},
             status_code=error.status,
             headers=headers,
         )
@@ -76,7 +90,8 @@ def _scim_error(error: BrokerError, headers: dict[str, str]) -> Response:
 def install(app: FastAPI) -> None:
     @app.exception_handler(BrokerError)
     async def _broker_error(request: Request, exc: BrokerError) -> Response:
-        log.info("request refused", code=exc.code, reason=exc.reason, path=request.url.path)
+        # `error`, not `code`: log scrubbing redacts any field named `code` (OAuth authorization codes).
+        log.info("request refused", error=exc.code, reason=exc.reason, path=request.url.path)
         return render_error(request, exc)
 
     @app.exception_handler(RequestValidationError)

@@ -112,7 +112,9 @@ def test_login_configure_aws_cli_and_boto3(
     shell.run("broker", "configure-aws", "--url", live.url, "--region", "us-east-1")
     text = config.read_text()
     assert text.startswith("[profile mine]\nregion = eu-west-1\n")
-    assert f"credential_process = {BIN / 'broker'} credential-process --role readonly --url {live.url}" in text
+    process = ROOT / "broker" / "client" / "process.py"
+    # The quickest launch: this virtualenv's Python, isolated and without site, on the helper's own file.
+    assert f"credential_process = {sys.executable} -I -S {process} --role readonly --url {live.url}" in text
 
     # The real AWS CLI: who am I?
     who = json.loads(shell.run("aws", "sts", "get-caller-identity", "--profile", "readonly").stdout)
@@ -201,3 +203,55 @@ def test_expired_cache_refreshes_once_and_revocation_says_run_login(live: CliBro
     assert [e.reason for e in live.audit() if e.event == "cli_revoke"][-1] == "revoked"
     after = shell.run(*process, check=False)
     assert after.returncode == 1 and "broker login --url" in after.stderr
+
+
+def test_credentials_endpoint_for_the_aws_cli_and_boto3(
+    live: CliBroker, env: dict[str, str], sts_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shell = Shell(env)
+    login_device(live, shell, live.browser())
+
+    # The real AWS CLI, run by the endpoint command: the container credentials provider, no profile at all.
+    wrapped = shell.run(
+        "broker", "credentials-endpoint", "--role", "readonly", "--", "aws", "sts", "get-caller-identity"
+    )
+    assert json.loads(wrapped.stdout)["Arn"] == "arn:aws:sts::123456789012:assumed-role/ReadOnly/alice"
+
+    # A long-running endpoint for boto3 in this process (what an SDK-based tool would use).
+    server = subprocess.Popen(
+        [str(BIN / "broker"), "credentials-endpoint", "--role", "readonly", "--url", live.url],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        exported = dict(
+            re.match(r"export (\w+)=(\S+)", server.stdout.readline()).groups()  # type: ignore[union-attr]
+            for _ in range(2)
+        )
+        uri, token = exported["AWS_CONTAINER_CREDENTIALS_FULL_URI"], exported["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+        assert uri.startswith("http://127.0.0.1:") and uri.endswith("/role/readonly")
+        for name in [n for n in os.environ if n.startswith("AWS_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(Path(env["AWS_CONFIG_FILE"]).parent / "absent"))
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(Path(env["AWS_CONFIG_FILE"]).parent / "absent"))
+        monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri)
+        monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", token)
+        session = boto3.Session(region_name="us-east-1")
+        assert session.get_credentials().method == "container-role"  # type: ignore[union-attr]
+        arn = session.client("sts", endpoint_url=sts_endpoint).get_caller_identity()["Arn"]
+        assert arn == "arn:aws:sts::123456789012:assumed-role/ReadOnly/alice"
+
+        # Without the token, with another token, or for another role: nothing.
+        assert httpx.get(uri).status_code == 401
+        assert httpx.get(uri, headers={"Authorization": token[:-1] + "x"}).status_code == 401
+        other = httpx.get(uri.replace("/role/readonly", "/role/admin"), headers={"Authorization": token})
+        assert other.status_code == 404 and other.json()["code"] == "unknown_role"
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    # Served from the helper's cache: one issuance for the CLI run and the SDK together; no secret on stderr.
+    assert len(live.issuances()) == 1
+    assert token not in stderr and "SecretAccessKey" not in stderr

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from pydantic import ValidationError
 
 from broker.connectors.saml import SamlConnector, SamlRejected
 from broker.errors import ConfigError
@@ -68,9 +69,12 @@ def test_settings_list_every_missing_idp_field() -> None:
 
 
 def test_a_certificate_that_is_not_one_is_a_config_error(idp: SamlIdp) -> None:
-    with pytest.raises(ConfigError) as caught:
+    # Refused by the configuration itself, so `broker config check` reports it with every other problem.
+    with pytest.raises(ValidationError) as caught:
         connector(idp, certificates=["not a certificate"])
-    assert caught.value.problems[0][0] == "identity_stores.corp.certificates[0]"
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("certificates",)
+    assert error["msg"] == "Value error, certificates[0] is not an X.509 certificate (PEM, or the base64 body of one)"
 
 
 def test_idp_is_imported_from_a_metadata_file(idp: SamlIdp, tmp_path: Path) -> None:

@@ -175,7 +175,10 @@ def test_jit_request_approval_and_admin_revocation_over_http(broker: Running, ho
         # Disabling ends the person's sessions everywhere.
         disabled = root.post("/api/v1/admin/principals/eng@example.test/disable", json={"reason": "offboarding"})
         assert disabled.status_code == 200 and disabled.json()["revocation"]["sessions"] >= 1
-        assert eng.get("/api/v1/access-requests").status_code == 401
+        # ... and the person's next request says why, at once (not a bare "sign in").
+        after = eng.get("/api/v1/access-requests")
+        assert after.status_code == 403 and after.json()["error"] == "access_denied"
+        assert after.json()["error_description"].startswith("This account is disabled.")
 
         report = root.get("/api/v1/admin/access-report", params={"days": 7}).json()
         prod = next(r for r in report["roles"] if r["role"] == "prod-admin")
@@ -190,3 +193,25 @@ def test_jit_request_approval_and_admin_revocation_over_http(broker: Running, ho
     # The background worker delivered the notifications.
     kinds = {m["event"] for m in hook.wait_for(3)}
     assert {"access_request.created", "access_request.approved", "revocation"} <= kinds
+
+
+def test_policy_explain_over_http_for_auditors_only(broker: Running) -> None:
+    body = {"store": "corp", "subject": "sim-1", "email": "sim@example.test", "groups": ["engineering"], "mfa": "mfa"}
+    with signed_in(broker, "eng") as eng:
+        before = broker.last_seq()
+        refused = eng.post("/api/v1/admin/policy/explain", json=body)
+        assert refused.status_code == 403 and refused.json()["error"] == "access_denied"
+        assert refusals(broker, before) == [("admin", "denied", "not_admin")]
+    with signed_in(broker, "auditor") as auditor:
+        before = broker.last_seq()
+        answer = auditor.post("/api/v1/admin/policy/explain", json=body)
+        assert answer.status_code == 200, answer.text
+        roles = {r["role"]: r for r in answer.json()["roles"]}
+        assert roles["readonly"]["usable"] and roles["readonly"]["sts"]["source_identity"] == "sim@example.test"
+        assert roles["prod-admin"]["visible"] and roles["prod-admin"]["reason"] == "request_required"
+        # Reading the policy is audited like any admin read; nothing is issued.
+        assert refusals(broker, before) == [("admin", "ok", "policy_explain")]
+        one = auditor.post("/api/v1/admin/policy/explain", json={**body, "role": "readonly", "mfa": "none"})
+        assert [r["reason"] for r in one.json()["roles"]] == ["mfa_insufficient"]
+        bad = auditor.post("/api/v1/admin/policy/explain", json={**body, "mfa": "strong"})
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid_request"

@@ -180,7 +180,9 @@ def test_role_the_user_may_not_use(broker: Running, browser: httpx.Client) -> No
 def test_mfa_below_the_roles_level(broker: Running, browser: httpx.Client) -> None:
     sign_in(browser, broker.url, "corp", "bob")
     portal = browser.get(f"{broker.url}/", headers=HTML)
-    assert roles_on(portal.text) == {"readonly"} and "Not available with this sign-in" in portal.text
+    assert roles_on(portal.text) == {"readonly"} and "This role needs mfa sign-in" in portal.text
+    # One next step (add a factor at the broker), not also "sign out and sign in again".
+    assert "add a security key or authenticator app" in portal.text and "Sign out and sign in again" not in portal.text
     before = broker.last_seq()
     resp = browser.post(f"{broker.url}/console", data={"role": "readonly", "csrf": csrf_of(portal.text)})
     assert resp.status_code == 403 and resp.json()["error"] == "mfa_required"
