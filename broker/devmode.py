@@ -229,7 +229,7 @@ class Guide:
             "Operator commands (same database and emulator):",
             f"  {prefix}broker audit verify -c {config}",
             f"  {prefix}broker requests list -c {config}      (request dev-oncall at {url}/requests)",
-            f"  {prefix}broker requests approve ID -c {config}",
+            f"  {prefix}broker requests approve ID --as dev-operator -c {config}",
             f"  {prefix}broker revoke principal {DEMO_EMAIL} -r 'trying it' -c {config}",
             f"  {prefix}broker policy explain -c {config} --store breakglass --subject {DEMO_USER} "
             "--group engineering --mfa mfa",
