@@ -17,11 +17,12 @@ install: $(PY)
 dev: install
 	$(VENV)/bin/broker dev
 
-## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer.
+## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer,
+## wrk for the benchmarks' load generator (its driver has a smoke test).
 system-deps:
-	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xmlsec1 >/dev/null 2>&1; then \
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xmlsec1 >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium xmlsec1; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium xmlsec1 wrk; \
 	fi
 
 ## The real OpenID Connect provider the tests talk to (npm oidc-provider, pinned by the lock file).

@@ -6,17 +6,19 @@ Phases (each ``--seconds`` long, ``--connections`` requests in flight, closed lo
 2. the broker's RFC 8693 token exchange, ``broker serve --workers 1``, PostgreSQL, durable audit, single-use
    ``jti`` (``bench/_exchange_rig.py``): every request carries a fresh pre-signed workload token;
 3. the same with ``--workers 2``;
-4. the SAML ACS end to end over HTTP (``POST /saml/corp/acs``: size and form checks, python3-saml
+4. a credential issuance, ``POST /api/v1/credentials`` for a CLI sign-in (bearer check, policy, STS through
+   moto's server, issuance row and audit event), one process;
+5. the SAML ACS end to end over HTTP (``POST /saml/corp/acs``: size and form checks, python3-saml
    validation, assertion-ID replay guard, the login request this browser started, a session and its audit
    row), one process, with pre-signed responses to pre-started sign-ins;
-5. raw python3-saml validation of the same responses (``OneLogin_Saml2_Response.is_valid``), in this
+6. raw python3-saml validation of the same responses (``OneLogin_Saml2_Response.is_valid``), in this
    process on one thread, as the floor the ACS is measured against.
 
 For each phase it prints requests per second, p50 and p99, and the CPU the server used per completed request
 (its processes' CPU time over the run divided by completed requests, read through psutil), then the ratios
 against the targets, and the load average (the figures are only as quiet as the machine).
 
-    .venv/bin/python bench/fleet.py                           # about 2 minutes
+    .venv/bin/python bench/fleet.py                           # about 3 minutes
     .venv/bin/python bench/fleet.py --seconds 20 --skip-saml
 
 It only prints: it is not a pass/fail test.
@@ -56,7 +58,7 @@ from tests.support.processes import free_port, wait_for_port  # noqa: E402
 from tests.support.workload_tokens import TestIssuer  # noqa: E402
 
 RESOURCE = "urn:bench:api"
-CLIENT_SECRET = "bench-client-secret-0123456789-0123456789"  # noqa: S105 (a throwaway peer's client)
+CLIENT_SECRET = "bench-client-secret-0123456789-0123456789"
 SAML_STORE = "corp"
 BINDING_COOKIE = "broker_saml"
 WARM_UP = 30
@@ -71,9 +73,7 @@ class Phase:
     def row(self) -> str:
         r = self.result
         cpu = f"{self.cpu_ms:>8.2f}" if self.cpu_ms is not None else f"{'-':>8}"
-        return (
-            f"{self.name:<44} {r.rate:>8.1f} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {cpu} {r.ok:>8} {r.failed:>6}"
-        )
+        return f"{self.name:<44} {r.rate:>8.1f} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {cpu} {r.ok:>8} {r.failed:>6}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -164,7 +164,10 @@ def exchange_phases(args: argparse.Namespace, workdir: Path) -> list[Phase]:
     phases = []
     for workers in (1, 2):
         # A fresh database each time: the same tokens are single-use per database, not per run.
-        with throwaway_postgres(args.database) as db_url, exchange_broker(db_url, issuer, workers=workers) as (url, pid):
+        with (
+            throwaway_postgres(args.database) as db_url,
+            exchange_broker(db_url, issuer, workers=workers) as (url, pid),
+        ):
             with httpx.Client(timeout=30) as http:
                 for token in tokens[:WARM_UP]:
                     http.post(f"{url}/oauth2/token", data=exchange_form(token)).raise_for_status()
@@ -183,6 +186,114 @@ def exchange_phases(args: argparse.Namespace, workdir: Path) -> list[Phase]:
                 )
             )
     return phases
+
+
+# ---------------------------------------------------------------- credential issuance
+
+
+def issuance_phase(args: argparse.Namespace, workdir: Path) -> Phase:
+    """``POST /api/v1/credentials`` for a CLI sign-in: bearer check, policy, STS (moto's server), issuance row
+    and audit event. STS answers are moto's, on these cores too: the figure that matters is the CPU ms."""
+    from tests.support.processes import moto_server
+
+    port = free_port()
+    config: dict[str, Any] = {
+        "mode": "production",
+        "public_url": f"http://127.0.0.1:{port}",
+        "secret_key": secrets.token_urlsafe(40),
+        "log_level": "WARNING",
+        "session": {"cookie_secure": False},
+        "aws": {"region": "us-east-1", "federation_endpoint": None, "max_attempts": 1},
+        "roles": [
+            {
+                "name": "readonly",
+                "role_arn": "arn:aws:iam::123456789012:role/ReadOnly",
+                "grant": [{"groups": ["engineering"]}],
+                "mfa": "mfa",
+                "max_duration_seconds": 3600,
+            }
+        ],
+    }
+    with moto_server() as sts, throwaway_postgres(args.database) as db_url:
+        config["database_url"] = db_url
+        config["aws"]["sts_endpoint_url"] = sts
+        path = workdir / "issuance.yaml"
+        path.write_text(yaml.safe_dump(config))
+        store_db.upgrade(db_url)
+        bearer = "Bearer " + cli_access_token(path)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+        env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")  # moto accepts any key
+        server = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "serve", "-c", str(path), "--port", str(port)], cwd=ROOT, env=env
+        )
+        try:
+            wait_for_port(port, process=server, timeout=60)
+            url = f"http://127.0.0.1:{port}/api/v1/credentials"
+            body = '{"role": "readonly"}'
+            with httpx.Client(timeout=30) as http:
+                for _ in range(WARM_UP):
+                    answer = http.post(url, content=body, headers={"Authorization": bearer})
+                    if answer.status_code != 200:
+                        raise RuntimeError(f"issuance warm-up refused: {answer.status_code} {answer.text[:300]}")
+            requests_file = workdir / "issuance.txt"
+            wrk.write_requests(requests_file, [("", body)])
+            return measured(
+                "broker credential issuance (CLI, moto STS)",
+                server.pid,
+                lambda: wrk.run(
+                    url,
+                    requests_file=requests_file,
+                    workdir=workdir,
+                    seconds=args.seconds,
+                    connections=args.connections,
+                    content_type="application/json",
+                    authorization=bearer,
+                ),
+            )
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def cli_access_token(config_path: Path) -> str:
+    """A CLI sign-in made as the device flow would at its end: a refresh family and its access token."""
+    from broker.app import create_app
+    from broker.audit import Context
+    from broker.identity import Identity, MfaEvidence, MfaLevel
+    from broker.settings import load_settings
+
+    app = create_app(load_settings(config_path))
+    cli = app.state.oauth.cli
+    now = datetime.now(UTC)
+    identity = Identity(
+        subject="alice",
+        issuer="https://idp.bench",
+        store="corp",
+        username="alice",
+        email="alice@corp.example",
+        groups=frozenset({"engineering"}),
+        mfa=MfaEvidence(level=MfaLevel.MFA, methods=("pwd", "otp"), authenticated_at=now),
+    )
+    try:
+        with app.state.broker.db.transaction() as session:
+            started = cli.start(
+                session,
+                identity=identity,
+                session_expires_at=now + timedelta(hours=8),
+                grant_type="urn:ietf:params:oauth:grant-type:device_code",
+                ctx=Context(),
+            )
+        response = cli.token_response(
+            family_id=started.family_id,
+            identity=identity,
+            expires_at=started.expires_at,
+            refresh_token=started.refresh_token,
+        )
+    finally:
+        app.state.oauth.close()
+        app.state.broker.db.dispose()
+    token: str = response["access_token"]
+    return token
 
 
 # ---------------------------------------------------------------- SAML ACS
@@ -394,7 +505,8 @@ def main() -> None:
     parser.add_argument(
         "--max-rate", type=float, default=800, help="highest broker rate to pre-sign single-use tokens for"
     )
-    parser.add_argument("--skip-saml", action="store_true", help="only the token-exchange phases")
+    parser.add_argument("--skip-saml", action="store_true", help="leave out the SAML ACS phases")
+    parser.add_argument("--skip-issuance", action="store_true", help="leave out the credential-issuance phase")
     parser.add_argument("--saml-seconds", type=float, default=5, help="length of the ACS phase")
     parser.add_argument(
         "--saml-count", type=int, default=1500, help="SAML responses to pre-sign (more than the ACS can take)"
@@ -411,6 +523,10 @@ def main() -> None:
         phases[phase.name] = phase
         print("broker token exchange, 1 and 2 processes ...", flush=True)
         for phase in exchange_phases(args, workdir):
+            phases[phase.name] = phase
+        if not args.skip_issuance:
+            print("broker credential issuance (CLI sign-in, moto STS) ...", flush=True)
+            phase = issuance_phase(args, workdir)
             phases[phase.name] = phase
         if not args.skip_saml:
             print("SAML ACS end to end, and raw python3-saml ...", flush=True)

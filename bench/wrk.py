@@ -47,10 +47,16 @@ function init(args)
   if repeat_one then lines = {first} end
 end
 
+local verified = false
 function request()
   local line
   if repeat_one then
     line = lines[1]
+  elseif id == 0 and not verified then
+    -- wrk calls request() once on the first thread's state to check the script and never sends that
+    -- request: peek at the line without spending it.
+    verified = true
+    line = lines[1] or "\t"
   else
     index = index + 1
     line = lines[index] or "\t"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -163,13 +163,16 @@ def consume_once(session: Session, *, kind: str, key_hmac: str, expires_at: date
     """Record a one-time value; raise ReplayDetected if it was recorded before (by any process).
 
     The primary key makes the database the arbiter: two processes racing on one value both INSERT and
-    exactly one commits. A savepoint keeps the caller's transaction usable after the conflict.
+    exactly one commits. One Core INSERT (no unit of work, no savepoint: a hot path runs this per request);
+    after a conflict the transaction is unusable, so let ReplayDetected propagate out of it (it rolls back).
     """
     try:
-        with session.begin_nested():
-            session.add(ReplayGuard(kind=kind, key_hmac=key_hmac, expires_at=expires_at))
+        session.execute(_INSERT_ONCE, {"kind": kind, "key_hmac": key_hmac, "expires_at": expires_at})
     except IntegrityError:
         raise ReplayDetected(reason=f"{kind}_replay") from None
+
+
+_INSERT_ONCE = insert(cast(Table, ReplayGuard.__table__))
 
 
 def purge_expired(session: Session, *, now: datetime) -> int:

@@ -19,17 +19,25 @@ BROWSER_COOKIE = "broker_browser"
 RETURN_PATHS = ("/", "/device", "/mfa", "/account", "/oauth2/authorize")
 
 
-def get_broker(request: Request) -> Broker:
+# The dependencies that only read the request or the app are ``async def``: FastAPI runs a plain ``def``
+# dependency in the thread pool, a hop that costs more than the work here.
+
+
+def _broker(request: Request) -> Broker:
     broker: Broker = request.app.state.broker
     return broker
 
 
-def get_templates(request: Request) -> Jinja2Templates:
+async def get_broker(request: Request) -> Broker:
+    return _broker(request)
+
+
+async def get_templates(request: Request) -> Jinja2Templates:
     templates: Jinja2Templates = request.app.state.templates
     return templates
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:
     request_id = getattr(request.state, "request_id", None) or str(uuid.uuid4())
     client_ip = request.client.host if request.client else None
     user_agent = request.headers.get("user-agent", "")[:512] or None
@@ -37,12 +45,12 @@ def get_context(request: Request) -> Context:
 
 
 def session_cookie(request: Request) -> str | None:
-    broker = get_broker(request)
+    broker = _broker(request)
     return request.cookies.get(broker.settings.session.cookie_name)
 
 
 def get_current(request: Request) -> CurrentSession:
-    broker = get_broker(request)
+    broker = _broker(request)
     current = broker.current_session(session_cookie(request))
     request.state.principal = current.identity.principal
     return current
