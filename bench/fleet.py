@@ -19,7 +19,7 @@ For each phase it prints requests per second, p50 and p99, and the CPU the serve
 against the targets, and the load average (the figures are only as quiet as the machine).
 
     .venv/bin/python bench/fleet.py                           # about 3 minutes
-    .venv/bin/python bench/fleet.py --seconds 20 --skip-saml
+    .venv/bin/python bench/fleet.py --seconds 20 --phases oidc,exchange
 
 It only prints: it is not a pass/fail test.
 """
@@ -62,6 +62,7 @@ CLIENT_SECRET = "bench-client-secret-0123456789-0123456789"
 SAML_STORE = "corp"
 BINDING_COOKIE = "broker_saml"
 WARM_UP = 30
+PHASES = ("oidc", "exchange", "issuance", "saml")
 
 
 @dataclass(frozen=True)
@@ -505,30 +506,38 @@ def main() -> None:
     parser.add_argument(
         "--max-rate", type=float, default=800, help="highest broker rate to pre-sign single-use tokens for"
     )
-    parser.add_argument("--skip-saml", action="store_true", help="leave out the SAML ACS phases")
-    parser.add_argument("--skip-issuance", action="store_true", help="leave out the credential-issuance phase")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all, in that order)",
+    )
     parser.add_argument("--saml-seconds", type=float, default=5, help="length of the ACS phase")
     parser.add_argument(
         "--saml-count", type=int, default=1500, help="SAML responses to pre-sign (more than the ACS can take)"
     )
     args = parser.parse_args()
+    wanted = set(args.phases.split(","))
+    if wanted - set(PHASES):
+        parser.error(f"unknown phases {sorted(wanted - set(PHASES))}; choose from {','.join(PHASES)}")
     wrk.ensure_installed()
     load_before = load_average()
     started = time.perf_counter()
     phases: dict[str, Phase] = {}
     with tempfile.TemporaryDirectory(prefix="broker-fleet-") as tmp:
         workdir = Path(tmp)
-        print("oidc-provider client_credentials ...", flush=True)
-        phase = oidc_phase(args, workdir)
-        phases[phase.name] = phase
-        print("broker token exchange, 1 and 2 processes ...", flush=True)
-        for phase in exchange_phases(args, workdir):
+        if "oidc" in wanted:
+            print("oidc-provider client_credentials ...", flush=True)
+            phase = oidc_phase(args, workdir)
             phases[phase.name] = phase
-        if not args.skip_issuance:
+        if "exchange" in wanted:
+            print("broker token exchange, 1 and 2 processes ...", flush=True)
+            for phase in exchange_phases(args, workdir):
+                phases[phase.name] = phase
+        if "issuance" in wanted:
             print("broker credential issuance (CLI sign-in, moto STS) ...", flush=True)
             phase = issuance_phase(args, workdir)
             phases[phase.name] = phase
-        if not args.skip_saml:
+        if "saml" in wanted:
             print("SAML ACS end to end, and raw python3-saml ...", flush=True)
             for phase in saml_phases(args, workdir):
                 phases[phase.name] = phase

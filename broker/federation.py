@@ -508,10 +508,9 @@ class Broker:
         now = self.clock()
         try:
             with self.db.transaction() as session:
-                principal = queries.upsert_principal(session, identity=identity, now=now)
-                row = queries.record_issuance(
+                issuance_id = queries.insert_issuance(
                     session,
-                    principal_id=principal.id,
+                    principal_id=queries.touch_principal(session, identity=identity, now=now),
                     session_hmac=session_hmac,
                     role_name=decision.role.name,
                     role_arn=decision.role.role_arn,
@@ -542,14 +541,13 @@ class Broker:
                         "source_identity": decision.source_identity,
                         "role_session_name": decision.role_session_name,
                         "duration_seconds": decision.duration_seconds,
-                        "issuance_id": row.id,
+                        "issuance_id": issuance_id,
                         "break_glass": identity.break_glass,
                         "why": list(decision.reasons),
                         "access_request_id": decision.grant_request_id,
                         **(audit_detail or {}),
                     },
                 )
-                issuance_id = row.id
         except ServiceUnavailable as exc:
             # The credentials exist at AWS but are never handed out: no audit row, no credentials.
             raise AuditUnavailable() from exc

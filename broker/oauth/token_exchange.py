@@ -236,6 +236,7 @@ class TokenExchangeGrant:
                     kind="jti",
                     key_hmac=self.broker.keys.mac("workload-jti", f"{token.identity.issuer}\n{token.jti}"),
                     expires_at=token.expires_at + REPLAY_MARGIN,
+                    savepoint=False,  # a replay abandons the whole transaction
                 )
             except ReplayDetected:
                 raise InvalidRequest("This token was already exchanged.", reason="jti_replay") from None

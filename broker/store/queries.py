@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -60,6 +62,37 @@ def upsert_principal(session: Session, *, identity: Identity, now: datetime) -> 
         principal.groups = sorted(identity.groups)
         principal.last_seen_at = now
     return principal
+
+
+def touch_principal(session: Session, *, identity: Identity, now: datetime) -> int:
+    """:func:`upsert_principal` as one statement, for the issuance hot path: the principal's id.
+
+    ``INSERT ... ON CONFLICT (store, subject) DO UPDATE ... RETURNING id`` (PostgreSQL and SQLite 3.35+): one
+    round trip and no unit of work, where loading the row and flushing its changes takes two of each.
+    """
+    table = cast(Table, Principal.__table__)
+    dialect_insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = dialect_insert(table).values(
+        store=identity.store,
+        subject=identity.subject,
+        issuer=identity.issuer,
+        username=identity.username,
+        email=identity.email,
+        groups=sorted(identity.groups),
+        first_seen_at=now,
+        last_seen_at=now,
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.store, table.c.subject],
+        set_={
+            "username": statement.excluded.username,
+            "email": statement.excluded.email,
+            "groups": statement.excluded.groups,
+            "last_seen_at": statement.excluded.last_seen_at,
+        },
+    )
+    principal_id: int = session.execute(statement.returning(table.c.id)).scalar_one()
+    return principal_id
 
 
 def principal_disabled(session: Session, *, store: str, subject: str) -> bool:
@@ -149,25 +182,33 @@ def take_login_request(session: Session, *, state_hmac: str) -> LoginRequest | N
 # ---------------------------------------------------------------- issuances
 
 
-def record_issuance(session: Session, **fields: Any) -> Issuance:
-    row = Issuance(**fields)
-    session.add(row)
-    session.flush()
-    return row
+def insert_issuance(session: Session, **fields: Any) -> int:
+    """:func:`record_issuance` as one Core ``INSERT ... RETURNING id``, for the issuance hot path."""
+    issuance_id: int = session.execute(_INSERT_ISSUANCE, fields).scalar_one()
+    return issuance_id
+
+
+_INSERT_ISSUANCE = insert(cast(Table, Issuance.__table__)).returning(cast(Table, Issuance.__table__).c.id)
 
 
 # ---------------------------------------------------------------- replay guard
 
 
-def consume_once(session: Session, *, kind: str, key_hmac: str, expires_at: datetime) -> None:
+def consume_once(session: Session, *, kind: str, key_hmac: str, expires_at: datetime, savepoint: bool = True) -> None:
     """Record a one-time value; raise ReplayDetected if it was recorded before (by any process).
 
     The primary key makes the database the arbiter: two processes racing on one value both INSERT and
-    exactly one commits. One Core INSERT (no unit of work, no savepoint: a hot path runs this per request);
-    after a conflict the transaction is unusable, so let ReplayDetected propagate out of it (it rolls back).
+    exactly one commits. One Core INSERT, no unit of work. With ``savepoint`` (the default) the caller's
+    transaction stays usable after a conflict. Hot paths pass ``savepoint=False`` to save its two round trips:
+    a conflict then aborts the whole transaction, so ReplayDetected must propagate out of it (it rolls back).
     """
+    values = {"kind": kind, "key_hmac": key_hmac, "expires_at": expires_at}
     try:
-        session.execute(_INSERT_ONCE, {"kind": kind, "key_hmac": key_hmac, "expires_at": expires_at})
+        if savepoint:
+            with session.begin_nested():
+                session.execute(_INSERT_ONCE, values)
+        else:
+            session.execute(_INSERT_ONCE, values)
     except IntegrityError:
         raise ReplayDetected(reason=f"{kind}_replay") from None
 
