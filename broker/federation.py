@@ -146,7 +146,7 @@ class Broker:
         session_id = secrets.token_urlsafe(32)
         absolute = now + timedelta(hours=self.settings.session.absolute_timeout_hours)
         with self.db.transaction() as session:
-            principal = queries.upsert_principal(session, identity=identity, now=now)
+            principal = queries.touch_principal(session, identity=identity, now=now)
             if principal.disabled:
                 raise self.audit.deny(
                     self.db,
@@ -158,7 +158,7 @@ class Broker:
             queries.create_session(
                 session,
                 id_hmac=self.session_hmac(session_id),
-                principal=principal,
+                principal_id=principal.id,
                 identity=identity,
                 now=now,
                 expires_at=absolute,
@@ -510,7 +510,7 @@ class Broker:
             with self.db.transaction() as session:
                 issuance_id = queries.insert_issuance(
                     session,
-                    principal_id=queries.touch_principal(session, identity=identity, now=now),
+                    principal_id=queries.touch_principal(session, identity=identity, now=now).id,
                     session_hmac=session_hmac,
                     role_name=decision.role.name,
                     role_arn=decision.role.role_arn,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -64,8 +64,13 @@ def upsert_principal(session: Session, *, identity: Identity, now: datetime) -> 
     return principal
 
 
-def touch_principal(session: Session, *, identity: Identity, now: datetime) -> int:
-    """:func:`upsert_principal` as one statement, for the issuance hot path: the principal's id.
+class PrincipalRef(NamedTuple):
+    id: int
+    disabled: bool
+
+
+def touch_principal(session: Session, *, identity: Identity, now: datetime) -> PrincipalRef:
+    """:func:`upsert_principal` as one statement, for the sign-in and issuance hot paths.
 
     ``INSERT ... ON CONFLICT (store, subject) DO UPDATE ... RETURNING id`` (PostgreSQL and SQLite 3.35+): one
     round trip and no unit of work, where loading the row and flushing its changes takes two of each.
@@ -91,8 +96,8 @@ def touch_principal(session: Session, *, identity: Identity, now: datetime) -> i
             "last_seen_at": statement.excluded.last_seen_at,
         },
     )
-    principal_id: int = session.execute(statement.returning(table.c.id)).scalar_one()
-    return principal_id
+    found = session.execute(statement.returning(table.c.id, table.c.disabled)).one()
+    return PrincipalRef(found.id, bool(found.disabled))
 
 
 def principal_disabled(session: Session, *, store: str, subject: str) -> bool:
@@ -108,25 +113,30 @@ def create_session(
     session: Session,
     *,
     id_hmac: str,
-    principal: Principal,
+    principal_id: int,
     identity: Identity,
     now: datetime,
     expires_at: datetime,
     client_ip: str | None,
     user_agent: str | None,
-) -> BrokerSession:
-    row = BrokerSession(
-        id_hmac=id_hmac,
-        principal_id=principal.id,
-        identity=identity.to_json(),
-        created_at=now,
-        last_seen_at=now,
-        expires_at=expires_at,
-        client_ip=client_ip,
-        user_agent=user_agent,
+) -> None:
+    """One Core INSERT (a sign-in's hot path): the session row, keyed by the HMAC of its id."""
+    session.execute(
+        _INSERT_SESSION,
+        {
+            "id_hmac": id_hmac,
+            "principal_id": principal_id,
+            "identity": identity.to_json(),
+            "created_at": now,
+            "last_seen_at": now,
+            "expires_at": expires_at,
+            "client_ip": client_ip,
+            "user_agent": user_agent,
+        },
     )
-    session.add(row)
-    return row
+
+
+_INSERT_SESSION = insert(cast(Table, BrokerSession.__table__))
 
 
 def get_session(session: Session, *, id_hmac: str) -> BrokerSession | None:
@@ -171,12 +181,15 @@ def save_login_request(
 
 
 def take_login_request(session: Session, *, state_hmac: str) -> LoginRequest | None:
-    """Fetch and delete in one step, so a state value works once even across processes."""
-    row = session.get(LoginRequest, state_hmac, with_for_update=True)
-    if row is not None:
-        session.delete(row)
-        session.flush()
-    return row
+    """Fetch and delete in one statement (``DELETE ... RETURNING``), so a state value works once even across
+    processes: a concurrent taker waits on the row and then finds nothing. The returned row is detached."""
+    table = cast(Table, LoginRequest.__table__)
+    taken = (
+        session.execute(delete(table).where(table.c.state_hmac == state_hmac).returning(*table.c))
+        .mappings()
+        .one_or_none()
+    )
+    return LoginRequest(**taken) if taken is not None else None
 
 
 # ---------------------------------------------------------------- issuances

@@ -123,7 +123,7 @@ def test_hostile_identity_values_are_stored_verbatim(database: Database) -> None
         queries.create_session(
             s,
             id_hmac="h",
-            principal=principal,
+            principal_id=principal.id,
             identity=identity,
             now=NOW,
             expires_at=NOW + timedelta(hours=1),
@@ -141,11 +141,12 @@ def test_hostile_identity_values_are_stored_verbatim(database: Database) -> None
 def test_touch_principal_inserts_once_then_updates_in_place(database: Database) -> None:
     first = Identity(subject="u1", issuer="https://idp", store="corp", username="ann", groups=frozenset({"b", "a"}))
     with database.transaction() as s:
-        created = queries.touch_principal(s, identity=first, now=NOW)
+        created, disabled = queries.touch_principal(s, identity=first, now=NOW)
+    assert not disabled
     later = NOW + timedelta(hours=1)
     renamed = Identity(subject="u1", issuer="https://idp", store="corp", username="anne", email="anne@corp.test")
     with database.transaction() as s:
-        assert queries.touch_principal(s, identity=renamed, now=later) == created
+        assert queries.touch_principal(s, identity=renamed, now=later).id == created
         # The same row as upsert_principal reads and writes: one principal per (store, subject).
         row = queries.upsert_principal(s, identity=renamed, now=later)
         assert row.id == created
@@ -153,4 +154,4 @@ def test_touch_principal_inserts_once_then_updates_in_place(database: Database) 
         assert (row.first_seen_at, row.last_seen_at) == (NOW, later)
     other = Identity(subject="u1", issuer="https://idp", store="other", username="ann")
     with database.transaction() as s:
-        assert queries.touch_principal(s, identity=other, now=NOW) != created
+        assert queries.touch_principal(s, identity=other, now=NOW).id != created
