@@ -483,6 +483,7 @@ def saml_phases(args: argparse.Namespace, workdir: Path) -> list[Phase]:
         seconds=elapsed,
         failed=0,
         timeouts=0,
+        refused=0,
         p50_ms=latencies[len(latencies) // 2] * 1000,
         p90_ms=latencies[int(len(latencies) * 0.9)] * 1000,
         p99_ms=latencies[int(len(latencies) * 0.99)] * 1000,

@@ -82,12 +82,14 @@ end
 
 @dataclass(frozen=True)
 class WrkResult:
-    """wrk's totals for one run. ``failed`` counts socket errors and HTTP statuses of 400 and above."""
+    """wrk's totals for one run. ``requests`` are completed responses, ``refused`` those with a status of 400
+    or above; ``failed`` adds the socket errors and timeouts (requests that never completed)."""
 
     requests: int
     seconds: float
     failed: int
     timeouts: int
+    refused: int
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -95,7 +97,7 @@ class WrkResult:
 
     @property
     def ok(self) -> int:
-        return max(self.requests - self.failed, 0)
+        return max(self.requests - self.refused, 0)
 
     @property
     def rate(self) -> float:
@@ -117,6 +119,7 @@ def parse(output: str) -> WrkResult:
         seconds=data["duration_us"] / 1e6,
         failed=failed,
         timeouts=data["timeout"],
+        refused=data["status"],
         p50_ms=data["p50_us"] / 1000,
         p90_ms=data["p90_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
