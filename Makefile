@@ -26,11 +26,11 @@ dev: install
 
 ## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer,
 ## slapd and ldap-utils for the LDAP directory peer, SimpleSAMLphp (with PHP) as a second SAML identity provider,
-## curl for the token-exchange command `broker dev` prints.
+## curl for the token-exchange command `broker dev` prints, wrk for the benchmarks' load generator.
 system-deps: build-deps
-	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xmlsec1 >/dev/null 2>&1; then \
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xmlsec1 >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium xmlsec1; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium xmlsec1 wrk; \
 	fi
 	@if ! command -v /usr/sbin/slapd >/dev/null 2>&1 || ! command -v ldapadd >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \

@@ -178,7 +178,7 @@ class Broker:
         with self.db.transaction() as session:
             if previous_session and len(previous_session) <= 128:
                 queries.delete_session(session, id_hmac=self.session_hmac(previous_session))
-            principal = queries.upsert_principal(session, identity=identity, now=now)
+            principal = queries.touch_principal(session, identity=identity, now=now)
             if principal.disabled:
                 raise self.audit.deny(
                     self.db,
@@ -191,7 +191,7 @@ class Broker:
             queries.create_session(
                 session,
                 id_hmac=self.session_hmac(session_id),
-                principal=principal,
+                principal_id=principal.id,
                 identity=identity,
                 now=now,
                 expires_at=absolute,
@@ -616,10 +616,9 @@ class Broker:
         now = self.clock()
         try:
             with self.db.transaction() as session:
-                principal = queries.upsert_principal(session, identity=identity, now=now)
-                row = queries.record_issuance(
+                issuance_id = queries.insert_issuance(
                     session,
-                    principal_id=principal.id,
+                    principal_id=queries.touch_principal(session, identity=identity, now=now).id,
                     session_hmac=session_hmac,
                     role_name=decision.role.name,
                     role_arn=decision.role.role_arn,
@@ -650,14 +649,13 @@ class Broker:
                         "source_identity": decision.source_identity,
                         "role_session_name": decision.role_session_name,
                         "duration_seconds": decision.duration_seconds,
-                        "issuance_id": row.id,
+                        "issuance_id": issuance_id,
                         "break_glass": identity.break_glass,
                         "why": list(decision.reasons),
                         "access_request_id": decision.grant_request_id,
                         **(audit_detail or {}),
                     },
                 )
-                issuance_id = row.id
         except ServiceUnavailable as exc:
             # The credentials exist at AWS but are never handed out: no audit row, no credentials.
             raise AuditUnavailable() from exc

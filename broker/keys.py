@@ -15,9 +15,15 @@ from pydantic import SecretStr
 class Keys:
     def __init__(self, root: SecretStr) -> None:
         self._root = root.get_secret_value().encode()
+        # Derived once per purpose: hot paths MAC a value per request (a jti, a session id, a rate-limit key).
+        self._derived: dict[str, bytes] = {}
 
     def key(self, purpose: str) -> bytes:
-        return hmac.new(self._root, b"broker-key:" + purpose.encode(), hashlib.sha256).digest()
+        derived = self._derived.get(purpose)
+        if derived is None:
+            derived = hmac.new(self._root, b"broker-key:" + purpose.encode(), hashlib.sha256).digest()
+            self._derived[purpose] = derived
+        return derived
 
     def mac(self, purpose: str, value: str | bytes) -> str:
         """Hex HMAC-SHA256 of ``value`` under the key for ``purpose``."""

@@ -92,6 +92,8 @@ def configure(level: str = "INFO", *, json: bool = True) -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
     structlog.configure(
         processors=[
+            # Below the configured level an event is dropped before any other processor runs.
+            structlog.stdlib.filter_by_level,
             structlog.contextvars.merge_contextvars,
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,

@@ -26,10 +26,13 @@ open or refusing every sign-in: limits still hold per process, and shared counti
 from __future__ import annotations
 
 import math
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Depends, Request, params
+from fastapi.concurrency import run_in_threadpool
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
@@ -93,7 +96,7 @@ class RateLimiter:
             )
             assert isinstance(shared, Storage)  # a redis:// URL gives the synchronous storage
             self._shared = shared
-        self._local = MemoryStorage()
+        self._local = _LocalCounters()
         self._shared_down_until = 0.0
 
     def close(self) -> None:
@@ -124,6 +127,11 @@ class RateLimiter:
             return self._hit(item, *ids, spend=spend)
         return allowed, reset
 
+    @property
+    def shared(self) -> bool:
+        """Whether counters live in Redis (counting is then network I/O, kept off the event loop)."""
+        return self._shared is not None
+
     def check(
         self,
         name: str,
@@ -139,7 +147,9 @@ class RateLimiter:
         With :meth:`spend`, for budgets that only some outcomes use up (failed token requests): check before
         the work, spend after a failure.
         """
-        self._count(name, per=per, key=key, ctx=ctx, principal=principal, store=store, spend=False)
+        refusal = self.count(name, per=per, key=key, ctx=ctx, principal=principal, store=store, spend=False)
+        if refusal is not None:
+            raise self.refuse(refusal)
 
     def spend(self, name: str, *, per: Per, key: str) -> None:
         """Use up one of ``<name>.<per>`` for ``key`` without refusing anything now."""
@@ -160,21 +170,25 @@ class RateLimiter:
         store: str | None = None,
     ) -> None:
         """Count one attempt against ``<name>.<per>`` for ``key``; raise an audited 429 when over the limit."""
-        self._count(name, per=per, key=key, ctx=ctx, principal=principal, store=store, spend=True)
+        refusal = self.count(name, per=per, key=key, ctx=ctx, principal=principal, store=store)
+        if refusal is not None:
+            raise self.refuse(refusal)
 
-    def _count(
+    def count(
         self,
         name: str,
         *,
         per: Per,
         key: str,
-        ctx: Context | None,
-        principal: str | None,
-        store: str | None,
-        spend: bool,
-    ) -> None:
+        ctx: Context | None = None,
+        principal: str | None = None,
+        store: str | None = None,
+        spend: bool = True,
+    ) -> _Refusal | None:
+        """Count one attempt (``spend=False``: only look); return the refusal to :meth:`refuse` when over the
+        limit (no database I/O)."""
         if not self.enabled:
-            return
+            return None
         ref = self._keys.mac("ratelimit", f"{per}:{key}")[:32]
         for item in self._limits(name, per):
             allowed, reset = self._hit(item, name, per, ref, spend=spend)
@@ -186,24 +200,54 @@ class RateLimiter:
             log.info("rate limited", limit=f"{name}.{per}", window=window, retry_after=retry_after)
             # The first refusal per key and window is audited; the rest are only logged (see module docstring).
             first, _ = self._hit(_once_per(item), "audit", name, per, ref)
+            audit: dict[str, Any] | None = None
             if first:
-                self._audit.record(
-                    self._db,
-                    event="ratelimit",
-                    outcome="denied",
-                    reason=error.reason,
-                    principal=principal if principal is not None else (key[:256] if per == "principal" else None),
-                    store=store,
-                    ctx=ctx,
-                    detail={
+                audit = {
+                    "event": "ratelimit",
+                    "outcome": "denied",
+                    "reason": error.reason,
+                    "principal": principal if principal is not None else (key[:256] if per == "principal" else None),
+                    "store": store,
+                    "ctx": ctx,
+                    "detail": {
                         "error": error.code,
                         "limit": f"{name}.{per}",
                         "window": window,
                         "retry_after": retry_after,
                         "note": "further refusals for this key in this window are logged, not audited",
                     },
-                )
-            raise error
+                }
+            return _Refusal(error, audit)
+        return None
+
+    def refuse(self, refusal: _Refusal) -> RateLimited:
+        """Audit a refusal if it is the first of its window (a database write); return the error to raise."""
+        if refusal.audit is not None:
+            self._audit.record(self._db, **refusal.audit)
+        return refusal.error
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    error: RateLimited
+    audit: dict[str, Any] | None
+
+
+class _LocalCounters(MemoryStorage):
+    """``limits``' in-process storage, with its sweep of expired keys run once a second.
+
+    The library re-arms a 10 ms timer thread on every count once the last one finished, which under steady
+    traffic starts a thread per request. Counting stays exact either way (an expired key is also dropped
+    when it is next read); the sweep only frees the keys of clients that went quiet.
+    """
+
+    SWEEP_SECONDS = 1.0
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # the library's private hook, called from incr()
+        if not self.timer.is_alive():
+            self.timer = threading.Timer(self.SWEEP_SECONDS, self._MemoryStorage__expire_events)  # type: ignore[attr-defined]
+            self.timer.daemon = True
+            self.timer.start()
 
 
 def _once_per(item: RateLimitItem) -> RateLimitItem:
@@ -228,20 +272,29 @@ def rate_limited(name: str, *, per: Per = "ip") -> params.Depends:
     cookie, and on the address when there is no live session (the route then refuses with 401 anyway).
     """
 
-    def dependency(request: Request) -> None:
-        limiter: RateLimiter | None = getattr(request.app.state, "ratelimiter", None)
-        if limiter is None or not limiter.enabled:
-            return
+    def count(request: Request, limiter: RateLimiter) -> _Refusal | None:
         ctx = _context(request)
         key = ctx.client_ip or "unknown"
         principal = None
         if per == "principal":
             principal = _session_principal(request)
             if principal is None:
-                limiter.hit(name, per="ip", key=key, ctx=ctx)
-                return
+                return limiter.count(name, per="ip", key=key, ctx=ctx)
             key = principal
-        limiter.hit(name, per=per, key=key, ctx=ctx, principal=principal)
+        return limiter.count(name, per=per, key=key, ctx=ctx, principal=principal)
+
+    async def dependency(request: Request) -> None:
+        # In-process counters are counted right here on the event loop (no thread-pool hop per request);
+        # Redis round trips, a session lookup (per principal) and the audit write of a refusal go to a thread.
+        limiter: RateLimiter | None = getattr(request.app.state, "ratelimiter", None)
+        if limiter is None or not limiter.enabled:
+            return
+        if limiter.shared or per == "principal":
+            refusal = await run_in_threadpool(count, request, limiter)
+        else:
+            refusal = count(request, limiter)
+        if refusal is not None:
+            raise await run_in_threadpool(limiter.refuse, refusal)
 
     result: Any = Depends(dependency)
     return result  # type: ignore[no-any-return]

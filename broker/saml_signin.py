@@ -23,6 +23,7 @@ from broker.federation import Broker, SignedIn
 from broker.identity import Identity, MfaLevel
 from broker.logs import get_logger
 from broker.store import queries
+from broker.store.models import LoginRequest
 
 log = get_logger("broker.saml")
 
@@ -108,15 +109,26 @@ class SamlSignIn:
             "authn_context": list(checked.authn_contexts),
         }
         try:
+            # One transaction spends the assertion ID (refused until it would have expired anyway, by every
+            # broker process sharing this database) and takes the sign-in it answers; both stay spent even
+            # when a check below refuses the response.
             with broker.db.transaction() as session:
-                # Refused until it would have expired anyway, by every broker process sharing this database.
                 queries.consume_once(
                     session,
                     kind="saml_assertion",
                     key_hmac=broker.keys.mac("saml-assertion", f"{checked.issuer}\n{checked.assertion_id}"),
                     expires_at=checked.replay_until,
+                    savepoint=False,  # a replay abandons the transaction before anything else is in it
                 )
-            next_path, requested = self._bind(connector, checked.in_response_to, binding, relay_state)
+                started = (
+                    queries.take_login_request(
+                        session,
+                        state_hmac=broker.keys.mac("saml-request", f"{connector.name}\n{checked.in_response_to}"),
+                    )
+                    if checked.in_response_to is not None
+                    else None
+                )
+            next_path, requested = self._bind(connector, checked.in_response_to, started, binding, relay_state)
             if checked.mfa.level < requested:
                 raise MfaRequired(
                     f"The identity provider did not confirm the {requested.label.replace('_', '-')} sign-in "
@@ -161,10 +173,14 @@ class SamlSignIn:
         self,
         connector: SamlConnector,
         in_response_to: str | None,
+        row: LoginRequest | None,
         binding: str | None,
         relay_state: str | None,
     ) -> tuple[str, MfaLevel]:
-        """Match the response to a request this browser started (or allow an unsolicited one if configured)."""
+        """Match the response to a request this browser started (or allow an unsolicited one if configured).
+
+        ``row`` is the sign-in in flight that ``in_response_to`` named, already taken (deleted) by the caller.
+        """
         broker = self.broker
         if in_response_to is None:
             if not connector.allow_idp_initiated:
@@ -174,10 +190,6 @@ class SamlSignIn:
                     library_error="no InResponseTo and IdP-initiated sign-in is disabled",
                 )
             return relay_state or "/", MfaLevel.NONE
-        with broker.db.transaction() as session:
-            row = queries.take_login_request(
-                session, state_hmac=broker.keys.mac("saml-request", f"{connector.name}\n{in_response_to}")
-            )
         if row is None or row.store != connector.name:
             raise SamlRejected(
                 "saml.in_response_to_unknown", library_error="InResponseTo names no sign-in in flight here"

@@ -24,10 +24,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.audit import Context
-from broker.errors import BrokerError, InvalidRequest, InvalidScope, InvalidTarget, ReplayDetected
+from broker.errors import (
+    AuditUnavailable,
+    BrokerError,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    ReplayDetected,
+)
 from broker.federation import Broker
 from broker.identity import Channel
 from broker.oauth.clients import AuthenticatedClient
@@ -41,6 +48,9 @@ from broker.oauth.workload import (
 from broker.policy import AccessRequest, decide, decide_audience
 from broker.settings import TOKEN_EXCHANGE_GRANT, RoleConfig
 from broker.store import queries
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 GRANT_TYPE = TOKEN_EXCHANGE_GRANT
 # The broker's own token type URI for AWS credentials (RFC 8693 section 3 lets an implementation define
@@ -128,20 +138,28 @@ class TokenExchangeGrant:
                 detail["actor"] = actor.principal
             act = self._act(subject, actor)
             plan = self._plan(request, subject, actor, act, ctx)
-            self._consume(subject, actor)
+            if plan.role is not None:
+                # STS is called only for a token not used before: its jti is spent first, on its own.
+                with self.broker.db.transaction() as session:
+                    self._consume(session, subject, actor)
         except BrokerError as exc:
-            raise self.broker.audit.deny(
-                self.broker.db,
-                exc,
-                event="token_exchange",
-                identity=subject.identity if subject else None,
-                channel=Channel.SERVICE.value,
-                ctx=ctx,
-                detail=detail,
-            ) from None
+            raise self._deny(exc, subject, ctx, detail) from None
         if plan.role is not None:
             return self._aws_credentials(plan, ctx, detail)
         return self._access_token(plan, client, ctx, detail)
+
+    def _deny(
+        self, error: BrokerError, subject: VerifiedWorkload | None, ctx: Context, detail: dict[str, Any]
+    ) -> BrokerError:
+        return self.broker.audit.deny(
+            self.broker.db,
+            error,
+            event="token_exchange",
+            identity=subject.identity if subject else None,
+            channel=Channel.SERVICE.value,
+            ctx=ctx,
+            detail=detail,
+        )
 
     # ------------------------------------------------------------ checks
 
@@ -207,22 +225,21 @@ class TokenExchangeGrant:
             raise InvalidTarget(reason=audience.reason)
         return _Plan(subject, actor, act, audience=target, scopes=audience.scopes, ttl_seconds=audience.ttl_seconds)
 
-    def _consume(self, subject: VerifiedWorkload, actor: VerifiedWorkload | None) -> None:
+    def _consume(self, session: Session, subject: VerifiedWorkload, actor: VerifiedWorkload | None) -> None:
         """Single-use ``jti``: the database's unique key decides, across every broker process."""
-        tokens = [t for t in (subject, actor) if t is not None and t.single_use and t.jti is not None]
-        if not tokens:
-            return
-        try:
-            with self.broker.db.transaction() as session:
-                for token in tokens:
-                    queries.consume_once(
-                        session,
-                        kind="jti",
-                        key_hmac=self.broker.keys.mac("workload-jti", f"{token.identity.issuer}\n{token.jti}"),
-                        expires_at=token.expires_at + REPLAY_MARGIN,
-                    )
-        except ReplayDetected:
-            raise InvalidRequest("This token was already exchanged.", reason="jti_replay") from None
+        for token in (subject, actor):
+            if token is None or not token.single_use or token.jti is None:
+                continue
+            try:
+                queries.consume_once(
+                    session,
+                    kind="jti",
+                    key_hmac=self.broker.keys.mac("workload-jti", f"{token.identity.issuer}\n{token.jti}"),
+                    expires_at=token.expires_at + REPLAY_MARGIN,
+                    savepoint=False,  # a replay abandons the whole transaction
+                )
+            except ReplayDetected:
+                raise InvalidRequest("This token was already exchanged.", reason="jti_replay") from None
 
     # ------------------------------------------------------------ issuing
 
@@ -238,25 +255,33 @@ class TokenExchangeGrant:
             act=plan.act,
             ttl_seconds=plan.ttl_seconds,
         )
-        # The token leaves only if its audit event commits (fail closed).
-        self.broker.audit.record(
-            self.broker.db,
-            event="token_exchange",
-            outcome="ok",
-            reason="issued",
-            identity=plan.subject.identity,
-            channel=Channel.SERVICE.value,
-            ctx=ctx,
-            detail={
-                **detail,
-                "audience": plan.audience,
-                "scope": list(plan.scopes),
-                "jti": issued.jti,
-                "kid": issued.kid,
-                "act": plan.act,
-                "expires_at": issued.expires_at.isoformat(),
-            },
-        )
+        # One transaction spends the jti and appends the audit event: the token leaves only if both commit
+        # (fail closed), and a replay commits neither.
+        try:
+            with self.broker.db.transaction() as session:
+                self._consume(session, plan.subject, plan.actor)
+                self.broker.audit.append(
+                    session,
+                    event="token_exchange",
+                    outcome="ok",
+                    reason="issued",
+                    identity=plan.subject.identity,
+                    channel=Channel.SERVICE.value,
+                    ctx=ctx,
+                    detail={
+                        **detail,
+                        "audience": plan.audience,
+                        "scope": list(plan.scopes),
+                        "jti": issued.jti,
+                        "kid": issued.kid,
+                        "act": plan.act,
+                        "expires_at": issued.expires_at.isoformat(),
+                    },
+                )
+        except InvalidRequest as exc:
+            raise self._deny(exc, plan.subject, ctx, detail) from None
+        except BrokerError as exc:
+            raise AuditUnavailable() from exc
         response: dict[str, Any] = {
             "access_token": issued.token,
             "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -68,6 +70,42 @@ def upsert_principal(session: Session, *, identity: Identity, now: datetime) -> 
     return principal
 
 
+class PrincipalRef(NamedTuple):
+    id: int
+    disabled: bool
+
+
+def touch_principal(session: Session, *, identity: Identity, now: datetime) -> PrincipalRef:
+    """:func:`upsert_principal` as one statement, for the sign-in and issuance hot paths.
+
+    ``INSERT ... ON CONFLICT (store, subject) DO UPDATE ... RETURNING id`` (PostgreSQL and SQLite 3.35+): one
+    round trip and no unit of work, where loading the row and flushing its changes takes two of each.
+    """
+    table = cast(Table, Principal.__table__)
+    dialect_insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = dialect_insert(table).values(
+        store=identity.store,
+        subject=identity.subject,
+        issuer=identity.issuer,
+        username=identity.username,
+        email=identity.email,
+        groups=sorted(identity.groups),
+        first_seen_at=now,
+        last_seen_at=now,
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.store, table.c.subject],
+        set_={
+            "username": statement.excluded.username,
+            "email": statement.excluded.email,
+            "groups": statement.excluded.groups,
+            "last_seen_at": statement.excluded.last_seen_at,
+        },
+    )
+    found = session.execute(statement.returning(table.c.id, table.c.disabled)).one()
+    return PrincipalRef(found.id, bool(found.disabled))
+
+
 def principal_disabled(session: Session, *, store: str, subject: str) -> bool:
     """True when an administrator disabled this principal (no row yet means not disabled)."""
     disabled = session.scalar(select(Principal.disabled).where(Principal.store == store, Principal.subject == subject))
@@ -86,25 +124,30 @@ def create_session(
     session: Session,
     *,
     id_hmac: str,
-    principal: Principal,
+    principal_id: int,
     identity: Identity,
     now: datetime,
     expires_at: datetime,
     client_ip: str | None,
     user_agent: str | None,
-) -> BrokerSession:
-    row = BrokerSession(
-        id_hmac=id_hmac,
-        principal_id=principal.id,
-        identity=identity.to_json(),
-        created_at=now,
-        last_seen_at=now,
-        expires_at=expires_at,
-        client_ip=client_ip,
-        user_agent=user_agent,
+) -> None:
+    """One Core INSERT (a sign-in's hot path): the session row, keyed by the HMAC of its id."""
+    session.execute(
+        _INSERT_SESSION,
+        {
+            "id_hmac": id_hmac,
+            "principal_id": principal_id,
+            "identity": identity.to_json(),
+            "created_at": now,
+            "last_seen_at": now,
+            "expires_at": expires_at,
+            "client_ip": client_ip,
+            "user_agent": user_agent,
+        },
     )
-    session.add(row)
-    return row
+
+
+_INSERT_SESSION = insert(cast(Table, BrokerSession.__table__))
 
 
 def get_session(session: Session, *, id_hmac: str) -> BrokerSession | None:
@@ -149,40 +192,60 @@ def save_login_request(
 
 
 def take_login_request(session: Session, *, state_hmac: str) -> LoginRequest | None:
-    """Fetch and delete in one step, so a state value works once even across processes."""
-    row = session.get(LoginRequest, state_hmac, with_for_update=True)
-    if row is not None:
-        session.delete(row)
-        session.flush()
-    return row
+    """Fetch and delete in one statement (``DELETE ... RETURNING``), so a state value works once even across
+    processes: a concurrent taker waits on the row and then finds nothing. The returned row is detached."""
+    table = cast(Table, LoginRequest.__table__)
+    taken = (
+        session.execute(delete(table).where(table.c.state_hmac == state_hmac).returning(*table.c))
+        .mappings()
+        .one_or_none()
+    )
+    return LoginRequest(**taken) if taken is not None else None
 
 
 # ---------------------------------------------------------------- issuances
 
 
-def record_issuance(session: Session, **fields: Any) -> Issuance:
-    row = Issuance(**fields)
-    session.add(row)
-    session.flush()
-    return row
+def insert_issuance(session: Session, **fields: Any) -> int:
+    """:func:`record_issuance` as one Core ``INSERT ... RETURNING id``, for the issuance hot path."""
+    issuance_id: int = session.execute(_INSERT_ISSUANCE, fields).scalar_one()
+    return issuance_id
+
+
+_INSERT_ISSUANCE = insert(cast(Table, Issuance.__table__)).returning(cast(Table, Issuance.__table__).c.id)
 
 
 # ---------------------------------------------------------------- replay guard
 
 
 def consume_once(
-    session: Session, *, kind: str, key_hmac: str, expires_at: datetime, message: str | None = None
+    session: Session,
+    *,
+    kind: str,
+    key_hmac: str,
+    expires_at: datetime,
+    message: str | None = None,
+    savepoint: bool = True,
 ) -> None:
     """Record a one-time value; raise ReplayDetected if it was recorded before (by any process).
 
     The primary key makes the database the arbiter: two processes racing on one value both INSERT and
-    exactly one commits. A savepoint keeps the caller's transaction usable after the conflict.
+    exactly one commits. One Core INSERT, no unit of work. With ``savepoint`` (the default) the caller's
+    transaction stays usable after a conflict. Hot paths pass ``savepoint=False`` to save its two round trips:
+    a conflict then aborts the whole transaction, so ReplayDetected must propagate out of it (it rolls back).
     """
+    values = {"kind": kind, "key_hmac": key_hmac, "expires_at": expires_at}
     try:
-        with session.begin_nested():
-            session.add(ReplayGuard(kind=kind, key_hmac=key_hmac, expires_at=expires_at))
+        if savepoint:
+            with session.begin_nested():
+                session.execute(_INSERT_ONCE, values)
+        else:
+            session.execute(_INSERT_ONCE, values)
     except IntegrityError:
         raise ReplayDetected(message, reason=f"{kind}_replay") from None
+
+
+_INSERT_ONCE = insert(cast(Table, ReplayGuard.__table__))
 
 
 def purge_expired(session: Session, *, now: datetime) -> int:

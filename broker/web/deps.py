@@ -21,30 +21,43 @@ BROWSER_COOKIE = "broker_browser"
 RETURN_PATHS = ("/", "/device", "/mfa", "/account", "/oauth2/authorize")
 
 
-def get_broker(request: Request) -> Broker:
+# The dependencies that only read the request or the app are ``async def``: FastAPI runs a plain ``def``
+# dependency in the thread pool, a hop that costs more than the work here.
+
+
+def _broker(request: Request) -> Broker:
     broker: Broker = request.app.state.broker
     return broker
 
 
-def get_templates(request: Request) -> Jinja2Templates:
+async def get_broker(request: Request) -> Broker:
+    return _broker(request)
+
+
+async def get_templates(request: Request) -> Jinja2Templates:
     templates: Jinja2Templates = request.app.state.templates
     return templates
 
 
-def get_context(request: Request) -> Context:
+def request_context(request: Request) -> Context:
+    """Who is asking and from where, for the audit trail."""
     request_id = getattr(request.state, "request_id", None) or str(uuid.uuid4())
     client_ip = request.client.host if request.client else None
     user_agent = request.headers.get("user-agent", "")[:512] or None
     return Context(client_ip=client_ip, user_agent=user_agent, request_id=request_id)
 
 
+async def get_context(request: Request) -> Context:
+    return request_context(request)
+
+
 def session_cookie(request: Request) -> str | None:
-    broker = get_broker(request)
+    broker = _broker(request)
     return request.cookies.get(broker.settings.session.cookie_name)
 
 
 def get_current(request: Request) -> CurrentSession:
-    broker = get_broker(request)
+    broker = _broker(request)
     current = broker.current_session(session_cookie(request))
     request.state.principal = current.identity.principal
     request.state.identity = current.identity
@@ -81,7 +94,7 @@ def check_csrf(
     session the request carries, or to the account a sign-in form names. A form with neither (no session at
     all) is refused without an audit event: anyone can send one, and nobody would be named in it.
     """
-    broker = get_broker(request)
+    broker = _broker(request)
     secret = request.cookies.get(BROWSER_COOKIE) if pre_login else session_cookie(request)
     if secret and token and hmac.compare_digest(broker.csrf_token(secret), token):
         return
@@ -101,6 +114,6 @@ def check_csrf(
         identity=identity,
         principal=principal,
         store=store,
-        ctx=get_context(request),
+        ctx=request_context(request),
         detail={"path": request.url.path},
     )

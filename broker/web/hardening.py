@@ -1,4 +1,7 @@
-"""Request size limits as a pure ASGI middleware, applied before any route or parser sees the request.
+"""The broker's own middleware, both pure ASGI (no per-request task or response copy, unlike Starlette's
+``BaseHTTPMiddleware``): request size limits, and the response headers and access log line of every request.
+
+Request size limits apply before any route or parser sees the request:
 
 * All request headers together larger than ``server.max_header_bytes``: 431 (RFC 6585 section 5).
 * A body larger than ``server.max_body_bytes``: 413 (RFC 9110 section 15.5.14), either at once from
@@ -14,6 +17,10 @@ audit chain head (see ``broker.ratelimit``).
 from __future__ import annotations
 
 import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import HTTPException
@@ -22,6 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker.logs import get_logger
 
 log = get_logger("broker.access")
+# Whether the access log line is wanted is the standard library's call (``broker.logs`` routes through it).
+_access_level = logging.getLogger("broker.access")
 
 
 class RequestLimits:
@@ -77,6 +86,57 @@ class RequestLimits:
         await self.app(scope, capped, guarded_send)
         if overflowed and not refused:
             await _refuse(scope, send, 413, "payload_too_large", "The request is too large.")
+
+
+class ObserveRequests:
+    """Tag each request with an id, add the security headers to its response, and log one line for it.
+
+    The request id is the caller's ``X-Request-Id`` (first 64 characters) or a fresh UUID; routes read it as
+    ``request.state.request_id`` and audit events carry it. The log line names the path only, never the
+    query string (it may carry codes and state values), and is built only when the access log is enabled.
+    """
+
+    def __init__(self, app: ASGIApp, *, headers: Sequence[tuple[str, str]]) -> None:
+        self.app = app
+        self.headers = [(name.lower().encode(), value.encode()) for name, value in headers]
+        self._names = {name for name, _ in self.headers} | {b"x-request-id"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = ""
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:64]
+                break
+        request_id = request_id or str(uuid.uuid4())
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                # Replace, never duplicate, a header a route set itself.
+                kept = [(n, v) for n, v in message.get("headers", ()) if n.lower() not in self._names]
+                message["headers"] = [*kept, (b"x-request-id", request_id.encode("latin-1")), *self.headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+        if _access_level.isEnabledFor(logging.INFO):
+            log.info(
+                "request",
+                request_id=request_id,
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                principal=state.get("principal"),
+                outcome=state.get("outcome", "ok" if status < 400 else "error"),
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
 
 
 async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str) -> None:

@@ -22,7 +22,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 PUBLIC_CACHE = {"Cache-Control": "public, max-age=300"}
 
 
-def get_oauth(request: Request) -> OAuthServer:
+async def get_oauth(request: Request) -> OAuthServer:
     oauth: OAuthServer = request.app.state.oauth
     return oauth
 

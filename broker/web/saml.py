@@ -30,7 +30,7 @@ router = APIRouter(tags=["saml"])
 BINDING_COOKIE = "broker_saml"
 
 
-def get_saml(broker: BrokerDep) -> SamlSignIn:
+async def get_saml(broker: BrokerDep) -> SamlSignIn:
     return SamlSignIn(broker)
 
 

@@ -37,6 +37,19 @@ def test_replay_conflict_leaves_the_transaction_usable(database: Database) -> No
         queries.consume_once(s, kind="nonce", key_hmac="other", expires_at=NOW)
 
 
+def test_replay_conflict_without_savepoint_abandons_the_transaction(database: Database) -> None:
+    """The hot paths' form: one round trip, and a replay takes every other write of its transaction with it."""
+    with database.transaction() as s:
+        queries.consume_once(s, kind="jti", key_hmac="spent", expires_at=NOW, savepoint=False)
+    with pytest.raises(ReplayDetected) as info, database.transaction() as s:
+        queries.consume_once(s, kind="jti", key_hmac="fresh", expires_at=NOW, savepoint=False)
+        queries.consume_once(s, kind="jti", key_hmac="spent", expires_at=NOW, savepoint=False)
+    assert info.value.reason == "jti_replay"
+    # "fresh" was rolled back with the transaction: it can still be spent once.
+    with database.transaction() as s:
+        queries.consume_once(s, kind="jti", key_hmac="fresh", expires_at=NOW, savepoint=False)
+
+
 def _race(url: str, barrier: multiprocessing.synchronize.Barrier, results: multiprocessing.Queue[str]) -> None:
     database = Database(url)
     barrier.wait()
@@ -110,7 +123,7 @@ def test_hostile_identity_values_are_stored_verbatim(database: Database) -> None
         queries.create_session(
             s,
             id_hmac="h",
-            principal=principal,
+            principal_id=principal.id,
             identity=identity,
             now=NOW,
             expires_at=NOW + timedelta(hours=1),
@@ -123,3 +136,22 @@ def test_hostile_identity_values_are_stored_verbatim(database: Database) -> None
         assert Identity.from_json(row.identity) == identity
         assert row.user_agent == HOSTILE
         assert row.created_at == NOW  # time zones survive both backends
+
+
+def test_touch_principal_inserts_once_then_updates_in_place(database: Database) -> None:
+    first = Identity(subject="u1", issuer="https://idp", store="corp", username="ann", groups=frozenset({"b", "a"}))
+    with database.transaction() as s:
+        created, disabled = queries.touch_principal(s, identity=first, now=NOW)
+    assert not disabled
+    later = NOW + timedelta(hours=1)
+    renamed = Identity(subject="u1", issuer="https://idp", store="corp", username="anne", email="anne@corp.test")
+    with database.transaction() as s:
+        assert queries.touch_principal(s, identity=renamed, now=later).id == created
+        # The same row as upsert_principal reads and writes: one principal per (store, subject).
+        row = queries.upsert_principal(s, identity=renamed, now=later)
+        assert row.id == created
+        assert (row.username, row.email, row.groups, row.disabled) == ("anne", "anne@corp.test", [], False)
+        assert (row.first_seen_at, row.last_seen_at) == (NOW, later)
+    other = Identity(subject="u1", issuer="https://idp", store="other", username="ann")
+    with database.transaction() as s:
+        assert queries.touch_principal(s, identity=other, now=NOW).id != created
