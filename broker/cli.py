@@ -343,8 +343,11 @@ def serve(
     # uvloop's event loop and httptools' parser (both dependencies) take less CPU per request than uvicorn's
     # pure-Python fallbacks, which serve only where they cannot be installed.
     loop = "uvloop" if find_spec("uvloop") else "asyncio"
-    http = "httptools" if find_spec("httptools") else "h11"
-    logs.get_logger("broker.serve").debug("starting uvicorn", workers=workers, loop=loop, http=http)
+    http: Any = "httptools" if find_spec("httptools") else "h11"
+    # Devices with certificates need the TLS-aware h11 protocol (it hands the client certificate to the app).
+    device_tls = _device_tls(settings)
+    http = device_tls.pop("http", http)
+    logs.get_logger("broker.serve").debug("starting uvicorn", workers=workers, loop=loop, http=str(http))
     # X-Forwarded-For/-Proto only from the configured proxies; otherwise the TCP peer is the client (a client
     # could otherwise pick its own address and escape per-address limits and source_cidrs).
     trusted = [str(net) for net in server.forwarded_allow_ips]
@@ -365,7 +368,7 @@ def serve(
         # HTTPS without a terminating proxy (server.tls_cert_file / tls_key_file).
         ssl_certfile=str(server.tls_cert_file) if server.tls_cert_file else None,
         ssl_keyfile=str(server.tls_key_file) if server.tls_key_file else None,
-        **_device_tls(settings),
+        **device_tls,
     )
 
 

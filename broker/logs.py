@@ -68,12 +68,28 @@ class _Guard(logging.Filter):
         return True
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler that writes to whatever ``sys.stderr`` is when a line is logged, not when it was configured
+    (a test runner or a daemonising supervisor may replace it, and the old stream may be closed)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure(level: str = "INFO", *, json: bool = True) -> None:
     """Route stdlib and structlog output through one guarded handler on stderr."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.addFilter(_Guard())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

@@ -27,7 +27,8 @@ async def scim(request: Request, ctx: ContextDep, path: str = "") -> Response:
     provisioning: Provisioning = request.app.state.provisioning
     limiter = limiter_of(request)
     if limiter is not None:
-        limiter.hit("scim", per="ip", key=ctx.client_ip or "unknown", ctx=ctx)
+        # Counting may reach Redis, and a refusal is audited in the database: off the event loop.
+        await run_in_threadpool(lambda: limiter.hit("scim", per="ip", key=ctx.client_ip or "unknown", ctx=ctx))
     call = ScimCall(
         method=request.method,
         base_url=f"{request.app.state.broker.settings.public_url}/scim/v2",
@@ -43,11 +44,16 @@ async def scim(request: Request, ctx: ContextDep, path: str = "") -> Response:
         except Exception:
             # Guessing tokens costs a failure budget per address, on top of the request budget.
             if limiter is not None:
-                limiter.hit("scim_auth", per="ip", key=ctx.client_ip or "unknown", ctx=ctx)
+                await run_in_threadpool(
+                    lambda: limiter.hit("scim_auth", per="ip", key=ctx.client_ip or "unknown", ctx=ctx)
+                )
             raise
         request.state.principal = f"scim:{client.name}"
         if limiter is not None:
-            limiter.hit("scim", per="principal", key=f"scim:{client.name}", ctx=ctx, store=client.store)
+            name, store = client.name, client.store
+            await run_in_threadpool(
+                lambda: limiter.hit("scim", per="principal", key=f"scim:{name}", ctx=ctx, store=store)
+            )
     answer = await run_in_threadpool(provisioning.serve, client, call, ctx)
     content = b"" if answer.body is None else json.dumps(answer.body).encode()
     return Response(content=content, status_code=answer.status, headers=answer.headers)

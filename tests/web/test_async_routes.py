@@ -33,6 +33,11 @@ NON_BLOCKING = frozenset(
         # the one error renderer (a template, no I/O), exception handlers' logging, the size-cap middleware
         "render_error", "info", "error", "errors", "join", "type", "NotFound", "BrokerError", "HTTPException",
         "sum", "next", "dumps",
+        # request plumbing: the app's own objects, clocks and ids, template rendering (no I/O)
+        "_broker", "request_context", "perf_counter", "uuid4", "setdefault", "isEnabledFor", "round", "now",
+        "TemplateResponse", "token_urlsafe", "pop", "clear", "limiter_of",
+        # pure constructors: credentials to check (checked in the thread pool), the SAML use case, a SCIM call
+        "Credentials", "SamlSignIn", "ScimCall", "needs_client", "_tokens",
     }
 )  # fmt: skip
 

@@ -117,4 +117,4 @@ def test_error_page_is_readable(broker: Running, page: Page) -> None:
     page.goto(f"{broker.url}/oidc/corp/callback?code=x&state=never-issued")
     expect(page.get_by_role("heading", name="That did not work")).to_be_visible()
     expect(page.get_by_role("alert")).to_contain_text("Start again")
-    expect(page.get_by_role("link", name="Sign in again")).to_be_visible()
+    expect(page.get_by_role("link", name="Sign in", exact=True)).to_be_visible()
