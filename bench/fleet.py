@@ -530,6 +530,9 @@ def report(phases: dict[str, Phase], args: argparse.Namespace, load_before: str)
 
 
 def main() -> None:
+    # The brokers under test reach moto's STS emulator, which accepts any key; these grant nothing anywhere.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10, help="length of each wrk phase")
     parser.add_argument("--connections", type=int, default=16, help="requests wrk keeps in flight")
