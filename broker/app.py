@@ -27,7 +27,7 @@ from broker.web.hardening import ObserveRequests, RequestLimits
 
 WEB = Path(__file__).parent / "web"
 
-# No inline script or style, no framing, no plugins (THREATS.md: sessions; portal pages).
+# No inline script or style, no framing, no plugins: an injected script or a framing page gets nothing.
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'; form-action 'self' {form_action}"
@@ -40,7 +40,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     # of an AWS access key.
     tokens = TokenService(settings, db=db, keys=Keys(settings.secret_key), clock=clock)
     web_identity = tokens.web_identity_token if settings.aws.mode == "web_identity" else None
-    # Metrics and alerts, temporary privilege and revocation, the background worker (issue 8).
+    # Metrics and alerts, temporary privilege and revocation, the background worker.
     metrics = Metrics()
     sts = TimedSts(settings.aws, web_identity_token=web_identity, metrics=metrics)
     broker = Broker(settings, db=db, sts=sts, clock=clock)
@@ -111,7 +111,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(requests.router)  # the portal's just-in-time access pages
     if settings.oauth.cli.enabled:
-        # The credential helper's sign-in (authorize, device, revoke) and its bearer API (issue 6).
+        # The credential helper's sign-in (authorize, device, revoke) and its bearer API.
         from broker.web import api, native_apps
 
         app.include_router(native_apps.router)

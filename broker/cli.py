@@ -47,7 +47,7 @@ _register_mfa()
 
 
 def _register_admin() -> None:
-    # Requests, revocation, principals, sessions, issuances, audit search, access report (issue 8).
+    # Requests, revocation, principals, sessions, issuances, audit search, access report.
     from broker.admin_cli import register
 
     register(app, audit_app, panel="Administer access (operator)")

@@ -199,7 +199,7 @@ class AuditUnavailable(ServiceUnavailable):
     default_message = "The audit trail is unavailable, so no credentials were issued. Try again in a minute."
 
 
-# ---------------------------------------------------------------- device flow and bearer tokens (issue 6)
+# ---------------------------------------------------------------- device flow and bearer tokens
 
 
 class AuthorizationPending(BrokerError):

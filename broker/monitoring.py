@@ -40,7 +40,7 @@ from broker.store.db import Database
 from broker.store.models import AuditEvent
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Audit reasons and events that mean a second factor failed or an account was locked (issue 5 names them
+# Audit reasons and events that mean a second factor failed or an account was locked (their reasons are
 # ``mfa.*`` / ``totp_*`` / ``*lockout*``); matched by substring so new factor types count without a change here.
 _MFA_MARKERS = ("mfa", "totp", "webauthn", "otp")
 _LOCKOUT_MARKERS = ("lockout", "locked")

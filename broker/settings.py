@@ -701,7 +701,7 @@ def _is_admin_statement(statement: Any) -> bool:
     return has_star("Action") and has_star("Resource")
 
 
-# ---------------------------------------------------------------- just-in-time access and allowed hours (issue 8)
+# ---------------------------------------------------------------- just-in-time access and allowed hours
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -901,7 +901,7 @@ class WorkloadIssuerConfig(Strict):
     groups_claim: str | None = None
     # Tolerated clock difference for exp/nbf/iat; a minute covers NTP-synced hosts.
     clock_skew_seconds: int = Field(60, ge=0, le=300)
-    # Checked before any decoding (THREATS.md: oversized tokens).
+    # Checked before any decoding, so an oversized token costs nothing to refuse.
     max_token_bytes: int = Field(16384, ge=1024, le=131072)
     # How long a fetched JWKS is trusted before it is fetched again.
     jwks_cache_seconds: int = Field(300, ge=10, le=86400)
@@ -990,7 +990,7 @@ class TokenSettings(Strict):
 
 
 class CliSettings(Strict):
-    """The credential helper's sign-in (issue 6; ``broker.oauth.device``, ``authorization_code``, ``refresh``).
+    """The credential helper's sign-in (``broker.oauth.device``, ``authorization_code``, ``refresh``).
 
     The helper is the public client ``broker-cli`` (RFC 8252 section 8.4: no secret, PKCE instead)."""
 
@@ -1045,7 +1045,7 @@ class OAuthSettings(Strict):
         return next((c for c in self.clients if c.client_id == client_id), None)
 
 
-# ---------------------------------------------------------------- hardening and scale-out (issue 9)
+# ---------------------------------------------------------------- hardening and scale-out
 
 
 class RateLimitSettings(Strict):
@@ -1108,7 +1108,7 @@ class ServerSettings(Strict):
         return self
 
 
-# ---------------------------------------------------------------- administration, notifications, alerts (issue 8)
+# ---------------------------------------------------------------- administration, notifications, alerts
 
 
 class AdminSettings(Strict):
@@ -1168,7 +1168,7 @@ class AlertSettings(Strict):
     worker_interval_seconds: float = Field(15.0, gt=0, le=3600)
 
 
-# ---------------------------------------------------------------- MFA held by the broker (issue 5)
+# ---------------------------------------------------------------- MFA held by the broker
 
 
 class MfaSettings(Strict):

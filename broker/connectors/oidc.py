@@ -49,7 +49,7 @@ from broker.settings import MfaMapping, OidcStoreConfig
 DISCOVERY_TTL_SECONDS = 3600
 JWKS_TTL_SECONDS = 3600
 # An unknown ``kid`` refreshes the JWKS at most this often, so forged kids cannot turn the broker into a
-# request amplifier against the IdP (THREATS.md: unknown kid, one rate-limited refresh).
+# request amplifier against the IdP: an unknown kid gets one rate-limited refresh.
 JWKS_REFRESH_INTERVAL = 60.0
 # An authorization request in flight lives this long: enough to type a password and answer an MFA prompt.
 LOGIN_REQUEST_TTL_SECONDS = 600

@@ -4,7 +4,7 @@ A workload proves who it is with the token its platform already gives it: a Kube
 token, a CI job's OIDC token, a SPIFFE JWT-SVID, an access token from the company IdP's client-credentials
 grant. Only :class:`WorkloadVerifier` builds a :class:`VerifiedWorkload`, after every check below passed:
 
-1. size, before any decoding (THREATS.md: oversized tokens);
+1. size, before any decoding (an oversized token costs nothing to refuse);
 2. shape: JWS compact serialization with exactly three parts (no JWE, no JSON serialization);
 3. the issuer, matched byte for byte against the configured ones (routing only; nothing else is trusted
    before the signature is checked);

@@ -221,7 +221,7 @@ class SigningKey(Base):
     publish_until: Mapped[datetime | None] = mapped_column(index=True)
 
 
-# ---------------------------------------------------------------- temporary privilege and revocation (issue 8)
+# ---------------------------------------------------------------- temporary privilege and revocation
 
 
 class AccessRequestRow(Base):
@@ -296,7 +296,7 @@ class PrincipalNetwork(Base):
     first_seen_at: Mapped[datetime]
 
 
-# ---------------------------------------------------------------- credential helper sign-in (issue 6)
+# ---------------------------------------------------------------- credential helper sign-in
 
 
 class DeviceAuthorization(Base):
@@ -378,7 +378,7 @@ class RefreshToken(Base):
     rotated_at: Mapped[datetime | None]
 
 
-# ---------------------------------------------------------------- MFA held by the broker (issue 5)
+# ---------------------------------------------------------------- MFA held by the broker
 
 
 class MfaFactor(Base):

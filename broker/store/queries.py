@@ -450,7 +450,7 @@ def delete_expired_signing_keys(session: Session, *, now: datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-# ---------------------------------------------------------------- MFA held by the broker (issue 5)
+# ---------------------------------------------------------------- MFA held by the broker
 
 
 def find_principals(session: Session, *, name: str) -> Sequence[Principal]:
@@ -593,10 +593,10 @@ def delete_mfa_state(session: Session, *, principal_id: int) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-# ---------------------------------------------------------------- temporary privilege and revocation (issue 8)
+# ---------------------------------------------------------------- temporary privilege and revocation
 
 
-# get_principal and find_principals (shared with issue 5) are defined above.
+# get_principal and find_principals are defined above.
 
 
 def list_principals(session: Session) -> Sequence[Principal]:
@@ -834,7 +834,7 @@ def count_audit_events(
     return int(session.scalar(query) or 0)
 
 
-# ---------------------------------------------------------------- credential helper sign-in (issue 6)
+# ---------------------------------------------------------------- credential helper sign-in
 
 
 def _changed(result: Any) -> int:

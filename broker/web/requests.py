@@ -1,4 +1,4 @@
-"""The portal's just-in-time access pages (issue 8): ask for a role, follow your requests, answer other people's.
+"""The portal's just-in-time access pages: ask for a role, follow your requests, answer other people's.
 
 Server-rendered forms only (the CSP forbids inline script), each POST carrying the session's CSRF token
 (double-submit, :func:`broker.web.deps.check_csrf`). The rules live in :mod:`broker.elevation`: who may ask,
