@@ -5,6 +5,7 @@ transient NameID refused unless an attribute names the person, and configured at
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 import zlib
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import pytest
 from lxml import etree
 from sqlalchemy import select
 
+from broker import logs
 from broker.store.db import Database
 from broker.store.models import AuditEvent, Issuance, Principal
 from tests.support.saml_broker import USERS, SamlRig
@@ -98,6 +100,7 @@ def test_a_missing_subject_attribute_is_refused_and_named(
 def test_configured_attributes_that_never_arrive_are_audited_logged_and_shown(
     make_config: Callable[..., dict[str, Any]], database: Database, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    logs.configure("INFO", json=True)  # one known format, whatever an earlier test configured
     with SamlRig(make_config()) as rig, rig.client() as client:
         started = rig.begin(client)
         sent = {"urn:oid:0.9.2342.19200300.100.1.3": ["alice@corp.example"]}
@@ -114,7 +117,12 @@ def test_configured_attributes_that_never_arrive_are_audited_logged_and_shown(
             assert login.detail["attributes_present"] == ["urn:oid:0.9.2342.19200300.100.1.3"]
     captured = capsys.readouterr()
     [line] = [x for x in (captured.out + captured.err).splitlines() if "saml attributes absent" in x]
-    assert "absent=['email', 'groups']" in line and "present=['urn:oid:0.9.2342.19200300.100.1.3']" in line
+    logged = json.loads(line)
+    assert (logged["level"], logged["absent"], logged["present"]) == (
+        "warning",
+        ["email", "groups"],
+        ["urn:oid:0.9.2342.19200300.100.1.3"],
+    )
 
 
 def test_attributes_present_mean_no_hint(make_config: Callable[..., dict[str, Any]], database: Database) -> None:

@@ -1,6 +1,6 @@
 """SCIM 2.0 provisioning: provisioned users, groups and memberships
 
-Revision ID: 0013_scim_provisioning
+Revision ID: 0010_scim_provisioning
 Revises: 0009_saml_sessions
 Create Date: 2026-12-01
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 import broker.store.models
 
-revision: str = "0013_scim_provisioning"
+revision: str = "0010_scim_provisioning"
 down_revision: str | Sequence[str] | None = "0009_saml_sessions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
