@@ -147,9 +147,7 @@ class RateLimiter:
         With :meth:`spend`, for budgets that only some outcomes use up (failed token requests): check before
         the work, spend after a failure.
         """
-        refusal = self.count(name, per=per, key=key, ctx=ctx, principal=principal, store=store, spend=False)
-        if refusal is not None:
-            raise self.refuse(refusal)
+        self._enforce(self.count(name, per=per, key=key, ctx=ctx, principal=principal, store=store, spend=False))
 
     def spend(self, name: str, *, per: Per, key: str) -> None:
         """Use up one of ``<name>.<per>`` for ``key`` without refusing anything now."""
@@ -170,7 +168,9 @@ class RateLimiter:
         store: str | None = None,
     ) -> None:
         """Count one attempt against ``<name>.<per>`` for ``key``; raise an audited 429 when over the limit."""
-        refusal = self.count(name, per=per, key=key, ctx=ctx, principal=principal, store=store)
+        self._enforce(self.count(name, per=per, key=key, ctx=ctx, principal=principal, store=store))
+
+    def _enforce(self, refusal: _Refusal | None) -> None:
         if refusal is not None:
             raise self.refuse(refusal)
 
