@@ -86,12 +86,14 @@ def _load(path: Path) -> Settings:
 
 def _existing_database(settings: Settings, config: Path) -> str:
     """The database URL for an operator command; exit 2 rather than create an empty database by accident."""
+    from broker.settings import display_database_url
     from broker.store.db import existing_schema_problem
 
     problem = existing_schema_problem(settings.database_url)
     if problem is not None:
         err.print(
-            f"No broker database for {config}: {problem} (database_url: {settings.database_url}).\n"
+            f"No broker database for {config}: {problem} "
+            f"(database_url: {display_database_url(settings.database_url)}).\n"
             f"Start `broker dev` first, or create the schema with `broker db upgrade -c {config}`; "
             "BROKER_DATABASE_URL overrides the file's database_url.",
             markup=False,
@@ -100,6 +102,18 @@ def _existing_database(settings: Settings, config: Path) -> str:
         )
         raise typer.Exit(2)
     return settings.database_url
+
+
+def _database_url_option(value: str) -> str:
+    """A ``--database-url`` value: a URL, or an ``env:NAME`` / ``file:/path`` reference as in the YAML file."""
+    from broker.settings import resolve_database_url
+
+    try:
+        url: str = resolve_database_url(value)
+    except ValueError as exc:
+        err.print(f"[red]--database-url[/red]: {exc}.", highlight=False)
+        raise typer.Exit(2) from None
+    return url
 
 
 @config_app.command("check")
@@ -205,7 +219,7 @@ def audit_verify(
         except OSError as exc:
             err.print(f"[red]Cannot read {public_key}[/red]: {exc.strerror}.")
             raise typer.Exit(2) from None
-        database = Database(database_url or _load(config).database_url)
+        database = Database(_database_url_option(database_url) if database_url else _load(config).database_url)
         result = check_digests(database, digests, pem)
         report("Audit trail", result)
         out.print(

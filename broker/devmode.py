@@ -32,7 +32,7 @@ from rich.console import Console
 
 from broker.connectors.local import hash_password
 from broker.errors import ConfigError
-from broker.settings import Settings, load_settings, read_yaml
+from broker.settings import Settings, display_database_url, load_settings, read_yaml
 from broker.web.dev import FEDERATION_PATH
 
 DEMO_USER = "demo"
@@ -175,8 +175,11 @@ class Guide:
         """Environment for operator commands when this run differs from what ``-c config`` says."""
         raw = read_yaml(self.config)
         env = []
-        if self.own_db or os.environ.get("BROKER_DATABASE_URL"):
+        if self.own_db:
             env.append(f"BROKER_DATABASE_URL={shlex.quote(self.settings.database_url)}")
+        elif os.environ.get("BROKER_DATABASE_URL"):
+            # What the operator set (perhaps an env:/file: reference), never the resolved URL and its password.
+            env.append(f"BROKER_DATABASE_URL={shlex.quote(os.environ['BROKER_DATABASE_URL'])}")
         if (raw.get("aws") or {}).get("sts_endpoint_url") != self.sts_endpoint:
             env.append(f"BROKER_AWS__STS_ENDPOINT_URL={self.sts_endpoint}")
         return " ".join(env) + (" " if env else "")
@@ -206,7 +209,7 @@ class Guide:
             "",
             f"Broker:        {url}   (open this URL; security keys need localhost, not 127.0.0.1)",
             f"AWS emulator:  {self.sts_endpoint}{started}: STS and IAM",
-            f"Database:      {self.settings.database_url}",
+            f"Database:      {display_database_url(self.settings.database_url)}",
             "",
             "Demo break-glass account (sign in at the broker's /login page):",
             f"  username:    {DEMO_USER}",

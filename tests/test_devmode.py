@@ -366,3 +366,29 @@ def test_the_emulator_ends_when_broker_dev_is_killed(tmp_path: Path) -> None:
             if emulator.is_running():
                 emulator.kill()
         end_process_group(process)
+
+
+def test_dev_settings_resolve_a_database_url_reference_that_the_banner_never_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from broker.devmode import Guide, _demo_account, dev_settings
+
+    password = "dev-database-password-never-printed"
+    url = f"postgresql://broker:{password}@127.0.0.1:5432/broker"
+    config = tmp_path / "dev.yaml"
+    config.write_text(
+        yaml.safe_dump(yaml.safe_load((ROOT / "config/dev.yaml").read_text()) | {"database_url": "env:DEV_DB_URL"})
+    )
+    monkeypatch.setenv("DEV_DB_URL", url)
+    monkeypatch.setenv("BROKER_DATABASE_URL", "env:DEV_DB_URL")
+    account = _demo_account(tmp_path)
+    emulator = "http://127.0.0.1:8001"
+    settings = dev_settings(config, tmp_path, 8000, emulator, account, own_db=False)
+    assert settings.database_url == url
+    banner = "\n".join(Guide(settings, config, tmp_path, False, emulator, False).lines(account))
+    assert password not in banner
+    assert "Database:      postgresql://broker:***@127.0.0.1:5432/broker" in banner
+    # Operator commands get the reference the operator set, and resolve it themselves.
+    assert "BROKER_DATABASE_URL=env:DEV_DB_URL broker audit verify" in banner

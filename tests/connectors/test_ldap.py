@@ -279,8 +279,8 @@ def test_production_requires_ldaps_or_start_tls(directory: DirectoryPeer) -> Non
         _settings(directory.store(tls="plain"))
     assert caught.value.problems == [
         (
-            "(top level)",
-            f"identity_stores[0]: {directory.url} sends passwords in clear text; use ldaps:// or start_tls: true "
+            "identity_stores[0].url",
+            f"{directory.url} sends passwords in clear text; use ldaps:// or start_tls: true "
             "(plain ldap:// only in dev mode)",
         )
     ]

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from broker.cli import app
 from broker.scim.service import token_hash
-from tests.test_settings import good, problems
+from tests.support.config_files import good, problems
 
 HASH = "sha256:" + "ab" * 32
 
@@ -27,7 +27,7 @@ def test_a_token_in_clear_is_refused(tmp_path: Path) -> None:
 
 def test_a_client_names_a_configured_store(tmp_path: Path) -> None:
     found = problems(tmp_path, with_scim({"name": "entra", "token_hash": HASH, "store": "nowhere"}))
-    assert found["(top level)"] == "scim.clients[0].store: unknown identity store 'nowhere'"
+    assert found["scim.clients[0].store"] == "unknown identity store 'nowhere'"
 
 
 def test_clients_are_unique_per_store_and_token(tmp_path: Path) -> None:
