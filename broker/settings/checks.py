@@ -116,7 +116,7 @@ def _transport_problems(data: dict[str, Any]) -> list[Problem]:
         url = store.get("url")
         if dev or store.get("type") != "ldap" or not isinstance(url, str):
             continue
-        if not url.startswith("ldaps://") and store.get("start_tls") is not True:
+        if url.startswith("ldap://") and store.get("start_tls") is not True:
             problems.append(
                 (
                     f"identity_stores[{index}].url",
