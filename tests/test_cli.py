@@ -249,8 +249,8 @@ def test_config_check_lists_every_problem_in_one_pass_literally(tmp_path: Path) 
         "identity_stores[1].certificates: certificates[0] is not an X.509 certificate (PEM, or the base64 body of one)",
         "roles[0].session_tags: session tag 'Who': unknown placeholder {nosuch}; use one of {username}, {email}, "
         "{subject}, {store}, {issuer} or {attr.NAME}",
-        "roles[0].grant: unknown identity store 'nowhere'",
-        "roles: names must be unique",
+        "roles[0].grant[0].stores[0]: unknown identity store 'nowhere'",
+        "roles[1].name: 'a' is already used by roles[0]",
         "public_url: must be https:// when session.cookie_secure is true",
     ]
 

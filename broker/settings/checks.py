@@ -51,6 +51,7 @@ def reference_problems(data: dict[str, Any]) -> list[Problem]:
     return [
         *_name_problems(data),
         *_grant_problems(data),
+        *_duplicates("roles", _items(data.get("roles")), "name"),
         *_transport_problems(data),
         *_discovery_problems(data),
         *_scim_problems(data),
@@ -58,7 +59,7 @@ def reference_problems(data: dict[str, Any]) -> list[Problem]:
 
 
 def _name_problems(data: dict[str, Any]) -> list[Problem]:
-    """Store, issuer and role names are unique; the broker never trusts its own tokens as workload tokens."""
+    """Store and issuer names are unique; the broker never trusts its own tokens as workload tokens."""
     stores = _items(data.get("identity_stores"))
     issuers = _items(_section(data, "oauth").get("workload_issuers"))
     problems = _duplicates("identity_stores", stores, "name")
@@ -78,7 +79,6 @@ def _name_problems(data: dict[str, Any]) -> list[Problem]:
             problems.append(
                 (f"oauth.workload_issuers[{index}].issuer", "the broker's own public_url cannot be a workload issuer")
             )
-    problems += _duplicates("roles", _items(data.get("roles")), "name")
     return problems
 
 
