@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from broker.app import create_app
 from broker.settings import display_database_url, load_settings
 from tests.conftest import postgres_admin_url
 from tests.support.config_files import GOOD_SECRET, good, problems, run_cli, write
+from tests.support.processes import LiveServer
 
 DB_PASSWORD = "db-password-that-must-not-be-printed"
 
@@ -95,6 +99,10 @@ def test_database_url_reference_is_resolved_for_config_check_and_db_upgrade(
     loaded = load_settings(config)
     assert loaded.database_url == empty_database_url
     assert DB_PASSWORD not in repr(loaded)
+    # The app (what `broker serve` runs in each worker) reaches the same database through the reference.
+    with LiveServer(create_app(loaded)) as server:
+        ready = httpx.get(server.url + "/readyz")
+    assert ready.status_code == 200, ready.text
 
 
 def test_database_url_from_a_missing_variable_or_file_is_refused(tmp_path: Path) -> None:
@@ -117,3 +125,21 @@ def test_database_url_reference_in_the_environment_override(tmp_path: Path, monk
     monkeypatch.setenv("MY_DATABASE_URL", url)
     monkeypatch.setenv("BROKER_DATABASE_URL", "env:MY_DATABASE_URL")
     assert load_settings(write(tmp_path, good())).database_url == url
+
+
+def test_audit_verify_database_url_option_takes_a_reference(tmp_path: Path) -> None:
+    key = subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "ed25519"], capture_output=True, text=True, check=True
+    ).stdout
+    (tmp_path / "anchor.pem").write_text(key)
+    public = subprocess.run(
+        ["openssl", "pkey", "-pubout"], input=key, capture_output=True, text=True, check=True
+    ).stdout
+    (tmp_path / "anchor.pub.pem").write_text(public)
+    refused = run_cli(
+        "audit", "verify", "--digests", str(tmp_path), "--public-key", str(tmp_path / "anchor.pub.pem"),
+        "--database-url", "env:BROKER_TEST_NO_SUCH_DB_URL",
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "--database-url: environment variable BROKER_TEST_NO_SUCH_DB_URL is not set." in refused.stderr
+    assert "Traceback" not in refused.stderr
