@@ -66,6 +66,7 @@ _LOCKOUT_MARKERS = ("lockout", "locked")
 # At most this many events wait for the alert rules; beyond it, the oldest are dropped (and counted).
 QUEUE_LIMIT = 10000
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Latency buckets (seconds): HTTP requests, and the database and audit writes under them.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -153,13 +154,14 @@ class Metrics:
         self.build.labels(_version(), platform.python_version()).set(1)
 
     def render(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if os.environ.get(MULTIPROC_ENV):
             aggregate = CollectorRegistry()
             multiprocess.MultiProcessCollector(aggregate)  # type: ignore[no-untyped-call]
             return generate_latest(aggregate)
         return generate_latest(self.registry)
 
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in _METHODS else "other"  # clients choose the method: bound its values
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_seconds.labels(method, route).observe(seconds)
 
@@ -172,7 +174,7 @@ class Metrics:
         self.sealed_at.set(time.time())
 
     def certificates(self, found: dict[tuple[str, str], float]) -> None:
-        """Record ``{(kind, name): not-after Unix time}`` (see ``broker.certificates``)."""
+        """Record ``{(kind, name): not-after Unix time}`` (:func:`certificate_expiries`)."""
         for (kind, name), not_after in found.items():
             self.expiry.labels(kind, name).set(not_after)
 
@@ -229,6 +231,10 @@ def process_ended(pid: int | None = None) -> None:
     if not path:
         return
     multiprocess.mark_process_dead(pid if pid is not None else os.getpid(), path)  # type: ignore[no-untyped-call]
+    _sweep(path)
+
+
+def _sweep(path: str) -> None:
     for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
         other = int(name.rsplit("_", 1)[1].removesuffix(".db"))
         if not _alive(other):
@@ -416,6 +422,8 @@ def instrument(
     saml_certificates: dict[str, list[str]],
 ) -> None:
     """Attach the metrics to what they measure (one call from the composition root)."""
+    if path := os.environ.get(MULTIPROC_ENV):
+        _sweep(path)  # a worker that was killed left its gauges behind; this one replaces it
     db.time_statements(metrics.db_seconds.observe)
     audit.timers.append(metrics.audit_appended)
     sealer.on_pass.append(metrics.seal_passed)

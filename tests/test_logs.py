@@ -59,7 +59,11 @@ def test_warnings_thread_crashes_and_library_lines_are_json(capsys: pytest.Captu
         logging.getLogger("botocore").error("response: SecretAccessKey=AKIDSECRETVALUE1234 ok")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
     library, warned, crashed, leaked = lines
-    assert (library["event"], library["request_id"], library["level"]) == ("disk /var almost full", "req-lib", "warning")
+    assert (library["event"], library["request_id"], library["level"]) == (
+        "disk /var almost full",
+        "req-lib",
+        "warning",
+    )
     assert warned["logger"] == "py.warnings" and "an old API" in warned["event"]
     assert warned["request_id"] == "req-lib"
     assert crashed["event"] == "uncaught exception in thread doomed"

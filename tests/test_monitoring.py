@@ -165,7 +165,9 @@ def test_serve_with_two_workers_sums_metrics_and_reports_redis_fallback(tmp_path
 
         # Redis goes away: rate-limited routes count in-process, and the gauge says so.
         broker.redis.cut()
-        statuses = [broker.post("/oauth2/token", data={"grant_type": "client_credentials"}).status_code for _ in range(4)]
+        statuses = [
+            broker.post("/oauth2/token", data={"grant_type": "client_credentials"}).status_code for _ in range(4)
+        ]
         assert statuses[0] == 400  # counted locally: the limit still holds, no refusal for the first request
         assert broker.metrics()["broker_ratelimit_storage_fallback"] == 1
 
