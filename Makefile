@@ -26,7 +26,8 @@ dev: install
 
 ## Debian packages the tests need: Chromium for the browser tests, xmlsec1 for the SAML identity provider peer,
 ## slapd and ldap-utils for the LDAP directory peer, SimpleSAMLphp (with PHP) as a second SAML identity provider,
-## curl for the token-exchange command `broker dev` prints, wrk for the benchmarks' load generator.
+## curl for the token-exchange command `broker dev` prints, wrk for the benchmarks' load generator, and
+## Prometheus for promtool, which checks and unit-tests the alert rules in deploy/prometheus.
 system-deps: build-deps
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xmlsec1 >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
@@ -44,6 +45,10 @@ system-deps: build-deps
 	@if ! command -v curl >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl; \
+	fi
+	@if ! command -v promtool >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; \
 	fi
 
 ## The real OpenID Connect provider the tests talk to (npm oidc-provider, pinned by the lock file).

@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 from broker.audit import Clock, utcnow
 from broker.federation import Broker
 from broker.keys import Keys
-from broker.monitoring import Metrics, TimedSts
+from broker.monitoring import Metrics, TimedSts, instrument, process_ended
 from broker.oauth.server import OAuthServer
 from broker.oauth.tokens import TokenService
 from broker.operations import Operations, build_revoker
@@ -50,6 +50,16 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     oauth_server = OAuthServer(broker, tokens=tokens, limits=ratelimiter)
     # Seals the audit trail in the background and publishes signed digests (broker/sealer.py).
     sealer = build_sealer(broker.audit, db, settings.audit)
+    saml_certificates = {name: connector.certificates for name, connector in broker.saml_connectors.items()}
+    instrument(
+        metrics,
+        db=db,
+        audit=broker.audit,
+        sealer=sealer,
+        ratelimiter=ratelimiter,
+        settings=settings,
+        saml_certificates=saml_certificates,
+    )
     # SCIM provisioning (broker/scim): IdPs create and retire people and groups; deprovisioning revokes.
     # Built (and its libraries imported) only when a provisioning client is configured.
     provisioning = None
@@ -81,6 +91,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         oauth_server.close()
         ratelimiter.close()
         db.dispose()
+        process_ended()
 
     api_docs = settings.dev if settings.server.api_docs is None else settings.server.api_docs
     app = FastAPI(
@@ -156,7 +167,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     ]
     if hsts:
         security_headers.append(("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
-    app.add_middleware(ObserveRequests, headers=security_headers)
+    app.add_middleware(ObserveRequests, headers=security_headers, metrics=metrics)
     # Outermost of the app's own middleware: size caps apply before routing, parsing or the log line.
     app.add_middleware(
         RequestLimits, max_body_bytes=settings.server.max_body_bytes, max_header_bytes=settings.server.max_header_bytes

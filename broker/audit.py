@@ -12,11 +12,13 @@ holder could rebuild. Values that identify a secret are stored only as keyed HMA
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -176,6 +178,8 @@ class AuditTrail:
         # Called with every appended event, inside its transaction (metrics and alerts, ``broker.monitoring``).
         # An observer must be cheap and must not raise; one that does is ignored, never the audit write.
         self.observers: list[Callable[[AuditEvent], None]] = []
+        # Called after every :meth:`record` with its duration in seconds and whether it committed (metrics).
+        self.timers: list[Callable[[float, bool], None]] = []
 
     def ref(self, value: str | bytes) -> str:
         """A keyed HMAC that identifies a secret value (for correlation) without revealing it."""
@@ -274,11 +278,19 @@ class AuditTrail:
         """
         if db.in_transaction():
             raise RuntimeError("audit.record inside an open transaction: use append(session, ...) or deny(...)")
+        started = time.perf_counter()
+        committed = False
         try:
             with db.transaction() as session:
-                return self.append(session, **kwargs)
+                row = self.append(session, **kwargs)
+            committed = True
+            return row
         except BrokerError as exc:
             raise AuditUnavailable() from exc
+        finally:
+            for timer in self.timers:
+                with contextlib.suppress(Exception):
+                    timer(time.perf_counter() - started, committed)
 
     def deny(self, db: Database, error: BrokerError, **kwargs: Any) -> BrokerError:
         """Audit a refusal with the error's reason code and return the error for the caller to raise.

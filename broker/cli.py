@@ -336,6 +336,9 @@ def scim_token(
     out.print("\n".join(lines), soft_wrap=True, highlight=False)
 
 
+GRACEFUL_SHUTDOWN_SECONDS = 20
+
+
 @app.command("serve", rich_help_panel=SERVER)
 def serve(
     config: ConfigOption = Path(DEFAULT_CONFIG),
@@ -344,9 +347,12 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes (share the database).")] = 1,
 ) -> None:
     """Run the broker with the given configuration (migrate first with `broker db upgrade`)."""
+    import contextlib
     from importlib.util import find_spec
 
     import uvicorn
+
+    from broker.monitoring import multiprocess_dir
 
     settings = _load(config)
     from broker import logs
@@ -365,25 +371,29 @@ def serve(
     # X-Forwarded-For/-Proto only from the configured proxies; otherwise the TCP peer is the client (a client
     # could otherwise pick its own address and escape per-address limits and source_cidrs).
     trusted = [str(net) for net in server.forwarded_allow_ips]
-    uvicorn.run(
-        "broker.app:from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop=loop,
-        http=http,
-        log_config=None,
-        access_log=False,
-        proxy_headers=bool(trusted),
-        forwarded_allow_ips=trusted or None,
-        server_header=False,
-        timeout_graceful_shutdown=20,
-        # HTTPS without a terminating proxy (server.tls_cert_file / tls_key_file).
-        ssl_certfile=str(server.tls_cert_file) if server.tls_cert_file else None,
-        ssl_keyfile=str(server.tls_key_file) if server.tls_key_file else None,
-        **device_tls,
-    )
+    # Workers share one fresh metrics directory, so /metrics sums counters over every worker. (One worker
+    # serves in this process, whose metrics library was set up on import: it keeps its values in memory.)
+    with multiprocess_dir() if workers > 1 else contextlib.nullcontext():
+        uvicorn.run(
+            "broker.app:from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop=loop,
+            http=http,
+            log_config=None,
+            access_log=False,
+            proxy_headers=bool(trusted),
+            forwarded_allow_ips=trusted or None,
+            server_header=False,
+            # Draining: requests in flight get this long after SIGTERM (docs/operations.md "Shutdown and draining").
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            # HTTPS without a terminating proxy (server.tls_cert_file / tls_key_file).
+            ssl_certfile=str(server.tls_cert_file) if server.tls_cert_file else None,
+            ssl_keyfile=str(server.tls_key_file) if server.tls_key_file else None,
+            **device_tls,
+        )
 
 
 def _device_tls(settings: Settings) -> dict[str, Any]:

@@ -13,28 +13,47 @@ updates counters at once, and is queued for the alert rules, which the backgroun
 
 An alert is an audit event (``alert``, reason = the rule) plus a webhook notification.
 
-Metrics are per process by default (each worker's ``/metrics`` shows its own counts; scrape every worker or
-sum them). With ``PROMETHEUS_MULTIPROC_DIR`` set before start-up, prometheus-client keeps the values in files
-in that directory and ``/metrics`` aggregates all processes (prometheus-client "Multiprocess Mode").
+Besides the audit-derived counters, the broker measures what an on-call alerts on: HTTP requests by route
+template (never the raw path, which would grow a series per URL) and status, their latency, database query and
+audit append latency, STS calls, the rate limiter's storage state, the expiry of its certificates, the age of
+the last audit seal, and its build. ``deploy/prometheus/alerts.yml`` and ``deploy/grafana/broker.json`` use
+exactly these names (``tests/test_deploy.py`` checks them against a running broker).
+
+Metrics are per process unless ``PROMETHEUS_MULTIPROC_DIR`` is set before start-up: prometheus-client then
+keeps every value in files in that directory and ``/metrics`` aggregates all processes (prometheus-client
+"Multiprocess Mode"). ``broker serve`` sets it to a fresh directory per start (:func:`multiprocess_dir`), so
+counters are summed over workers; gauges say how to combine workers (``multiprocess_mode``), and a worker that
+ends has its live gauges removed (:func:`process_ended`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import ipaddress
 import os
+import platform
 import queue
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from cryptography import x509
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from broker.audit import AuditTrail, Clock
 from broker.aws.sts import AssumeRoleRequest, Sts
 from broker.errors import BrokerError
 from broker.identity import Credentials
-from broker.settings import AlertSettings
+from broker.ratelimit import RateLimiter
+from broker.sealer import Sealer
+from broker.settings import AlertSettings, Settings
 from broker.store import queries
 from broker.store.db import Database
 from broker.store.models import AuditEvent
@@ -46,6 +65,11 @@ _MFA_MARKERS = ("mfa", "totp", "webauthn", "otp")
 _LOCKOUT_MARKERS = ("lockout", "locked")
 # At most this many events wait for the alert rules; beyond it, the oldest are dropped (and counted).
 QUEUE_LIMIT = 10000
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Latency buckets (seconds): HTTP requests, and the database and audit writes under them.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class Metrics:
@@ -66,6 +90,8 @@ class Metrics:
             registry=r,
         )
         self.sts_errors = Counter("broker_sts_errors", "STS failures, by reason.", ["reason"], registry=r)
+        for reason in ("sts_unavailable", "sts_throttled", "sts_access_denied", "sts_error"):
+            self.sts_errors.labels(reason)  # exported at 0 from the start, so rate() and alerts see them
         self.mfa_failures = Counter("broker_mfa_failures", "Failed second factors.", registry=r)
         self.lockouts = Counter("broker_lockouts", "Accounts locked after repeated failures.", registry=r)
         self.alerts = Counter("broker_alerts", "Alerts raised, by rule.", ["rule"], registry=r)
@@ -73,13 +99,84 @@ class Metrics:
             "broker_revocations", "Revocations, by scope and outcome.", ["scope", "outcome"], registry=r
         )
         self.dropped = Counter("broker_alert_events_dropped", "Audit events not evaluated for alerts.", registry=r)
+        # What the on-call alerts on (deploy/prometheus/alerts.yml).
+        self.http_requests = Counter(
+            "broker_http_requests",
+            "HTTP requests, by method, route template and status code.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "broker_http_request_duration_seconds",
+            "HTTP request latency, by method and route template.",
+            ["method", "route"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.db_seconds = Histogram(
+            "broker_db_query_duration_seconds", "Database statement latency.", buckets=DB_BUCKETS, registry=r
+        )
+        self.audit_seconds = Histogram(
+            "broker_audit_append_duration_seconds",
+            "Latency of an audit append in its own transaction (commit included).",
+            buckets=DB_BUCKETS,
+            registry=r,
+        )
+        self.audit_failures = Counter(
+            "broker_audit_append_failures", "Audit appends that could not commit (the action was refused).", registry=r
+        )
+        self.sealed_at = Gauge(
+            "broker_audit_last_seal_pass_timestamp_seconds",
+            "When a sealer pass last completed (Unix time).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.ratelimit_fallback = Gauge(
+            "broker_ratelimit_storage_fallback",
+            "1 while the rate limiter counts in-process because its shared storage (Redis) is unreachable.",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.expiry = Gauge(
+            "broker_certificate_expiry_timestamp_seconds",
+            "When a certificate the broker uses stops being valid (Unix time), by kind and name.",
+            ["kind", "name"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.build = Gauge(
+            "broker_build_info",
+            "Always 1; the labels name the running build.",
+            ["version", "python"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.build.labels(_version(), platform.python_version()).set(1)
 
     def render(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if os.environ.get(MULTIPROC_ENV):
             aggregate = CollectorRegistry()
             multiprocess.MultiProcessCollector(aggregate)  # type: ignore[no-untyped-call]
             return generate_latest(aggregate)
         return generate_latest(self.registry)
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in _METHODS else "other"  # clients choose the method: bound its values
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_seconds.labels(method, route).observe(seconds)
+
+    def audit_appended(self, seconds: float, ok: bool) -> None:
+        self.audit_seconds.observe(seconds)
+        if not ok:
+            self.audit_failures.inc()
+
+    def seal_passed(self) -> None:
+        self.sealed_at.set(time.time())
+
+    def certificates(self, found: dict[tuple[str, str], float]) -> None:
+        """Record ``{(kind, name): not-after Unix time}`` (:func:`certificate_expiries`)."""
+        for (kind, name), not_after in found.items():
+            self.expiry.labels(kind, name).set(not_after)
 
     def count(self, event: AuditEvent) -> None:
         """Update counters from one audit event (never raises)."""
@@ -99,6 +196,59 @@ class Metrics:
             self.revocations.labels(str(detail.get("scope", "")), event.outcome).inc()
         if event.event == "alert":
             self.alerts.labels(event.reason).inc()
+
+
+def _version() -> str:
+    try:
+        return version("identity-broker")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def multiprocess_dir() -> Iterator[Path]:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for one ``broker serve`` (set in the environment the workers
+    inherit), removed when the server ends. Values of an earlier run never leak into this one. An operator's
+    own ``PROMETHEUS_MULTIPROC_DIR`` names the parent folder (a writable volume, e.g. ``/tmp``)."""
+    parent = os.environ.get(MULTIPROC_ENV) or None
+    path = Path(tempfile.mkdtemp(prefix="broker-metrics-", dir=parent))
+    os.environ[MULTIPROC_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if parent is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = parent
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def process_ended(pid: int | None = None) -> None:
+    """Drop the live gauges of a worker that ended (``pid``, this process by default); its counters stay
+    in the sums. Also sweeps workers that died without saying so (killed), so a restarted worker's
+    predecessor does not keep reporting a stale state."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return
+    multiprocess.mark_process_dead(pid if pid is not None else os.getpid(), path)  # type: ignore[no-untyped-call]
+    _sweep(path)
+
+
+def _sweep(path: str) -> None:
+    for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        other = int(name.rsplit("_", 1)[1].removesuffix(".db"))
+        if not _alive(other):
+            multiprocess.mark_process_dead(other, path)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class TimedSts(Sts):
@@ -259,3 +409,61 @@ class Monitor:
                 )
         except BrokerError:
             return  # database unavailable: the triggering event itself is on record
+
+
+def instrument(
+    metrics: Metrics,
+    *,
+    db: Database,
+    audit: AuditTrail,
+    sealer: Sealer,
+    ratelimiter: RateLimiter,
+    settings: Settings,
+    saml_certificates: dict[str, list[str]],
+) -> None:
+    """Attach the metrics to what they measure (one call from the composition root)."""
+    if path := os.environ.get(MULTIPROC_ENV):
+        _sweep(path)  # a worker that was killed left its gauges behind; this one replaces it
+    db.time_statements(metrics.db_seconds.observe)
+    audit.timers.append(metrics.audit_appended)
+    sealer.on_pass.append(metrics.seal_passed)
+    ratelimiter.on_storage.append(lambda falling_back: metrics.ratelimit_fallback.set(int(falling_back)))
+    metrics.ratelimit_fallback.set(0)
+    metrics.certificates(certificate_expiries(settings, saml_certificates))
+
+
+def certificate_expiries(settings: Settings, saml_certificates: dict[str, list[str]]) -> dict[tuple[str, str], float]:
+    """``{(kind, name): not-after Unix time}`` of every certificate the broker serves or trusts: its TLS
+    certificate (``tls``), the device client CA (``device_ca``), SAML service-provider certificates
+    (``saml_sp``) and the SAML identity providers' signing certificates (``saml_idp``, ``saml_certificates``:
+    store name -> PEMs). The earliest of several under one name counts. Unreadable files were refused at
+    start-up already and are skipped here."""
+    found: dict[tuple[str, str], float] = {}
+
+    def add(kind: str, name: str, pem: bytes) -> None:
+        try:
+            certs = x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            return
+        for cert in certs:
+            not_after = cert.not_valid_after_utc.timestamp()
+            found[(kind, name)] = min(found.get((kind, name), not_after), not_after)
+
+    def read(path: Path | None) -> bytes | None:
+        try:
+            return path.read_bytes() if path is not None else None
+        except OSError:
+            return None
+
+    if (pem := read(settings.server.tls_cert_file)) is not None:
+        add("tls", "server", pem)
+    if (pem := read(settings.devices.tls_client_ca_file)) is not None:
+        add("device_ca", "devices", pem)
+    for store in settings.identity_stores:
+        sp_certificate = getattr(store, "sp_certificate", None)
+        if isinstance(sp_certificate, str):
+            add("saml_sp", store.name, sp_certificate.encode())
+    for name, pems in saml_certificates.items():
+        for pem_text in pems:
+            add("saml_idp", name, pem_text.encode())
+    return found

@@ -19,8 +19,9 @@ otherwise turn each rejected request into an audit append, and appends serialize
 the flood would slow every legitimate issuance. One event per window still records who was throttled, on
 which limit, and when; the log carries the count.
 
-**Redis down.** The limiter falls back to in-process counters (logged once per outage) rather than failing
-open or refusing every sign-in: limits still hold per process, and shared counting resumes by itself.
+**Redis down.** The limiter falls back to in-process counters rather than failing open or refusing every
+sign-in: limits still hold per process, and shared counting resumes by itself. The fallback and the recovery
+are each logged, and reported to ``on_storage`` hooks (``True`` while falling back: the metrics gauge).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -98,6 +100,9 @@ class RateLimiter:
             self._shared = shared
         self._local = _LocalCounters()
         self._shared_down_until = 0.0
+        self._falling_back = False
+        # Called with True when counting falls back to this process, False when shared counting resumes.
+        self.on_storage: list[Callable[[bool], None]] = []
 
     def close(self) -> None:
         self._local.reset()
@@ -124,8 +129,17 @@ class RateLimiter:
                 raise
             self._shared_down_until = time.monotonic() + _REDIS_RETRY_SECONDS
             log.warning("rate limit storage unreachable; counting in this process", error_type=type(exc).__name__)
+            self._storage_state(falling_back=True)
             return self._hit(item, *ids, spend=spend)
+        if shared and self._falling_back:
+            log.info("rate limit storage reachable again; counting shared across processes")
+            self._storage_state(falling_back=False)
         return allowed, reset
+
+    def _storage_state(self, *, falling_back: bool) -> None:
+        self._falling_back = falling_back
+        for hook in self.on_storage:
+            hook(falling_back)
 
     @property
     def shared(self) -> bool:

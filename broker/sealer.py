@@ -10,6 +10,7 @@ verify` reports events left unsealed beyond the window.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from broker.anchors import Anchors
 from broker.audit import AuditTrail
@@ -29,6 +30,8 @@ class Sealer:
         self.anchors = anchors
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Called after every pass that completed (metrics: a sealer that stopped passing is alerted on).
+        self.on_pass: list[Callable[[], None]] = []
 
     def run_once(self) -> int:
         """One pass: seal what is committed, then sign and publish a digest if one is due."""
@@ -55,6 +58,8 @@ class Sealer:
     def _pass(self) -> None:
         try:
             self.run_once()
+            for hook in self.on_pass:
+                hook()
         except BrokerError as exc:
             log.warning("audit sealer pass failed", error=exc.code, reason=exc.reason, detail=exc.message)
         except Exception as exc:  # keep the sealer alive; the next pass retries

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from broker.operations import Operations
 from broker.settings import load_settings
 from broker.store import queries
 from broker.store.db import Database
+from tests.support.observed_broker import log_lines, observed_broker, wait_for
 from tests.support.webhook_receiver import WebhookReceiver
 
 
@@ -140,3 +142,47 @@ def test_access_report_and_cli(ops: Any, make_config: Callable[..., dict[str, An
         [event] = queries.search_audit_events(session, event="revocation")
         assert (event.principal, event.store) == ("operator:oncall", "cli")
         assert event.detail["issuances"] and event.detail["sessions"] == 0
+
+
+def test_serve_with_two_workers_sums_metrics_and_reports_redis_fallback(tmp_path: Path, sts_endpoint: str) -> None:
+    with observed_broker(tmp_path, sts_endpoint) as broker:
+        for _ in range(30):
+            assert broker.get("/healthz").status_code == 200
+        assert broker.get("/no/such/page/12345").status_code == 404
+        before = broker.metrics()
+        # Every worker's requests, summed: whichever worker answers /metrics counts all 30.
+        assert before['broker_http_requests_total{method="GET",route="/healthz",status="200"}'] == 30
+        # Unmatched paths share one label value: clients cannot grow the series count.
+        assert before['broker_http_requests_total{method="GET",route="unmatched",status="404"}'] == 1
+        assert not any("12345" in name for name in before)
+        assert before['broker_http_request_duration_seconds_bucket{le="+Inf",method="GET",route="/healthz"}'] == 30
+        assert 'broker_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/healthz"}' in before
+        assert before["broker_db_query_duration_seconds_count"] > 0
+        assert before["broker_audit_append_duration_seconds_count"] >= 2  # config.loaded, once per worker
+        assert before["broker_ratelimit_storage_fallback"] == 0
+        (build,) = [name for name in before if name.startswith("broker_build_info{")]
+        assert 'version="0.1.0"' in build and before[build] == 1
+
+        # Redis goes away: rate-limited routes count in-process, and the gauge says so.
+        broker.redis.cut()
+        statuses = [
+            broker.post("/oauth2/token", data={"grant_type": "client_credentials"}).status_code for _ in range(4)
+        ]
+        assert statuses[0] == 400  # counted locally: the limit still holds, no refusal for the first request
+        assert broker.metrics()["broker_ratelimit_storage_fallback"] == 1
+
+        # Redis comes back: after the retry delay, shared counting resumes in every worker that fell back.
+        broker.redis.restore()
+        time.sleep(5.5)
+
+        def recovered() -> bool:
+            broker.post("/oauth2/token", data={"grant_type": "client_credentials"})
+            return broker.metrics()["broker_ratelimit_storage_fallback"] == 0
+
+        assert wait_for(recovered, timeout=30)
+    lines = log_lines(broker.server.output)
+    events = [line["event"] for line in lines]
+    assert "rate limit storage unreachable; counting in this process" in events
+    assert "rate limit storage reachable again; counting shared across processes" in events
+    workers = {line["pid"] for line in lines if line.get("event") == "request" and line.get("path") == "/healthz"}
+    assert len(workers) == 2, "the requests reached one worker only: the sum above proves nothing"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +100,19 @@ class Database:
                 # An action that raises (the audit trail is down) replaces the error in flight: fail closed.
                 for action in queued:
                     action()
+
+    def time_statements(self, observe: Callable[[float], None]) -> None:
+        """Call ``observe(seconds)`` after every statement this database runs (``broker.monitoring``)."""
+
+        @event.listens_for(self.engine, "before_cursor_execute")
+        def _before(conn: Any, *_: Any) -> None:
+            conn.info["broker.started"] = time.perf_counter()
+
+        @event.listens_for(self.engine, "after_cursor_execute")
+        def _after(conn: Any, *_: Any) -> None:
+            started = conn.info.pop("broker.started", None)
+            if started is not None:
+                observe(time.perf_counter() - started)
 
     def in_transaction(self) -> bool:
         """Whether this thread has a transaction of this database open (a second one would wait on it)."""

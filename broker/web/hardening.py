@@ -21,12 +21,15 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.logs import get_logger
+from broker.logs import get_logger, request_context
+
+if TYPE_CHECKING:
+    from broker.monitoring import Metrics
 
 log = get_logger("broker.access")
 # Whether the access log line is wanted is the standard library's call (``broker.logs`` routes through it).
@@ -89,17 +92,22 @@ class RequestLimits:
 
 
 class ObserveRequests:
-    """Tag each request with an id, add the security headers to its response, and log one line for it.
+    """Tag each request with an id, add the security headers to its response, count it, and log one line.
 
     The request id is the caller's ``X-Request-Id`` (first 64 characters) or a fresh UUID; routes read it as
-    ``request.state.request_id`` and audit events carry it. The log line names the path only, never the
-    query string (it may carry codes and state values), and is built only when the access log is enabled.
+    ``request.state.request_id`` and audit events carry it. It is also bound to the logging context for the
+    whole request, so every line logged while handling it (``request refused``, ``rate limited``, a library's
+    warning) carries ``request_id``. The access line names the path only, never the query string (it may carry
+    codes and state values), and the client address as resolved through ``server.forwarded_allow_ips``; it is
+    built only when the access log is enabled. Metrics label requests by route template (``/saml/{store}/acs``),
+    never the raw path.
     """
 
-    def __init__(self, app: ASGIApp, *, headers: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, app: ASGIApp, *, headers: Sequence[tuple[str, str]], metrics: Metrics | None = None) -> None:
         self.app = app
         self.headers = [(name.lower().encode(), value.encode()) for name, value in headers]
         self._names = {name for name, _ in self.headers} | {b"x-request-id"}
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,18 +133,40 @@ class ObserveRequests:
                 message["headers"] = [*kept, (b"x-request-id", request_id.encode("latin-1")), *self.headers]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
-        if _access_level.isEnabledFor(logging.INFO):
-            log.info(
-                "request",
-                request_id=request_id,
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                principal=state.get("principal"),
-                outcome=state.get("outcome", "ok" if status < 400 else "error"),
-                ms=round((time.perf_counter() - started) * 1000, 1),
-            )
+        with request_context(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_headers)
+            finally:
+                elapsed = time.perf_counter() - started
+                # An exception that escaped every handler is answered 500 by the server.
+                status = status or 500
+                if self.metrics is not None:
+                    self.metrics.request(scope["method"], route_template(scope), status, elapsed)
+                if _access_level.isEnabledFor(logging.INFO):
+                    client = scope.get("client")
+                    log.info(
+                        "request",
+                        method=scope["method"],
+                        path=scope["path"],
+                        status=status,
+                        client_ip=client[0] if client else None,
+                        principal=state.get("principal"),
+                        outcome=state.get("outcome", "ok" if status < 400 else "error"),
+                        ms=round(elapsed * 1000, 1),
+                    )
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (``/saml/{store}/acs``), the mount's prefix for a mounted app
+    (``/static``), or ``unmatched``: a bounded set of label values, whatever paths clients send."""
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if isinstance(template, str) and template:
+        return template
+    root = scope.get("app_root_path") or scope.get("root_path") or ""
+    if scope.get("endpoint") is not None and root:
+        return str(root) + "/{path}"
+    return "unmatched"
 
 
 async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
