@@ -535,3 +535,16 @@ class ScimMembership(Base):
     )
     # The member's display name as the client sent it (RFC 7643 section 4.2); the userName when it sent none.
     display: Mapped[str | None] = mapped_column(Text)
+
+
+class SchemaCompatibility(Base):
+    """One row: the oldest code that serves this schema (``broker.store.migrations``, expand and contract).
+
+    ``serves_from`` is the newest contract migration at or below the database's revision, written by the
+    release that last migrated; None when every applied migration only expanded.
+    """
+
+    __tablename__ = "schema_compatibility"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serves_from: Mapped[str | None] = mapped_column(String(64))

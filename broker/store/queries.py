@@ -420,6 +420,17 @@ def list_signing_keys(session: Session, *, now: datetime) -> Sequence[SigningKey
     return session.scalars(query).all()
 
 
+def all_signing_keys(session: Session) -> Sequence[SigningKey]:
+    """Every stored key, newest first, including retired ones no longer published (until they are deleted)."""
+    return session.scalars(select(SigningKey).order_by(SigningKey.generation.desc())).all()
+
+
+def signing_key_published(session: Session, *, kid: str, now: datetime) -> bool:
+    """Whether tokens signed by ``kid`` may still be accepted: the key exists and is still published."""
+    row = session.get(SigningKey, kid)
+    return row is not None and (row.publish_until is None or row.publish_until > now)
+
+
 def latest_signing_key(session: Session) -> SigningKey | None:
     return session.scalars(select(SigningKey).order_by(SigningKey.generation.desc()).limit(1)).one_or_none()
 
