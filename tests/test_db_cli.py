@@ -28,7 +28,7 @@ from tests.support.processes import broker_env, free_port
 from tests.support.workload_tokens import TestIssuer
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "0012_schema_compatibility"
+HEAD = "0013_signing_key_revocation"
 NEXT = "0099_next_release"
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 PAYMENTS = "https://payments.internal"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey, import_key
 
@@ -94,7 +94,7 @@ class KeyState:
 
     kid: str
     alg: str
-    state: str  # current, retired (still published), expired (awaiting deletion)
+    state: str  # current, retired (still published), revoked, expired (awaiting deletion)
     created_at: datetime
     publish_until: datetime | None
 
@@ -192,7 +192,7 @@ class TokenService:
                     )
                 generation = latest.generation + 1 if latest else 1
                 queries.add_signing_key(session, key=self._new_key(generation, now))
-            queries.delete_expired_signing_keys(session, now=now)
+            queries.delete_expired_signing_keys(session, now=now, revoked_before=now - self.max_token_lifetime)
         with self._lock:
             self._loaded = None
         return self._load().kid
@@ -210,15 +210,17 @@ class TokenService:
             old = latest if latest is not None and latest.retired_at is None else None
             until = None
             if old is not None:
+                # A revoked key is unpublished at once (for older releases too, which know no ``revoked_at``);
+                # its row stays as long as its tokens could live, so they are refused as revoked.
                 until = now if revoke else now + self.max_token_lifetime
-                queries.retire_signing_key(session, kid=old.kid, retired_at=now, publish_until=until)
+                queries.retire_signing_key(session, kid=old.kid, retired_at=now, publish_until=until, revoked=revoke)
             key = self._new_key(latest.generation + 1 if latest else 1, now)
             if not queries.add_signing_key(session, key=key):
                 raise ServiceUnavailable(
                     "Another process rotated the signing key at the same moment. Run the command again.",
                     reason="signing_key_rotation_raced",
                 )
-            queries.delete_expired_signing_keys(session, now=now)
+            queries.delete_expired_signing_keys(session, now=now, revoked_before=now - self.max_token_lifetime)
             audit.append(
                 session,
                 event="signing_key_rotate",
@@ -235,7 +237,10 @@ class TokenService:
             )
         with self._lock:
             self._loaded = None
-        return Rotation(new_kid=key.kid, old_kid=old.kid if old else None, revoked=revoke, old_published_until=until)
+        published = None if revoke else until
+        return Rotation(
+            new_kid=key.kid, old_kid=old.kid if old else None, revoked=revoke, old_published_until=published
+        )
 
     def key_states(self) -> list[KeyState]:
         """Every stored key, newest first."""
@@ -244,7 +249,9 @@ class TokenService:
             rows = list(queries.all_signing_keys(session))
         states = []
         for row in rows:
-            if row.retired_at is None:
+            if row.revoked_at is not None:
+                state = "revoked"
+            elif row.retired_at is None:
                 state = "current"
             elif row.publish_until is not None and row.publish_until > now:
                 state = "retired"
@@ -365,6 +372,14 @@ class TokenService:
                 exp={"essential": True},
             ).validate(decoded.claims)
         except (JoseError, ValueError) as exc:
+            # Not signed by a key this process publishes: say "revoked" when the key table says so (the kid is
+            # read unverified, only to choose the refusal).
+            try:
+                kid = jws.extract_compact(token.encode()).headers().get("kid")
+            except (JoseError, ValueError):
+                kid = None
+            if isinstance(kid, str) and self._key_refusal(kid) == "broker_token_key_revoked":
+                raise _revoked() from exc
             raise InvalidRequest(
                 "The token is not a valid broker access token.", reason="broker_token_invalid"
             ) from exc
@@ -372,11 +387,27 @@ class TokenService:
             raise InvalidRequest("The token is not a broker access token.", reason="broker_token_typ")
         # This process may still hold a key another process revoked (``broker signing-keys rotate --revoke``):
         # the key table decides, so a revoked key's tokens are refused at once everywhere.
-        with self.db.transaction() as session:
-            published = queries.signing_key_published(session, kid=str(decoded.header.get("kid")), now=self.clock())
-        if not published:
-            raise InvalidRequest(
-                "The token was signed by a key the broker has revoked: get a new one.",
-                reason="broker_token_key_revoked",
-            )
+        refusal = self._key_refusal(str(decoded.header.get("kid")))
+        if refusal == "broker_token_key_revoked":
+            raise _revoked()
+        if refusal is not None:
+            raise InvalidRequest("The token is not a valid broker access token.", reason=refusal)
         return dict(decoded.claims)
+
+    def _key_refusal(self, kid: str) -> str | None:
+        """Why tokens signed by ``kid`` are refused now, per the key table; None while it is published."""
+        with self.db.transaction() as session:
+            row = queries.get_signing_key(session, kid=kid)
+            if row is None:
+                return "broker_token_invalid"
+            if row.revoked_at is not None:
+                return "broker_token_key_revoked"
+            if row.publish_until is not None and row.publish_until <= self.clock():
+                return "broker_token_invalid"
+        return None
+
+
+def _revoked() -> InvalidRequest:
+    return InvalidRequest(
+        "The token was signed by a key the broker has revoked: get a new one.", reason="broker_token_key_revoked"
+    )

@@ -205,7 +205,8 @@ class SigningKey(Base):
     """One of the broker's own JWS signing keys (``broker.oauth.tokens``); the private half encrypted at rest.
 
     ``generation`` is unique, so two processes rotating at the same moment cannot both add a key: one INSERT
-    wins and the other reloads. A key signs until ``retired_at`` and is published until ``publish_until``.
+    wins and the other reloads. A key signs until ``retired_at`` and is published until ``publish_until``
+    unless ``revoked_at`` is set.
     """
 
     __tablename__ = "signing_keys"
@@ -219,6 +220,9 @@ class SigningKey(Base):
     created_at: Mapped[datetime]
     retired_at: Mapped[datetime | None]
     publish_until: Mapped[datetime | None] = mapped_column(index=True)
+    # Revoked by an operator: never published again; the row stays until ``publish_until`` so its tokens are
+    # refused as revoked rather than as unknown.
+    revoked_at: Mapped[datetime | None]
 
 
 # ---------------------------------------------------------------- temporary privilege and revocation

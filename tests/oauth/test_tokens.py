@@ -177,20 +177,24 @@ def test_rotate_now_with_revoke_refuses_the_old_keys_tokens_at_once(database: Da
     other = service(database, clock)
     assert other.verify_access_token(before.token, audience="https://api.internal")["jti"] == before.jti
     done = rotate_now(tokens, revoke=True)
-    assert done.revoked and done.old_published_until == clock.now
+    assert done.revoked and done.old_published_until is None
     assert {k["kid"] for k in tokens.jwks()["keys"]} == {done.new_kid}
+    assert [(k.kid, k.state) for k in tokens.key_states()] == [(done.new_kid, "current"), (before.kid, "revoked")]
     for verifier in (tokens, other):
         with pytest.raises(InvalidRequest) as info:
             verifier.verify_access_token(before.token, audience="https://api.internal")
         assert info.value.reason == "broker_token_key_revoked"
     with database.transaction() as s:
-        # The compromised private key is gone from the table.
-        assert [r.kid for r in s.scalars(select(SigningKey))] == [done.new_kid]
         event = s.scalars(select(AuditEvent).where(AuditEvent.event == "signing_key_rotate")).one()
         assert event.reason == "revoked" and event.detail["old_kid"] == before.kid
     after = tokens.issue_access_token(subject="s", audience="https://api.internal", client_id="c")
     assert after.kid == done.new_kid
     assert tokens.verify_access_token(after.token, audience="https://api.internal")["jti"] == after.jti
+    # Once its tokens would have expired, the revoked key's row goes too.
+    clock.now += tokens.max_token_lifetime + timedelta(seconds=1)
+    tokens.rotate()
+    with database.transaction() as s:
+        assert before.kid not in {r.kid for r in s.scalars(select(SigningKey))}
 
 
 def test_scheduled_rotation(database: Database) -> None:

@@ -13,7 +13,7 @@ from broker.store import db as store_db
 from broker.store import migrations
 from broker.store.db import Database, migrations_path
 
-HEAD = "0012_schema_compatibility"
+HEAD = "0013_signing_key_revocation"
 
 
 @pytest.fixture(autouse=True)
