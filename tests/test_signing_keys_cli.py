@@ -96,8 +96,8 @@ def test_rotate_now_then_revoke(tmp_path: Path, db_url: str) -> None:
             with pytest.raises(InvalidRequest) as info:
                 verifier.verify_access_token(signed_by_second.token, audience=API)
             assert (info.value.code, info.value.reason) == ("invalid_request", "broker_token_key_revoked")
-        # Step 3: the first key is still published for its live tokens; the revoked one is gone.
-        assert keys(config) == [(third, "current"), (first.kid, "retired")]
+        # Step 3: the first key is still published for its live tokens; the revoked one is not.
+        assert keys(config) == [(third, "current"), (second, "revoked"), (first.kid, "retired")]
         assert served_kids(server.url) == {first.kid, third}
         assert serving.verify_access_token(first.token, audience=API)["jti"] == first.jti
 
