@@ -126,7 +126,7 @@ def db_history() -> None:
     for revision in migrations.history():
         kind = "contract" if revision.contract else "expand"
         name = "" if revision.name == revision.id else f"  (file {revision.name}.py)"
-        _say(f"{revision.id:<30} {kind:<8}{name}")
+        _say(f"{revision.id:<30} {kind:<8}{name}".rstrip())
 
 
 def check_schema_before_serving(settings: Settings) -> None:
