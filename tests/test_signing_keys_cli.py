@@ -75,7 +75,7 @@ def test_rotate_now_then_revoke(tmp_path: Path, db_url: str) -> None:
         assert keys(config) == [(first.kid, "current")]
         assert served_kids(server.url) == {first.kid}
         # Step 2a: rotate.
-        rotated = broker(config, "signing-keys", "rotate")
+        rotated = broker(config, "signing-keys", "rotate", "--as", "oncall")
         second = rotated.split("New signing key ", 1)[1].split(" ", 1)[0]
         assert f"Old key {first.kid} no longer signs; it stays in /jwks.json until" in rotated
         assert keys(config) == [(second, "current"), (first.kid, "retired")]
@@ -89,7 +89,7 @@ def test_rotate_now_then_revoke(tmp_path: Path, db_url: str) -> None:
         stale = process(settings, database)
         assert stale.verify_access_token(signed_by_second.token, audience=API)["jti"] == signed_by_second.jti
         # Step 2b: revoke.
-        revoked = broker(config, "signing-keys", "rotate", "--revoke")
+        revoked = broker(config, "signing-keys", "rotate", "--revoke", "--as", "oncall")
         third = revoked.split("New signing key ", 1)[1].split(" ", 1)[0]
         assert f"Old key {second} revoked: removed from /jwks.json and its tokens refused from now on." in revoked
         for verifier in (stale, serving, process(settings, database)):
