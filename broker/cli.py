@@ -56,6 +56,18 @@ def _register_admin() -> None:
 _register_admin()
 
 
+def _register_releases() -> None:
+    # Schema revisions (db upgrade/downgrade/current/history) and signing-key rotation.
+    from broker.db_cli import register as register_db
+    from broker.signing_keys_cli import register as register_signing_keys
+
+    register_db(db_app)
+    register_signing_keys(app, panel=SERVER)
+
+
+_register_releases()
+
+
 def _register_policy() -> None:
     from broker.explain_cli import register
 
@@ -124,16 +136,6 @@ def config_check(path: Annotated[Path, typer.Argument(help="YAML file to check."
         f"[green]OK[/green] {path}: mode {settings.mode}, {len(settings.identity_stores)} identity "
         f"store(s), {len(settings.roles)} role(s)."
     )
-
-
-@db_app.command("upgrade")
-def db_upgrade(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
-    """Apply database migrations up to the latest revision (safe to run repeatedly)."""
-    from broker.store import db
-
-    settings = _load(config)
-    db.upgrade(settings.database_url)
-    out.print(f"[green]Database at revision {', '.join(sorted(db.head_revisions()))}[/green]")
 
 
 @db_app.command("purge")
@@ -358,6 +360,9 @@ def serve(
     from broker import logs
 
     logs.configure(settings.log_level, json=settings.log_json)
+    from broker.db_cli import check_schema_before_serving
+
+    check_schema_before_serving(settings)
     os.environ["BROKER_CONFIG"] = str(config)
     server = settings.server
     # uvloop's event loop and httptools' parser (both dependencies) take less CPU per request than uvicorn's

@@ -331,3 +331,12 @@ class AnchorUnavailable(ServiceUnavailable):
 
     code = "anchor_unavailable"
     default_message = "The audit digest store could not be reached; check its path, bucket and credentials."
+
+
+class SchemaMismatch(BrokerError):
+    """``broker db`` cannot move the schema as asked: an unknown target, a database newer than this release, or a
+    migration that cannot be undone. The message names the revisions and the command that fixes it."""
+
+    code = "schema_mismatch"
+    status = 409
+    default_message = "The database schema cannot be changed as asked."

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from broker.store.db import make_engine
+from broker.store.migrations import record_compatibility
 from broker.store.models import Base
 
 config = context.config
@@ -27,9 +28,15 @@ def run_migrations_online() -> None:
     assert url is not None
     engine = make_engine(url)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        # One transaction for the whole run on SQLite too (Alembic's default there is one per migration): a
+        # downgrade that meets an irreversible migration, or a failed upgrade, leaves the schema where it was.
+        context.configure(
+            connection=connection, target_metadata=target_metadata, render_as_batch=True, transactional_ddl=True
+        )
         with context.begin_transaction():
             context.run_migrations()
+            # In the same transaction: which older releases can serve the schema now (expand and contract).
+            record_compatibility(connection, context.script)
     engine.dispose()
 
 

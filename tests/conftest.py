@@ -61,7 +61,10 @@ def _reset_postgres(url: str) -> None:
     with engine.begin() as conn:
         tables = (
             conn.execute(
-                text("SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'")
+                text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname='public' "
+                    "AND tablename NOT IN ('alembic_version', 'schema_compatibility')"
+                )
             )
             .scalars()
             .all()

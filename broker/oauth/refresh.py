@@ -263,7 +263,9 @@ class CliSessions:
                 raise InvalidToken(reason="bearer_oversized")
             try:
                 claims = self.tokens.verify_access_token(token, audience=self.audience)
-            except InvalidRequest:
+            except InvalidRequest as exc:
+                if exc.reason == "broker_token_key_revoked":
+                    raise InvalidToken(exc.message, reason="bearer_key_revoked") from None
                 raise InvalidToken(reason="bearer_invalid") from None
             principal = str(claims.get("sub", ""))[:256] or None
             sid = claims.get("sid")

@@ -9,6 +9,8 @@
   encrypted by AES-256-GCM under a key derived from the root secret. A new key is made every
   ``rotation_period_hours``; the previous one stops signing at once but stays in the JWKS until every token
   it may have signed has expired (RFC 7517 section 5 leaves the set's contents to the issuer).
+- ``broker signing-keys rotate`` rotates now (:meth:`TokenService.rotate_now`); with ``--revoke`` the old key
+  leaves the JWKS at once and the broker refuses its tokens at once (each verification asks the key table).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey, import_key
 
-from broker.audit import Clock, utcnow
+from broker.audit import AuditTrail, Clock, Context, utcnow
 from broker.errors import InvalidRequest, ServiceUnavailable
 from broker.keys import Keys
 from broker.settings import Settings
@@ -74,6 +76,27 @@ class _Loaded:
     public: KeySet
     public_jwks: dict[str, Any]
     loaded_at: datetime
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What ``rotate_now`` did: the new signing key, and until when the old one stays published."""
+
+    new_kid: str
+    old_kid: str | None
+    revoked: bool
+    old_published_until: datetime | None
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """One stored signing key as ``broker signing-keys list`` shows it."""
+
+    kid: str
+    alg: str
+    state: str  # current, retired (still published), revoked, expired (awaiting deletion)
+    created_at: datetime
+    publish_until: datetime | None
 
 
 def _b64(data: bytes) -> str:
@@ -169,10 +192,73 @@ class TokenService:
                     )
                 generation = latest.generation + 1 if latest else 1
                 queries.add_signing_key(session, key=self._new_key(generation, now))
-            queries.delete_expired_signing_keys(session, now=now)
+            queries.delete_expired_signing_keys(session, now=now, revoked_before=now - self.max_token_lifetime)
         with self._lock:
             self._loaded = None
         return self._load().kid
+
+    def rotate_now(self, *, revoke: bool, audit: AuditTrail, actor: str, ctx: Context | None = None) -> Rotation:
+        """Make a new current key now (after a suspected compromise) and audit it in the same transaction.
+
+        The old key stops signing at once. It stays published until every token it signed has expired, or with
+        ``revoke`` leaves the JWKS at once, its private half is deleted and its tokens are refused at once.
+        Other processes sign with the new key once they re-read the table (``key_cache_seconds``).
+        """
+        now = self.clock()
+        with self.db.transaction() as session:
+            latest = queries.latest_signing_key(session)
+            old = latest if latest is not None and latest.retired_at is None else None
+            until = None
+            if old is not None:
+                # A revoked key is unpublished at once (for older releases too, which know no ``revoked_at``);
+                # its row stays as long as its tokens could live, so they are refused as revoked.
+                until = now if revoke else now + self.max_token_lifetime
+                queries.retire_signing_key(session, kid=old.kid, retired_at=now, publish_until=until, revoked=revoke)
+            key = self._new_key(latest.generation + 1 if latest else 1, now)
+            if not queries.add_signing_key(session, key=key):
+                raise ServiceUnavailable(
+                    "Another process rotated the signing key at the same moment. Run the command again.",
+                    reason="signing_key_rotation_raced",
+                )
+            queries.delete_expired_signing_keys(session, now=now, revoked_before=now - self.max_token_lifetime)
+            audit.append(
+                session,
+                event="signing_key_rotate",
+                outcome="ok",
+                reason="revoked" if revoke else "rotated",
+                principal=actor,
+                store="cli",
+                ctx=ctx,
+                detail={
+                    "new_kid": key.kid,
+                    "old_kid": old.kid if old else None,
+                    "old_published_until": until.isoformat() if until else None,
+                },
+            )
+        with self._lock:
+            self._loaded = None
+        published = None if revoke else until
+        return Rotation(
+            new_kid=key.kid, old_kid=old.kid if old else None, revoked=revoke, old_published_until=published
+        )
+
+    def key_states(self) -> list[KeyState]:
+        """Every stored key, newest first."""
+        now = self.clock()
+        with self.db.transaction() as session:
+            rows = list(queries.all_signing_keys(session))
+        states = []
+        for row in rows:
+            if row.revoked_at is not None:
+                state = "revoked"
+            elif row.retired_at is None:
+                state = "current"
+            elif row.publish_until is not None and row.publish_until > now:
+                state = "retired"
+            else:
+                state = "expired"
+            states.append(KeyState(row.kid, row.alg, state, row.created_at, row.publish_until))
+        return states
 
     def _load(self) -> _Loaded:
         now = self.clock()
@@ -286,9 +372,42 @@ class TokenService:
                 exp={"essential": True},
             ).validate(decoded.claims)
         except (JoseError, ValueError) as exc:
+            # Not signed by a key this process publishes: say "revoked" when the key table says so (the kid is
+            # read unverified, only to choose the refusal).
+            try:
+                kid = jws.extract_compact(token.encode()).headers().get("kid")
+            except (JoseError, ValueError):
+                kid = None
+            if isinstance(kid, str) and self._key_refusal(kid) == "broker_token_key_revoked":
+                raise _revoked() from exc
             raise InvalidRequest(
                 "The token is not a valid broker access token.", reason="broker_token_invalid"
             ) from exc
         if decoded.header.get("typ") != ACCESS_TOKEN_TYP:
             raise InvalidRequest("The token is not a broker access token.", reason="broker_token_typ")
+        # This process may still hold a key another process revoked (``broker signing-keys rotate --revoke``):
+        # the key table decides, so a revoked key's tokens are refused at once everywhere.
+        refusal = self._key_refusal(str(decoded.header.get("kid")))
+        if refusal == "broker_token_key_revoked":
+            raise _revoked()
+        if refusal is not None:
+            raise InvalidRequest("The token is not a valid broker access token.", reason=refusal)
         return dict(decoded.claims)
+
+    def _key_refusal(self, kid: str) -> str | None:
+        """Why tokens signed by ``kid`` are refused now, per the key table; None while it is published."""
+        with self.db.transaction() as session:
+            row = queries.get_signing_key(session, kid=kid)
+            if row is None:
+                return "broker_token_invalid"
+            if row.revoked_at is not None:
+                return "broker_token_key_revoked"
+            if row.publish_until is not None and row.publish_until <= self.clock():
+                return "broker_token_invalid"
+        return None
+
+
+def _revoked() -> InvalidRequest:
+    return InvalidRequest(
+        "The token was signed by a key the broker has revoked: get a new one.", reason="broker_token_key_revoked"
+    )

@@ -205,7 +205,8 @@ class SigningKey(Base):
     """One of the broker's own JWS signing keys (``broker.oauth.tokens``); the private half encrypted at rest.
 
     ``generation`` is unique, so two processes rotating at the same moment cannot both add a key: one INSERT
-    wins and the other reloads. A key signs until ``retired_at`` and is published until ``publish_until``.
+    wins and the other reloads. A key signs until ``retired_at`` and is published until ``publish_until``
+    unless ``revoked_at`` is set.
     """
 
     __tablename__ = "signing_keys"
@@ -219,6 +220,9 @@ class SigningKey(Base):
     created_at: Mapped[datetime]
     retired_at: Mapped[datetime | None]
     publish_until: Mapped[datetime | None] = mapped_column(index=True)
+    # Revoked by an operator: never published again; the row stays until ``publish_until`` so its tokens are
+    # refused as revoked rather than as unknown.
+    revoked_at: Mapped[datetime | None]
 
 
 # ---------------------------------------------------------------- temporary privilege and revocation
@@ -535,3 +539,16 @@ class ScimMembership(Base):
     )
     # The member's display name as the client sent it (RFC 7643 section 4.2); the userName when it sent none.
     display: Mapped[str | None] = mapped_column(Text)
+
+
+class SchemaCompatibility(Base):
+    """One row: the oldest code that serves this schema (``broker.store.migrations``, expand and contract).
+
+    ``serves_from`` is the newest contract migration at or below the database's revision, written by the
+    release that last migrated; None when every applied migration only expanded.
+    """
+
+    __tablename__ = "schema_compatibility"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serves_from: Mapped[str | None] = mapped_column(String(64))

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -415,9 +415,19 @@ def list_signing_keys(session: Session, *, now: datetime) -> Sequence[SigningKey
     query = (
         select(SigningKey)
         .where((SigningKey.publish_until.is_(None)) | (SigningKey.publish_until > now))
+        .where(SigningKey.revoked_at.is_(None))
         .order_by(SigningKey.generation.desc())
     )
     return session.scalars(query).all()
+
+
+def all_signing_keys(session: Session) -> Sequence[SigningKey]:
+    """Every stored key, newest first, including retired ones no longer published (until they are deleted)."""
+    return session.scalars(select(SigningKey).order_by(SigningKey.generation.desc())).all()
+
+
+def get_signing_key(session: Session, *, kid: str) -> SigningKey | None:
+    return session.get(SigningKey, kid)
 
 
 def latest_signing_key(session: Session) -> SigningKey | None:
@@ -434,18 +444,24 @@ def add_signing_key(session: Session, *, key: SigningKey) -> bool:
     return True
 
 
-def retire_signing_key(session: Session, *, kid: str, retired_at: datetime, publish_until: datetime) -> None:
+def retire_signing_key(
+    session: Session, *, kid: str, retired_at: datetime, publish_until: datetime, revoked: bool = False
+) -> None:
+    """Stop signing with ``kid``; keep it published until ``publish_until``, or with ``revoked`` never again."""
     session.execute(
         update(SigningKey)
         .where(SigningKey.kid == kid, SigningKey.retired_at.is_(None))
-        .values(retired_at=retired_at, publish_until=publish_until)
+        .values(retired_at=retired_at, publish_until=publish_until, revoked_at=retired_at if revoked else None)
     )
 
 
-def delete_expired_signing_keys(session: Session, *, now: datetime) -> int:
-    """Remove keys no live token can need any more."""
+def delete_expired_signing_keys(session: Session, *, now: datetime, revoked_before: datetime | None = None) -> int:
+    """Remove keys no live token can need any more; revoked keys once revoked before ``revoked_before``."""
+    revoked_gone: ColumnElement[bool] = SigningKey.revoked_at.is_(None)
+    if revoked_before is not None:
+        revoked_gone = revoked_gone | (SigningKey.revoked_at < revoked_before)
     result = session.execute(
-        delete(SigningKey).where(SigningKey.publish_until.is_not(None), SigningKey.publish_until <= now)
+        delete(SigningKey).where(SigningKey.publish_until.is_not(None), SigningKey.publish_until <= now, revoked_gone)
     )
     return int(getattr(result, "rowcount", 0) or 0)
 

@@ -16,6 +16,8 @@ revision: str = "0008_device_certificates"
 down_revision: str | None = "0007_audit_segments"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand-only (docs/operations.md, "Writing migrations"): new tables the previous release never reads.
+contract = False
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Utc = broker.store.models.UtcDateTime

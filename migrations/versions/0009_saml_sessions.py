@@ -16,6 +16,8 @@ revision: str = "0009_saml_sessions"
 down_revision: str | None = "0008_device_certificates"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand-only (docs/operations.md, "Writing migrations"): new tables the previous release never reads.
+contract = False
 
 Utc = broker.store.models.UtcDateTime
 

@@ -16,6 +16,8 @@ revision: str = "0010_scim_provisioning"
 down_revision: str | Sequence[str] | None = "0009_saml_sessions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand-only (docs/operations.md, "Writing migrations"): new tables the previous release never reads.
+contract = False
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Utc = broker.store.models.UtcDateTime

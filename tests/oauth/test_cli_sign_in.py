@@ -420,6 +420,33 @@ def test_api_refuses_without_credentials_and_keeps_policy(live: CliBroker, web: 
     assert live.issuances() == []
 
 
+def test_api_refuses_a_token_whose_signing_key_was_revoked(
+    live: CliBroker, web: httpx.Client, make_config: Callable[..., dict[str, Any]]
+) -> None:
+    """`broker signing-keys rotate --revoke` (docs/operations.md): the live sign-in's access token stops working
+    at once, though the serving process still caches the revoked key."""
+    from pydantic import SecretStr
+
+    from broker.audit import AuditTrail
+    from broker.keys import Keys
+    from broker.oauth.tokens import TokenService
+    from broker.settings import load_settings
+    from tests.conftest import SECRET
+
+    grant = device_login(live, web)
+    access = token(live, grant_type=DEVICE, device_code=grant["device_code"]).json()["access_token"]
+    bearer = {"Authorization": f"Bearer {access}"}
+    assert httpx.get(f"{live.url}/api/v1/roles", headers=bearer).status_code == 200
+    database = Database(live.db_url)
+    operator = TokenService(load_settings(None, **make_config()), db=database, keys=Keys(SecretStr(SECRET)))
+    operator.rotate_now(revoke=True, audit=AuditTrail(Keys(SecretStr(SECRET))), actor="operator:oncall")
+    database.dispose()
+    mark = live.last_seq()
+    refused = httpx.get(f"{live.url}/api/v1/roles", headers=bearer)
+    assert (refused.status_code, refused.json()["error"]) == (401, "invalid_token")
+    assert refusals(live, mark) == [("api_auth", "denied", "bearer_key_revoked")]
+
+
 def test_metadata_names_the_cli_endpoints(live: CliBroker) -> None:
     meta = httpx.get(f"{live.url}/.well-known/oauth-authorization-server").json()
     assert meta["authorization_endpoint"] == f"{live.url}/oauth2/authorize"

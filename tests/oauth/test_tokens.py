@@ -13,13 +13,14 @@ from joserfc.jwk import KeySet
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from broker.audit import AuditTrail
 from broker.aws.sts import AssumeRoleRequest
 from broker.errors import InvalidRequest, ServiceUnavailable
 from broker.keys import Keys
 from broker.oauth.tokens import AWS_SOURCE_IDENTITY_CLAIM, AWS_TAGS_CLAIM, TokenService
 from broker.settings import Settings, load_settings
 from broker.store.db import Database
-from broker.store.models import SigningKey
+from broker.store.models import AuditEvent, SigningKey
 from tests.conftest import SECRET
 
 ISSUER = "https://broker.test"
@@ -134,6 +135,66 @@ def test_rotation_keeps_the_old_key_until_its_tokens_expire(database: Database) 
         jwt.decode(before.token, KeySet.import_key_set(jwks), algorithms=["ES256"])
     with database.transaction() as s:
         assert [r.kid for r in s.scalars(select(SigningKey))] == [new_kid]
+
+
+def rotate_now(tokens: TokenService, *, revoke: bool) -> Any:
+    return tokens.rotate_now(revoke=revoke, audit=AuditTrail(Keys(SecretStr(SECRET))), actor="operator:ops@host")
+
+
+def test_rotate_now_keeps_the_old_key_published_until_its_tokens_expire(database: Database) -> None:
+    clock = FakeClock()
+    tokens = service(database, clock)
+    before = tokens.issue_access_token(subject="s", audience="https://api.internal", client_id="c")
+    clock.advance(seconds=10)
+    done = rotate_now(tokens, revoke=False)
+    assert done.old_kid == before.kid and done.new_kid != before.kid and not done.revoked
+    assert done.old_published_until == clock.now + tokens.max_token_lifetime
+    assert tokens.issue_access_token(subject="s", audience="a", client_id="c").kid == done.new_kid
+    assert {k["kid"] for k in tokens.jwks()["keys"]} == {before.kid, done.new_kid}
+    assert tokens.verify_access_token(before.token, audience="https://api.internal")["jti"] == before.jti
+    assert [(k.kid, k.state) for k in tokens.key_states()] == [(done.new_kid, "current"), (before.kid, "retired")]
+    with database.transaction() as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.event == "signing_key_rotate")).one()
+        assert (event.outcome, event.reason, event.principal, event.store) == (
+            "ok",
+            "rotated",
+            "operator:ops@host",
+            "cli",
+        )
+        assert event.detail["old_kid"] == before.kid and event.detail["new_kid"] == done.new_kid
+    # Its tokens expire; then the old key leaves the JWKS and the table.
+    clock.now = done.old_published_until + timedelta(seconds=1)
+    assert [(k.kid, k.state) for k in tokens.key_states()] == [(done.new_kid, "current"), (before.kid, "expired")]
+    tokens.rotate()
+    assert {k["kid"] for k in tokens.jwks()["keys"]} == {done.new_kid}
+
+
+def test_rotate_now_with_revoke_refuses_the_old_keys_tokens_at_once(database: Database) -> None:
+    clock = FakeClock()
+    tokens = service(database, clock)
+    before = tokens.issue_access_token(subject="s", audience="https://api.internal", client_id="c")
+    # Another process that loaded the old key before the revocation, and keeps it cached.
+    other = service(database, clock)
+    assert other.verify_access_token(before.token, audience="https://api.internal")["jti"] == before.jti
+    done = rotate_now(tokens, revoke=True)
+    assert done.revoked and done.old_published_until is None
+    assert {k["kid"] for k in tokens.jwks()["keys"]} == {done.new_kid}
+    assert [(k.kid, k.state) for k in tokens.key_states()] == [(done.new_kid, "current"), (before.kid, "revoked")]
+    for verifier in (tokens, other):
+        with pytest.raises(InvalidRequest) as info:
+            verifier.verify_access_token(before.token, audience="https://api.internal")
+        assert info.value.reason == "broker_token_key_revoked"
+    with database.transaction() as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.event == "signing_key_rotate")).one()
+        assert event.reason == "revoked" and event.detail["old_kid"] == before.kid
+    after = tokens.issue_access_token(subject="s", audience="https://api.internal", client_id="c")
+    assert after.kid == done.new_kid
+    assert tokens.verify_access_token(after.token, audience="https://api.internal")["jti"] == after.jti
+    # Once its tokens would have expired, the revoked key's row goes too.
+    clock.now += tokens.max_token_lifetime + timedelta(seconds=1)
+    tokens.rotate()
+    with database.transaction() as s:
+        assert before.kid not in {r.kid for r in s.scalars(select(SigningKey))}
 
 
 def test_scheduled_rotation(database: Database) -> None:
