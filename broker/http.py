@@ -74,9 +74,13 @@ class HttpPolicy:
         return ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
 
     def client_options(self) -> dict[str, Any]:
-        """Keyword arguments for an httpx-based client another library builds itself (Authlib's OAuth2Client)."""
+        """Keyword arguments for an httpx-based client another library builds itself (Authlib's OAuth2Client).
+
+        Plain values only (the timeout as a (connect, read, write, pool) tuple): Authlib drives httpx2 when
+        it is installed and httpx otherwise, and each has its own Timeout class.
+        """
         return {
-            "timeout": self.timeout(),
+            "timeout": (self.connect_seconds, self.read_seconds, self.read_seconds, self.connect_seconds),
             "verify": self.verify(),
             "follow_redirects": self.follow_redirects,
             "trust_env": self.trust_env,
@@ -96,8 +100,16 @@ class Response:
         return json.loads(self.body)
 
 
-# What Authlib (or any httpx-based library) raises when the transport fails; see ``HttpClient.unavailable``.
-TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError,)
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """What an httpx-based library raises when the transport fails: Authlib prefers httpx2 when installed."""
+    try:
+        import httpx2
+    except ImportError:
+        return (httpx.HTTPError,)
+    return (httpx.HTTPError, httpx2.HTTPError)
+
+
+TRANSPORT_ERRORS = _transport_errors()
 
 
 class HttpClient:

@@ -19,6 +19,7 @@ EXEMPT = ("client/",)
 # Library (top-level import name) -> the files or packages (ending in "/") that may import it.
 OWNERS: dict[str, tuple[str, ...]] = {
     "httpx": ("http.py",),
+    "httpx2": ("http.py",),
     "joserfc": ("jose.py",),
     "pyotp": ("mfa/totp.py",),
     "segno": ("mfa/totp.py",),

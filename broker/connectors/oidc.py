@@ -28,9 +28,9 @@ from urllib.parse import urlencode
 from authlib.integrations.base_client import OAuthError
 
 with warnings.catch_warnings():
-    # Authlib warns, on import, that it would rather drive httpx2 than httpx; the broker's HTTP stack is httpx
-    # (its errors are caught below), so the notice is for the maintainers, not for every `broker` command's
-    # terminal. Only this one message is silenced, only during this import.
+    # Authlib warns, on import, that it would rather drive httpx2 than httpx; ``broker.http`` builds its client
+    # options for either and catches either's errors, so the notice is for the maintainers, not for every
+    # `broker` command's terminal. Only this one message is silenced, only during this import.
     warnings.filterwarnings("ignore", message="The httpx module is deprecated")
     from authlib.integrations.httpx_client import OAuth2Client
 from broker import jose
