@@ -323,7 +323,8 @@ class ClaimRules:
 def check_claims(claims: Mapping[str, Any], rules: ClaimRules, *, now: float) -> None:
     """Validate registered and required claims with joserfc's ``JWTClaimsRegistry``.
 
-    ClaimRefused names the first failure; a missing claim is reported in the order of ``rules.required``, so callers' refusal reasons are stable.
+    ClaimRefused names the first failure; a missing claim is reported in the order of ``rules.required``,
+    so callers' refusal reasons are stable.
     """
     options: dict[str, Any] = {name: {"essential": True} for name in rules.required}
     if rules.issuer is not None:

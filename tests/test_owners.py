@@ -100,7 +100,7 @@ def _scan() -> dict[tuple[str, str], list[int]]:
 
 def test_each_library_is_imported_only_by_its_owners() -> None:
     offenders = [
-        f"broker/{importer}:{lines[0]} imports {library}; its owner: {', '.join('broker/' + o for o in OWNERS[library])}"
+        f"broker/{importer}:{lines[0]} imports {library}; owner: {', '.join('broker/' + o for o in OWNERS[library])}"
         for (library, importer), lines in sorted(_scan().items())
         if not _owned(importer, OWNERS[library]) and (library, importer) not in PENDING
     ]
