@@ -2,13 +2,13 @@
 
 Every request the broker makes (JWKS and discovery documents, CRLs, the AWS console federation endpoint,
 webhooks, an IdP's token and userinfo endpoints) goes through :class:`HttpClient`, which fixes the policy
-docs/security.md asks of a service that fetches from URLs it was configured with:
+docs/security.md ("Tokens from elsewhere and outgoing requests") states:
 
 - explicit connect and read timeouts (a slow peer delays only its own request);
 - a response size cap enforced while the body streams in, before it is parsed (a hostile or broken peer
   cannot make the broker buffer an unbounded answer);
-- TLS verified against the system's trust store or a configured CA bundle; no proxy settings read from the
-  environment;
+- TLS verified against the system's trust store or a configured CA bundle; proxy settings read from the
+  environment only where the policy says so (peers an operator may reach through a proxy);
 - no redirects unless the caller asks (a configured URL is the one fetched).
 
 Failures are broker errors: a peer that cannot be reached, times out or fails TLS is
