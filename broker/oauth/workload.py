@@ -18,6 +18,10 @@ grant. Only :class:`WorkloadVerifier` builds a :class:`VerifiedWorkload`, after 
    bounded skew and a maximum age, the issuer's required claims, and ``jti`` when it must be single-use (the
    use case consumes it in the database).
 
+Shape, header policy, key cache, signature and registered claims are ``broker.jose``'s; this module adds
+the routing, explicit typing, the issuer's tables (audiences, required claims, maximum age) and the mapping
+of each check to its audit reason.
+
 Every refusal is an :class:`~broker.errors.InvalidRequest`: RFC 8693 section 2.2.2 says a subject or actor
 token that is "invalid for any reason" MUST yield ``invalid_request``. The audit reason says which check.
 """
