@@ -27,11 +27,9 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_pem_public_key,
 )
-from joserfc import jws
-from joserfc.errors import JoseError
-from joserfc.jwk import OKPKey
 from sqlalchemy.orm import Session
 
+from broker import jose
 from broker.audit import GENESIS, Clock, VerifyResult, entry_hash, public_root, utcnow
 from broker.errors import AnchorUnavailable
 from broker.logs import get_logger
@@ -138,10 +136,6 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
     return key
 
 
-def _okp(key: Ed25519PrivateKey | Ed25519PublicKey) -> OKPKey:
-    return OKPKey.import_key(key)
-
-
 @dataclass
 class Anchors:
     """Signs and publishes digests. ``publish_due`` is safe in every process at once."""
@@ -154,7 +148,7 @@ class Anchors:
         assert self.config.signing_key is not None
         private = load_pem_private_key(self.config.signing_key.get_secret_value().encode(), password=None)
         assert isinstance(private, Ed25519PrivateKey)
-        self._key = _okp(private)
+        self._key = jose.ed25519(private)
         self._kid = key_id(private.public_key())
         if not self.sinks:
             self.sinks = sinks_for(self.config)
@@ -207,14 +201,14 @@ class Anchors:
             "segments": segments,
         }
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        token = jws.serialize_compact({"alg": ALGORITHM, "kid": self._kid, "typ": "JWS"}, body, self._key, [ALGORITHM])
+        token = jose.sign_bytes({"alg": ALGORITHM, "kid": self._kid, "typ": "JWS"}, body, self._key)
         digest = AuditDigest(number=number, segment=head.number, created_at=now, token=token)
         return number if queries.add_audit_digest(session, digest=digest) else None
 
 
 def read_payload(token: str) -> dict[str, Any]:
     """A digest's payload without checking its signature (only for continuing our own chain)."""
-    payload: dict[str, Any] = json.loads(jws.extract_compact(token.encode()).payload)
+    payload: dict[str, Any] = json.loads(jose.unverified_payload(token))
     return payload
 
 
@@ -227,14 +221,14 @@ class SignedDigest:
 
 def load_digests(sink: DigestSink, public: Ed25519PublicKey) -> tuple[list[SignedDigest], str | None]:
     """Every digest in the sink, signature-checked and in order; or the first problem with them."""
-    key = _okp(public)
+    key = jose.ed25519(public)
     digests: list[SignedDigest] = []
     previous: SignedDigest | None = None
     for name in sink.names():
         token = sink.get(name).decode().strip()
         try:
-            payload = json.loads(jws.deserialize_compact(token, key, [ALGORITHM]).payload)
-        except (JoseError, ValueError):
+            payload = json.loads(jose.verify_bytes(token, key, ALGORITHM))
+        except (jose.Refused, ValueError):
             return digests, f"digest {name} is not signed by this public key: forged or altered"
         if payload.get("format") != FORMAT:
             return digests, f"digest {name} is not a broker audit digest"

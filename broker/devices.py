@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from cryptography import x509
 
 from broker.audit import AuditTrail, Clock, Context
@@ -31,6 +30,7 @@ from broker.connectors.x509 import (
 )
 from broker.errors import BrokerError, InvalidRequest, InvalidTarget, NotFound
 from broker.federation import Broker
+from broker.http import HttpClient
 from broker.identity import Channel
 from broker.policy import AccessRequest, decide
 from broker.revocation import Actor, RevocationOutcome, Revocations
@@ -65,7 +65,7 @@ class DeviceRequest:
 class Devices:
     """Certificate sign-in for every ``type: x509`` store; one per process, thread-safe."""
 
-    def __init__(self, broker: Broker, *, http: httpx.Client) -> None:
+    def __init__(self, broker: Broker, *, http: HttpClient) -> None:
         self.broker = broker
         self.connectors = [
             X509Connector(s, http=http) for s in broker.settings.identity_stores if isinstance(s, X509StoreConfig)

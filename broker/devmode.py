@@ -27,11 +27,11 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-import pyotp
 from rich.console import Console
 
 from broker.connectors.local import hash_password
 from broker.errors import ConfigError
+from broker.mfa import totp
 from broker.settings import Settings, display_database_url, load_settings, read_yaml
 from broker.web.dev import FEDERATION_PATH
 
@@ -62,7 +62,7 @@ def _demo_account(data_dir: Path) -> dict[str, str]:
     if path.exists():
         stored: dict[str, str] = json.loads(path.read_text())
         return stored
-    account = {"password": secrets.token_urlsafe(12), "totp_secret": pyotp.random_base32()}
+    account = {"password": secrets.token_urlsafe(12), "totp_secret": totp.new_secret()}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(account, handle)
@@ -186,7 +186,7 @@ class Guide:
 
     def lines(self, account: dict[str, str]) -> list[str]:
         url = self.settings.public_url
-        totp = pyotp.TOTP(account["totp_secret"])
+        secret = account["totp_secret"]
         prefix = self.operator_prefix()
         config = shlex.quote(str(self.config))
         data_dir = "" if self.data_dir == DEFAULT_DATA_DIR else f" --data-dir {shlex.quote(str(self.data_dir))}"
@@ -215,8 +215,8 @@ class Guide:
             f"  username:    {DEMO_USER}",
             f"  password:    {account['password']}",
             f"  TOTP secret: {account['totp_secret']}",
-            f"  otpauth URI: {totp.provisioning_uri(name=DEMO_USER, issuer_name='broker-dev')}",
-            f'  code now:    {totp.now()}   (later: python -c "import pyotp; '
+            f"  otpauth URI: {totp.provisioning_uri(secret, account=DEMO_USER, issuer='broker-dev')}",
+            f'  code now:    {totp.current_code(secret, now=time.time())}   (later: python -c "import pyotp; '
             f"print(pyotp.TOTP('{account['totp_secret']}').now())\")",
             "",
             *activate,

@@ -15,9 +15,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from broker.audit import AuditTrail, Clock
+from broker.http import HttpClient, HttpPolicy, UpstreamTooLarge, UpstreamUnavailable
 from broker.settings import NotificationSettings
 from broker.store import queries
 from broker.store.db import Database
@@ -27,6 +26,8 @@ if TYPE_CHECKING:
 
 # Receivers answer within the timeout or the attempt counts as failed; responses are never read beyond this.
 MAX_ERROR_CHARS = 300
+# A webhook's answer is read only for its status; a receiver that sends more than this is cut off.
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 class Notifier:
@@ -67,7 +68,9 @@ class Notifier:
                 claimed.append((row.id, row.kind, row.attempts, dict(row.payload)))
         if not claimed:
             return 0
-        with httpx.Client(timeout=self.settings.timeout_seconds, follow_redirects=False) as client:
+        timeout = self.settings.timeout_seconds
+        policy = HttpPolicy(connect_seconds=timeout, read_seconds=timeout, max_bytes=MAX_RESPONSE_BYTES, trust_env=True)
+        with HttpClient(policy) as client:
             outcomes = [(item, self._post(client, url.get_secret_value(), item[3])) for item in claimed]
         sent = 0
         with self.db.transaction() as session:
@@ -96,12 +99,14 @@ class Notifier:
         return sent
 
     @staticmethod
-    def _post(client: httpx.Client, url: str, payload: dict[str, Any]) -> str | None:
+    def _post(client: HttpClient, url: str, payload: dict[str, Any]) -> str | None:
         try:
-            response = client.post(url, json=payload)
-        except httpx.HTTPError as exc:
+            response = client.post_json(url, payload)
+        except UpstreamUnavailable as exc:
             # The URL is a credential (Slack): name the failure, never the URL.
-            return f"{type(exc).__name__}"[:MAX_ERROR_CHARS]
-        if 200 <= response.status_code < 300:
+            return exc.failure[:MAX_ERROR_CHARS]
+        except UpstreamTooLarge:
+            return "response too large"
+        if 200 <= response.status < 300:
             return None
-        return f"HTTP {response.status_code}"
+        return f"HTTP {response.status}"

@@ -3,7 +3,8 @@ access to the AWS console").
 
 ``getSigninToken`` trades temporary credentials for a sign-in token; the login URL carries that token to the
 console. AWS has no emulator for this endpoint, so tests point ``aws.federation_endpoint`` at a documented
-stand-in. The credentials travel in the request; httpx's request logging is kept at WARNING by ``broker.logs``.
+stand-in. The credentials travel in the request; the HTTP library's request logging is kept at WARNING by
+``broker.logs``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import json
 from urllib.parse import urlencode
 
-import httpx
-
 from broker.errors import ServiceUnavailable, UpstreamError
+from broker.http import HttpClient, HttpPolicy, UpstreamTooLarge, UpstreamUnavailable
 from broker.identity import Credentials
 
+# A getSigninToken answer is a small JSON object; anything larger is not one.
+MAX_RESPONSE_BYTES = 64 * 1024
 # Console sessions may last 15 minutes to 12 hours (SessionDuration of getSigninToken).
 MIN_SESSION_SECONDS, MAX_SESSION_SECONDS = 900, 43200
 
@@ -45,15 +47,21 @@ def signin_url(
     }
     if session_duration is not None:
         params["SessionDuration"] = str(max(MIN_SESSION_SECONDS, min(session_duration, MAX_SESSION_SECONDS)))
+    policy = HttpPolicy(connect_seconds=timeout, read_seconds=timeout, max_bytes=MAX_RESPONSE_BYTES, trust_env=True)
     try:
-        response = httpx.get(endpoint, params=params, timeout=timeout)
-    except httpx.HTTPError:
+        with HttpClient(policy) as http:
+            response = http.get(endpoint, params=params)
+    except UpstreamTooLarge:
+        raise UpstreamError(
+            "The AWS console sign-in service gave an unexpected answer.", reason="federation_bad_response"
+        ) from None
+    except UpstreamUnavailable:
         raise ServiceUnavailable(
             "The AWS console sign-in service is unreachable. Try again in a minute.",
             reason="federation_unavailable",
             retry_after=10,
         ) from None
-    if response.status_code != 200:
+    if response.status != 200:
         raise UpstreamError("The AWS console sign-in service refused these credentials.", reason="federation_refused")
     try:
         token = response.json()["SigninToken"]

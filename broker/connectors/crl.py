@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+
+from broker.http import HttpClient, UpstreamTooLarge, UpstreamUnavailable
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class CrlCache:
         self,
         urls: Sequence[str],
         *,
-        http: httpx.Client,
+        http: HttpClient,
         max_age_seconds: float,
         max_bytes: int,
         timeout_seconds: float,
@@ -112,16 +113,16 @@ class CrlCache:
         self.fetches += 1
         attempted = self._monotonic()
         try:
-            with self._http.stream("GET", url, timeout=self._timeout, follow_redirects=False) as response:
-                if response.status_code != 200:
-                    raise ValueError(f"HTTP {response.status_code}")
-                body = b""
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > self._max_bytes:
-                        raise ValueError("larger than crl_max_bytes")
+            response = self._http.get(url, max_bytes=self._max_bytes, timeout=self._timeout)
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status}")
+            body = response.body
             crl = x509.load_pem_x509_crl(body) if body.lstrip().startswith(b"-----") else x509.load_der_x509_crl(body)
-        except (httpx.HTTPError, ValueError) as exc:
+        except UpstreamTooLarge:
+            return _Slot(None, None, attempted, f"{url}: larger than crl_max_bytes")
+        except UpstreamUnavailable as exc:
+            return _Slot(None, None, attempted, f"{url}: {exc.reason}")
+        except ValueError as exc:
             # No usable copy any more: an older CRL is past the age the store allows (fail closed).
             return _Slot(None, None, attempted, f"{url}: {type(exc).__name__}: {str(exc)[:120]}")
         return _Slot(crl, attempted, attempted, "")

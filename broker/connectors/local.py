@@ -10,17 +10,15 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from broker.errors import AuthenticationFailed
 from broker.identity import Identity, MfaEvidence, MfaLevel
+from broker.mfa import totp
 from broker.settings import LocalAccount, LocalStoreConfig
 
-TOTP_STEP_SECONDS = 30
-# Accept the previous and next 30-second step to absorb clock drift (RFC 6238 section 5.2).
-TOTP_DRIFT_STEPS = 1
+TOTP_STEP_SECONDS = totp.STEP_SECONDS
 _HASHER = PasswordHasher()
 # Verifying against this when the user does not exist keeps the timing of "no such user" and
 # "wrong password" alike, so usernames cannot be probed.
@@ -54,14 +52,8 @@ class LocalConnector:
         return self._config.display_name
 
     def _totp_step(self, account: LocalAccount, code: str, now: float) -> int | None:
-        totp = pyotp.TOTP(account.totp_secret.get_secret_value(), interval=TOTP_STEP_SECONDS)
-        if not (code.isdigit() and len(code) == totp.digits):
-            return None
-        for offset in range(-TOTP_DRIFT_STEPS, TOTP_DRIFT_STEPS + 1):
-            at = now + offset * TOTP_STEP_SECONDS
-            if totp.verify(code, for_time=at, valid_window=0):
-                return int(at // TOTP_STEP_SECONDS)
-        return None
+        # One step either side is accepted for clock drift (RFC 6238 section 5.2), as for enrolled factors.
+        return totp.matching_step(account.totp_secret.get_secret_value(), code, now=now)
 
     def authenticate(self, username: str, password: str, totp_code: str, *, now: float | None = None) -> LocalLogin:
         """Check password and TOTP; raise AuthenticationFailed with a reason, never saying which part failed."""

@@ -1,4 +1,4 @@
-"""OpenID Connect relying party: the only user of Authlib's OAuth 2.0 client and of joserfc's JWT verifier.
+"""OpenID Connect relying party: the only user of Authlib's OAuth 2.0 client.
 
 Implements the authorization code flow of OpenID Connect Core 1.0 (section 3.1) with PKCE S256 (RFC 7636),
 the authorization server issuer identification of RFC 9207 (mix-up defence), discovery (OpenID Connect
@@ -7,17 +7,14 @@ RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0). ``state``, ``nonce
 generated here and kept server-side by the use-case layer; this module never touches the database.
 
 The broker is deliberately stricter than the specs' SHOULDs: algorithms are pinned by configuration (asymmetric
-only), ``jku``/``x5u``/``jwk`` headers are refused (never fetched), ``crit`` is refused (no extension is
-understood), an unknown ``kid`` triggers at most one JWKS refresh per :data:`JWKS_REFRESH_INTERVAL`, and
-tokens larger than the configured limit are refused before they are decoded.
+only), the header policy, key cache and claim registry are ``broker.jose``'s (key-reference headers and
+``crit`` refused, an unknown ``kid`` refreshes the JWKS at most once per :data:`JWKS_REFRESH_INTERVAL`), and
+tokens larger than the configured limit are refused before they are decoded. Every request goes through
+``broker.http`` (timeouts, size cap, TLS); Authlib's own client is built with the same policy.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
-import json
 import secrets
 import threading
 import time
@@ -28,20 +25,17 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 from authlib.integrations.base_client import OAuthError
 
 with warnings.catch_warnings():
-    # Authlib warns, on import, that it would rather drive httpx2 than httpx; the broker's HTTP stack is httpx
-    # (its errors are caught below), so the notice is for the maintainers, not for every `broker` command's
-    # terminal. Only this one message is silenced, only during this import.
+    # Authlib warns, on import, that it would rather drive httpx2 than httpx; ``broker.http`` builds its client
+    # options for either and catches either's errors, so the notice is for the maintainers, not for every
+    # `broker` command's terminal. Only this one message is silenced, only during this import.
     warnings.filterwarnings("ignore", message="The httpx module is deprecated")
     from authlib.integrations.httpx_client import OAuth2Client
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
-
+from broker import jose
 from broker.errors import AuthenticationFailed, BrokerError, MfaRequired, ServiceUnavailable
+from broker.http import TRANSPORT_ERRORS, HttpClient, HttpPolicy, UpstreamTooLarge, UpstreamUnavailable
 from broker.identity import Identity, MfaEvidence, MfaLevel
 from broker.settings import MfaMapping, OidcStoreConfig
 
@@ -57,9 +51,30 @@ LOGIN_REQUEST_TTL_SECONDS = 600
 ID_TOKEN_MAX_AGE_SECONDS = 600
 # Discovery, JWKS and userinfo responses larger than this are refused (they are a few kB in practice).
 MAX_DOCUMENT_BYTES = 512 * 1024
-_KEY_REFERENCE_HEADERS = ("jku", "x5u", "jwk")
-_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
-PublicKey = RSAKey | ECKey | OKPKey
+# jose's neutral refusal codes and claim failures as this connector's audit reasons.
+_REFUSALS = {
+    "oversized": "token_too_large",
+    "malformed": "token_malformed",
+    "alg_none": "alg_not_allowed",
+    "alg_not_allowed": "alg_not_allowed",
+    "crit": "crit_unsupported",
+    "key_reference": "key_reference_header",
+    "bad_kid": "kid_invalid",
+    "unknown_kid": "kid_unknown",
+    "key_alg_mismatch": "kid_unknown",
+    "ambiguous_kid": "kid_ambiguous",
+    "bad_signature": "signature_invalid",
+}
+# By claim, or by "claim:problem" where the problem has its own reason; any other claim is "<claim>_invalid".
+_CLAIM_REFUSALS = {
+    **{claim: f"{claim}_mismatch" for claim in ("iss", "aud", "azp", "nonce")},
+    "exp:expired": "token_expired",
+    "auth_time:too_old": "auth_time_stale",
+}
+_CLAIM_MESSAGES = {
+    "token_expired": "The sign-in took too long or the clocks differ. Start the sign-in again.",
+    "auth_time_stale": "The identity provider did not ask you to sign in again.",
+}
 
 
 def _refuse(reason: str, message: str | None = None) -> AuthenticationFailed:
@@ -120,158 +135,27 @@ class OidcLogin:
     acr: str | None
 
 
-def _json_segment(segment: str) -> dict[str, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        value = json.loads(raw)
-    except (binascii.Error, ValueError):
-        raise _refuse("token_malformed") from None
-    if not isinstance(value, dict):
-        raise _refuse("token_malformed")
-    return value
-
-
-class JwksCache:
-    """The IdP's signing keys, cached, with at most one refresh per interval when a ``kid`` is unknown."""
-
-    def __init__(
-        self,
-        fetch: Callable[[], Mapping[str, Any]],
-        *,
-        monotonic: Callable[[], float] = time.monotonic,
-        refresh_interval: float = JWKS_REFRESH_INTERVAL,
-    ) -> None:
-        self._fetch = fetch
-        self._monotonic = monotonic
-        self._refresh_interval = refresh_interval
-        self._keys: list[PublicKey] = []
-        self._fetched_at: float | None = None
-        self._lock = threading.Lock()
-
-    def _load(self) -> None:
-        document = self._fetch()
-        keys: list[PublicKey] = []
-        for item in document.get("keys", []) if isinstance(document.get("keys"), list) else []:
-            if not isinstance(item, dict) or item.get("use", "sig") != "sig" or "d" in item:
-                continue
-            try:
-                key = JWKRegistry.import_key(item)
-            except (JoseError, ValueError, TypeError):
-                continue  # an unsupported key type must not break the others
-            if isinstance(key, RSAKey | ECKey | OKPKey):
-                keys.append(key)
-        self._keys = keys
-        self._fetched_at = self._monotonic()
-
-    def _candidates(self, kid: str | None, alg: str) -> list[PublicKey]:
-        kty = _KEY_TYPES.get(alg[:2])
-        return [
-            key
-            for key in self._keys
-            if key.key_type == kty and (kid is None or key.kid == kid) and key.get("alg") in (None, alg)
-        ]
-
-    def key_for(self, kid: str | None, alg: str) -> PublicKey:
-        """The one key that may have signed a token with this header, or AuthenticationFailed."""
-        with self._lock:
-            now = self._monotonic()
-            if self._fetched_at is None or now - self._fetched_at > JWKS_TTL_SECONDS:
-                self._load()
-            found = self._candidates(kid, alg)
-            if not found and kid is not None and now - (self._fetched_at or 0) >= self._refresh_interval:
-                self._load()  # key rotation: one refresh, rate-limited
-                found = self._candidates(kid, alg)
-        if not found:
-            raise _refuse("kid_unknown")
-        if len(found) > 1:
-            raise _refuse("kid_ambiguous")
-        return found[0]
-
-
 def verify_id_token(
-    token: str,
-    *,
-    keys: JwksCache,
-    issuer: str,
-    client_id: str,
-    nonce: str,
-    algorithms: Sequence[str],
-    now: float,
-    skew: int,
-    max_bytes: int,
-    max_age: int | None = None,
-    requested_at: float | None = None,
+    token: str, *, keys: jose.JwksCache, rules: jose.ClaimRules, algorithms: Sequence[str], max_bytes: int, now: float
 ) -> VerifiedIdToken:
     """Validate an ID token as OpenID Connect Core 1.0 section 3.1.3.7 requires, strictly.
 
-    Every claim is required, checked, or explicitly ignored: ``iss`` exact, ``aud`` contains the client (and
-    ``azp`` names it when present or when there are several audiences), ``exp``/``iat`` required, ``nbf`` and
-    ``auth_time`` honoured, ``nonce`` equal to the one sent, ``sub`` a non-empty string.
+    Every claim is required, checked, or explicitly ignored (``rules`` from :meth:`OidcConnector.complete`):
+    ``iss`` exact, ``aud`` contains the client (and ``azp`` names it when present or when there are several
+    audiences), ``exp``/``iat``/``sub`` required, ``nbf`` and ``auth_time`` honoured, ``nonce`` equal to the
+    one sent.
     """
-    if len(token) > max_bytes:
-        raise _refuse("token_too_large")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise _refuse("token_malformed", "Encrypted or malformed ID tokens are not accepted.")
-    header = _json_segment(parts[0])
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in algorithms:
-        raise _refuse("alg_not_allowed")
-    if any(name in header for name in _KEY_REFERENCE_HEADERS):
-        raise _refuse("key_reference_header")
-    if "crit" in header:
-        raise _refuse("crit_unsupported")
-    kid = header.get("kid")
-    if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= 256 or not kid.isprintable()):
-        raise _refuse("kid_invalid")
-    key = keys.key_for(kid, alg)
     try:
-        decoded = jwt.decode(token, key, algorithms=[alg])
-    except (JoseError, ValueError):
-        raise _refuse("signature_invalid") from None
-    claims = decoded.claims
-
-    if claims.get("iss") != issuer:
-        raise _refuse("iss_mismatch")
-    aud = claims.get("aud")
-    audiences = [aud] if isinstance(aud, str) else aud
-    if not isinstance(audiences, list) or client_id not in audiences:
-        raise _refuse("aud_mismatch")
-    azp = claims.get("azp")
-    if (azp is not None or len(audiences) > 1) and azp != client_id:
-        raise _refuse("azp_mismatch")
-
-    def number(name: str, *, required: bool) -> float | None:
-        value = claims.get(name)
-        if value is None and not required:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _refuse(f"{name}_invalid")
-        return float(value)
-
-    exp = number("exp", required=True)
-    iat = number("iat", required=True)
-    assert exp is not None and iat is not None
-    if now >= exp + skew:
-        raise _refuse("token_expired", "The sign-in took too long or the clocks differ. Start the sign-in again.")
-    if iat > now + skew or iat < now - ID_TOKEN_MAX_AGE_SECONDS - skew:
-        raise _refuse("iat_invalid")
-    nbf = number("nbf", required=False)
-    if nbf is not None and nbf > now + skew:
-        raise _refuse("nbf_invalid")
-    token_nonce = claims.get("nonce")
-    if not isinstance(token_nonce, str) or not hmac.compare_digest(token_nonce.encode(), nonce.encode()):
-        raise _refuse("nonce_mismatch")
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub:
-        raise _refuse("sub_invalid")
-    auth_time = number("auth_time", required=max_age is not None)
-    if max_age is not None:
-        assert auth_time is not None
-        # Core 3.1.2.1: with max_age the IdP must re-authenticate if the last login is older than that.
-        if now - auth_time > max_age + skew or (requested_at is not None and auth_time < requested_at - skew):
-            raise _refuse("auth_time_stale", "The identity provider did not ask you to sign in again.")
-    return VerifiedIdToken(header=dict(decoded.header), claims=dict(claims))
+        header, claims = jose.verify(token, keys=keys, algorithms=algorithms, max_bytes=max_bytes, rules=rules, now=now)
+    except jose.Refused as refusal:
+        if refusal.code == "malformed" and len(token.split(".")) != 3:
+            raise _refuse("token_malformed", "Encrypted or malformed ID tokens are not accepted.") from None
+        raise _refuse(_REFUSALS[refusal.code]) from None
+    except jose.ClaimRefused as refused:
+        claim = refused.claim
+        reason = _CLAIM_REFUSALS.get(f"{claim}:{refused.problem}") or _CLAIM_REFUSALS.get(claim, f"{claim}_invalid")
+        raise _refuse(reason, _CLAIM_MESSAGES.get(reason)) from None
+    return VerifiedIdToken(header=header, claims=claims)
 
 
 def mfa_level(amr: Sequence[str], acr: str | None, *, amr_map: MfaMapping, acr_map: MfaMapping) -> MfaLevel:
@@ -354,11 +238,22 @@ class OidcConnector:
         self.redirect_uri = redirect_uri
         self.post_logout_redirect_uri = post_logout_redirect_uri
         self._clock = clock
-        self._http = httpx.Client(timeout=config.timeout_seconds, follow_redirects=False)
+        timeout = config.timeout_seconds
+        self._policy = HttpPolicy(
+            connect_seconds=timeout, read_seconds=timeout, max_bytes=MAX_DOCUMENT_BYTES, trust_env=True
+        )
+        self._http = HttpClient(self._policy)
         self._metadata: ProviderMetadata | None = None
         self._metadata_at = 0.0
         self._lock = threading.Lock()
-        self.keys = JwksCache(lambda: self._get_json(self.metadata().jwks_uri, "jwks"), monotonic=monotonic)
+        self.keys = jose.JwksCache(
+            http=self._http,
+            uri=lambda: self.metadata().jwks_uri,
+            ttl_seconds=JWKS_TTL_SECONDS,
+            refresh_floor_seconds=JWKS_REFRESH_INTERVAL,
+            max_bytes=MAX_DOCUMENT_BYTES,
+            monotonic=monotonic,
+        )
 
     @property
     def name(self) -> str:
@@ -371,27 +266,21 @@ class OidcConnector:
     def close(self) -> None:
         self._http.close()
 
-    # ---------------------------------------------------------------- HTTP
-
     def _get_json(self, url: str, what: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         try:
-            with self._http.stream("GET", url, headers={"Accept": "application/json", **(headers or {})}) as resp:
-                body = b""
-                for chunk in resp.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_DOCUMENT_BYTES:
-                        raise _refuse(f"{what}_too_large")
-                status = resp.status_code
-        except httpx.HTTPError:
+            response = self._http.get(url, headers={"Accept": "application/json", **(headers or {})})
+        except UpstreamTooLarge:
+            raise _refuse(f"{what}_too_large") from None
+        except UpstreamUnavailable:
             raise self._unreachable(what) from None
-        if status != 200:
+        if response.status != 200:
             if what == "userinfo":
                 raise _refuse("userinfo_failed")
             raise self._unreachable(what)
         try:
-            value = json.loads(body)
+            value = response.json()
         except ValueError:
-            raise _refuse(f"{what}_invalid") from None
+            value = None
         if not isinstance(value, dict):
             raise _refuse(f"{what}_invalid")
         return value
@@ -443,8 +332,7 @@ class OidcConnector:
             scope=" ".join(self.config.scopes),
             redirect_uri=self.redirect_uri,
             code_challenge_method="S256",
-            timeout=self.config.timeout_seconds,
-            follow_redirects=False,
+            **self._policy.client_options(),
         )
         if self.config.client_auth == "private_key_jwt":
             client.register_client_auth_method(("private_key_jwt", self._private_key_jwt))
@@ -455,24 +343,13 @@ class OidcConnector:
     ) -> tuple[str, Any, bytes]:
         """RFC 7523 section 2.2 client authentication, signed with joserfc (authlib.jose is deprecated)."""
         assert self.config.private_key is not None
-        pem = self.config.private_key.get_secret_value()
-        key = ECKey.import_key(pem) if self.config.private_key_alg.startswith("ES") else RSAKey.import_key(pem)
-        now = int(self._clock())
-        header: dict[str, str] = {"alg": self.config.private_key_alg}
-        if self.config.private_key_id:
-            header["kid"] = self.config.private_key_id
-        assertion = jwt.encode(
-            header,
-            {
-                "iss": self.config.client_id,
-                "sub": self.config.client_id,
-                "aud": uri,
-                "jti": secrets.token_urlsafe(24),
-                "iat": now,
-                "exp": now + 60,
-            },
-            key,
-            algorithms=[self.config.private_key_alg],
+        assertion = jose.client_assertion(
+            client_id=self.config.client_id,
+            audience=uri,
+            pem=self.config.private_key.get_secret_value(),
+            alg=self.config.private_key_alg,
+            kid=self.config.private_key_id,
+            now=self._clock(),
         )
         extra = urlencode(
             {
@@ -553,26 +430,37 @@ class OidcConnector:
             raise _refuse(
                 "token_error", f"The identity provider did not accept the sign-in ({exc.error}). Start again."
             ) from None
-        except httpx.HTTPError:
+        except TRANSPORT_ERRORS:
             raise self._unreachable("token") from None
         except ValueError:
             raise _refuse("token_response_invalid") from None
         id_token = token.get("id_token")
         if not isinstance(id_token, str):
             raise _refuse("id_token_missing")
-        verified = verify_id_token(
-            id_token,
-            keys=self.keys,
-            issuer=metadata.issuer,
-            client_id=self.config.client_id,
-            nonce=str(stored["nonce"]),
-            algorithms=self.config.algorithms,
-            now=self._clock(),
-            skew=self.config.clock_skew_seconds,
-            max_bytes=self.config.max_id_token_bytes,
-            max_age=stored.get("max_age"),
-            requested_at=stored.get("requested_at"),
-        )
+        try:
+            rules = jose.ClaimRules(
+                issuer=metadata.issuer,
+                audiences=(self.config.client_id,),
+                required=("exp", "iat", "sub"),
+                leeway=self.config.clock_skew_seconds,
+                max_age_seconds=ID_TOKEN_MAX_AGE_SECONDS,
+                authorized_party=self.config.client_id,
+                nonce=str(stored["nonce"]),
+                max_auth_age=stored.get("max_age"),
+                auth_after=stored.get("requested_at"),
+            )
+            verified = verify_id_token(
+                id_token,
+                keys=self.keys,
+                rules=rules,
+                algorithms=self.config.algorithms,
+                max_bytes=self.config.max_id_token_bytes,
+                now=self._clock(),
+            )
+        except jose.JwksUnavailable as failure:
+            if failure.code == "unavailable":
+                raise self._unreachable("jwks") from None
+            raise _refuse(f"jwks_{failure.code}") from None
         userinfo = None
         if self.config.userinfo and metadata.userinfo_endpoint:
             access_token = token.get("access_token")

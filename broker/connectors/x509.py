@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -48,6 +47,7 @@ from cryptography.x509.verification import (
 
 from broker.connectors.crl import CrlCache, CrlStatus
 from broker.errors import InvalidGrant, ServiceUnavailable
+from broker.http import HttpClient
 from broker.identity import Identity
 from broker.settings import X509MappingRule, X509StoreConfig
 
@@ -176,7 +176,7 @@ class X509Connector:
 
     kind = "x509"
 
-    def __init__(self, config: X509StoreConfig, *, http: httpx.Client) -> None:
+    def __init__(self, config: X509StoreConfig, *, http: HttpClient) -> None:
         self.config = config
         self.anchors = _load_pems(config.trust_anchors)
         self.intermediates = _load_pems(config.intermediates)

@@ -1,5 +1,8 @@
 """Time-based one-time passwords (RFC 6238) with pyotp, and their enrolment QR code with segno.
 
+The broker's one TOTP matcher: enrolled second factors (``mfa.service``), break-glass accounts
+(``connectors.local``) and the dev-mode demo account all check and make codes here.
+
 Codes are 6 digits over 30-second steps with HMAC-SHA1, the parameters every authenticator app supports
 (RFC 6238 section 4; Google Authenticator's key-URI format). One step either side is accepted for clock
 drift (RFC 6238 section 5.2); the accepted step is returned so the caller can refuse its reuse.
@@ -32,6 +35,11 @@ def qr_data_uri(uri: str) -> str:
     buffer = io.BytesIO()
     segno.make(uri, error="m").save(buffer, kind="svg", scale=5, border=2, xmldecl=False, svgns=True)
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def current_code(secret: str, *, now: float) -> str:
+    """The code an authenticator app shows at ``now`` (dev mode prints it for the demo account)."""
+    return pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS).at(now)
 
 
 def matching_step(secret: str, code: str, *, now: float) -> int | None:

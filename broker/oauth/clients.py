@@ -17,19 +17,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote_plus
 
-import httpx
-from joserfc import jws
-from joserfc.errors import JoseError
-
+from broker import jose
 from broker.audit import Clock, utcnow
-from broker.errors import InvalidClient, InvalidRequest
-from broker.oauth.workload import KEY_REFERENCE_HEADERS, JwksCache, b64json, key_fits, numeric_date
+from broker.errors import InvalidClient, InvalidRequest, ServiceUnavailable
+from broker.http import HttpClient
 from broker.settings import OAuthClientConfig, OAuthSettings
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -38,6 +34,30 @@ MAX_ASSERTION_LIFETIME_SECONDS = 300
 CLOCK_SKEW_SECONDS = 60
 MAX_ASSERTION_BYTES = 8192
 _ASSERTION_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+# jose's neutral refusal codes as client-authentication reasons.
+_REFUSALS = {
+    "oversized": "assertion_oversized",
+    "malformed": "assertion_malformed",
+    "alg_none": "assertion_alg",
+    "alg_not_allowed": "assertion_alg",
+    "crit": "assertion_header",
+    "key_reference": "assertion_header",
+    "bad_kid": "assertion_header",
+    "unknown_kid": "assertion_unknown_kid",
+    "ambiguous_kid": "assertion_unknown_kid",
+    "key_alg_mismatch": "assertion_alg",
+    "bad_signature": "assertion_signature",
+}
+# Claim failures as reasons, checked in the order RFC 7523 section 3 lists them.
+_CLAIM_REFUSALS = {
+    "iss": "assertion_sub",
+    "sub": "assertion_sub",
+    "aud": "assertion_audience",
+    "exp": "assertion_expired",
+    "iat": "assertion_lifetime",
+    "nbf": "assertion_expired",
+    "jti": "assertion_jti",
+}
 
 
 @dataclass(frozen=True)
@@ -59,18 +79,19 @@ class ClientAuthenticator:
     """Authenticates token-endpoint clients; thread-safe, one per process."""
 
     def __init__(
-        self, settings: OAuthSettings, *, audiences: tuple[str, ...], http: httpx.Client, clock: Clock = utcnow
+        self, settings: OAuthSettings, *, audiences: tuple[str, ...], http: HttpClient, clock: Clock = utcnow
     ) -> None:
         self._settings = settings
         self._audiences = audiences
         self._clock = clock
         self._jwks = {
-            c.client_id: JwksCache(
-                jwks_uri=c.jwks_uri,
+            c.client_id: jose.JwksCache(
+                uri=c.jwks_uri,
                 jwks=c.jwks,
                 http=http,
-                cache_seconds=300,
-                refresh_interval_seconds=30,
+                ttl_seconds=300,
+                refresh_floor_seconds=30,
+                stale_grace_seconds=600,
                 timeout_seconds=3,
             )
             for c in settings.clients
@@ -119,53 +140,46 @@ class ClientAuthenticator:
         return AuthenticatedClient(client_id, "client_secret_basic", client)
 
     def _assertion(self, assertion: str, body_client_id: str | None) -> AuthenticatedClient:
-        if len(assertion) > MAX_ASSERTION_BYTES:
-            raise _fail("assertion_oversized")
-        parts = assertion.split(".")
-        if len(parts) != 3:
-            raise _fail("assertion_malformed")
         try:
-            header = b64json(parts[0], "header")
-            unverified = b64json(parts[1], "payload")
-        except InvalidRequest:
-            raise _fail("assertion_malformed") from None
+            header, unverified = jose.segments(assertion, max_bytes=MAX_ASSERTION_BYTES)
+        except jose.Refused as refusal:
+            raise _fail(_REFUSALS[refusal.code]) from None
         client_id = unverified.get("iss")
         if not isinstance(client_id, str) or (body_client_id is not None and body_client_id != client_id):
             raise _fail("client_id_mismatch")
         client = self._client(client_id, "private_key_jwt")
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in _ASSERTION_ALGORITHMS:
-            raise _fail("assertion_alg")
-        if "crit" in header or KEY_REFERENCE_HEADERS.intersection(header):
-            raise _fail("assertion_header")
-        kid = header.get("kid")
         try:
-            key = self._jwks[client.client_id].key(kid if isinstance(kid, str) else None, alg)
-        except InvalidRequest:
-            raise _fail("assertion_unknown_kid") from None
-        if not key_fits(key, alg):
-            raise _fail("assertion_alg")
-        try:
-            claims = json.loads(jws.deserialize_compact(assertion, key, algorithms=[alg]).payload)
-        except (JoseError, ValueError):
-            raise _fail("assertion_signature") from None
+            alg, kid = jose.check_header(header, algorithms=_ASSERTION_ALGORITHMS)
+            key = self._jwks[client.client_id].key(kid, alg)
+            claims = jose.verify_signature(assertion, key, alg)
+        except jose.Refused as refusal:
+            raise _fail(_REFUSALS[refusal.code]) from None
+        except jose.JwksUnavailable:
+            raise ServiceUnavailable(
+                "The client's key set cannot be fetched right now. Try again shortly.",
+                reason="client.jwks_unavailable",
+                retry_after=5,
+            ) from None
         now = self._clock().timestamp()
-        aud = claims.get("aud")
-        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-        exp, iat = numeric_date(claims.get("exp")), numeric_date(claims.get("iat"))
-        jti = claims.get("jti")
-        checks = {
-            "assertion_sub": claims.get("iss") == client_id and claims.get("sub") == client_id,
-            "assertion_audience": any(a in self._audiences for a in audiences),
-            "assertion_expired": exp is not None and now < exp + CLOCK_SKEW_SECONDS,
-            "assertion_lifetime": exp is not None
-            and exp - (iat if iat is not None else now) <= MAX_ASSERTION_LIFETIME_SECONDS,
-            "assertion_jti": isinstance(jti, str) and 0 < len(jti) <= 256,
-        }
-        failed = next((name for name, ok in checks.items() if not ok), None)
-        if failed:
-            raise _fail(failed)
-        assert exp is not None and isinstance(jti, str)
+        rules = jose.ClaimRules(
+            issuer=client_id,
+            subject=client_id,
+            audiences=self._audiences,
+            required=("exp", "jti"),
+            leeway=CLOCK_SKEW_SECONDS,
+        )
+        try:
+            jose.check_claims(claims, rules, now=now)
+        except jose.ClaimRefused as refused:
+            raise _fail(_CLAIM_REFUSALS.get(refused.claim, "assertion_malformed")) from None
+        exp, iat = jose.numeric_date(claims["exp"]), jose.numeric_date(claims.get("iat"))
+        if exp is None:
+            raise _fail("assertion_expired")
+        if exp - (iat if iat is not None else now) > MAX_ASSERTION_LIFETIME_SECONDS:
+            raise _fail("assertion_lifetime")
+        jti = claims["jti"]
+        if len(jti) > 256:
+            raise _fail("assertion_jti")
         return AuthenticatedClient(
             client_id,
             "private_key_jwt",

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from joserfc import jwt
-from joserfc.jwk import ECKey
+from broker import jose
 
 NAME = "dev-workload"
 ISSUER = "urn:identity-broker:dev-workload"
@@ -26,13 +25,13 @@ KEY_FILE = "workload-key.json"
 ALGORITHM = "ES256"
 
 
-def _key(data_dir: Path, *, create: bool) -> ECKey:
+def _key(data_dir: Path, *, create: bool) -> Any:
     path = data_dir / KEY_FILE
     if path.exists():
-        return ECKey.import_key(json.loads(path.read_text()))
+        return jose.load_jwk(json.loads(path.read_text()))
     if not create:
         raise FileNotFoundError(f"{path} does not exist: start `broker dev` once (it creates the dev issuer key)")
-    key = ECKey.generate_key("P-256", auto_kid=True)
+    key = jose.generate_key(ALGORITHM)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -73,4 +72,4 @@ def mint(
         "exp": now + ttl_seconds,
         "jti": secrets.token_urlsafe(16),
     }
-    return jwt.encode({"alg": ALGORITHM, "kid": key.kid, "typ": "JWT"}, body, key, algorithms=[ALGORITHM])
+    return jose.sign({"alg": ALGORITHM, "kid": key.kid, "typ": "JWT"}, body, key)

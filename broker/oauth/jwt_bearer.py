@@ -22,24 +22,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from joserfc import jws
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, OKPKey, RSAKey
 
+from broker import jose
 from broker.audit import Context
 from broker.connectors.x509 import CertificateFacts, leaf_facts, refuse
 from broker.devices import DeviceRequest, Devices
 from broker.errors import BrokerError, InvalidGrant, InvalidRequest, ReplayDetected
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
-from broker.oauth.workload import KEY_REFERENCE_HEADERS, b64json, numeric_date
 from broker.settings import X509StoreConfig
 from broker.store import queries
 
@@ -57,6 +53,19 @@ MAX_ASSERTION_BYTES = 48 * 1024
 MAX_CLAIM_CHARS = 256
 # Defaults for the claim checks when the chain has not yet named its store.
 DEFAULT_LIFETIME_SECONDS, DEFAULT_SKEW_SECONDS = 300, 60
+
+
+_CLAIMS_REQUIRED = ("claims", f"iss, sub and jti are required (strings of at most {MAX_CLAIM_CHARS} characters)")
+# Claim failures from broker.jose as (reason, message); anything else is a missing or malformed claim.
+_CLAIM_REFUSALS = {
+    ("aud", "missing"): ("audience", "aud must be this broker's token endpoint or issuer"),
+    ("aud", "invalid"): ("audience", "aud must be this broker's token endpoint or issuer"),
+    ("exp", "missing"): ("claims", "exp and iat are required"),
+    ("iat", "missing"): ("claims", "exp and iat are required"),
+    ("exp", "expired"): ("expired", "it has expired"),
+    ("iat", "invalid"): ("not_yet_valid", "it is not valid yet (check the device's clock)"),
+    ("nbf", "invalid"): ("not_yet_valid", "it is not valid yet (check the device's clock)"),
+}
 
 
 def _fail(reason: str, message: str) -> InvalidGrant:
@@ -117,14 +126,15 @@ class JwtBearerGrant:
         if len(parts) != 3:
             raise _fail("malformed", "it is not a JWS in compact form")
         try:
-            header = b64json(parts[0], "header")
-        except InvalidRequest:
+            header = jose.b64json(parts[0])
+        except jose.Refused:
             raise _fail("malformed", "its header is not base64url JSON") from None
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in ALGORITHMS:
-            raise _fail("alg", f"alg must be one of {sorted(ALGORITHMS)}")
-        if "crit" in header or KEY_REFERENCE_HEADERS.difference({"x5c"}).intersection(header):
-            raise _fail("header", "crit, jku, x5u and jwk headers are never accepted")
+        try:
+            jose.check_header(header, algorithms=tuple(ALGORITHMS), certificate_chain=True)
+        except jose.Refused as refusal:
+            if refusal.code in {"alg_none", "alg_not_allowed"}:
+                raise _fail("alg", f"alg must be one of {sorted(ALGORITHMS)}") from None
+            raise _fail("header", "crit, jku, x5u and jwk headers are never accepted") from None
         chain = header.get("x5c")
         if not isinstance(chain, list) or not chain or not all(isinstance(c, str) for c in chain):
             raise _fail("no_x5c", "the x5c header must carry the certificate chain, leaf first")
@@ -150,58 +160,42 @@ class JwtBearerGrant:
             if thumbprint != expected:
                 raise _fail("header", "x5t#S256 does not name the leaf certificate")
         pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        key = (RSAKey if alg in ("RS256", "PS256") else ECKey if alg.startswith("ES") else OKPKey).import_key(pem)
         try:
-            payload = jws.deserialize_compact(assertion, key, registry=_registry(alg)).payload
-            claims = json.loads(payload)
-        except (JoseError, ValueError):
+            claims = jose.verify_signature(
+                assertion, jose.public_key(pem, alg), alg, max_header_bytes=MAX_ASSERTION_BYTES
+            )
+        except jose.Refused as refusal:
+            if refusal.code == "malformed":
+                raise _fail("malformed", "its payload is not a JSON object") from None
             raise _fail("signature", "its signature does not verify with the certificate's key") from None
-        if not isinstance(claims, dict):
-            raise _fail("malformed", "its payload is not a JSON object")
         return self._claims(claims, store)
 
     def _claims(self, claims: dict[str, Any], store: X509StoreConfig | None) -> dict[str, Any]:
         lifetime = store.max_assertion_lifetime_seconds if store else DEFAULT_LIFETIME_SECONDS
         skew = store.clock_skew_seconds if store else DEFAULT_SKEW_SECONDS
         now = self.devices.broker.clock().timestamp()
-        aud = claims.get("aud")
-        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-        exp, iat, nbf = (
-            numeric_date(claims.get("exp")),
-            numeric_date(claims.get("iat")),
-            numeric_date(claims.get("nbf")),
-        )
+        rules = jose.ClaimRules(audiences=self.audiences, required=("iss", "sub", "jti", "exp", "iat"), leeway=skew)
+        try:
+            jose.check_claims(claims, rules, now=now)
+        except jose.ClaimRefused as refused:
+            raise _fail(*_CLAIM_REFUSALS.get((refused.claim, refused.problem), _CLAIMS_REQUIRED)) from None
         for name in ("iss", "sub", "jti"):
-            value = claims.get(name)
-            if not isinstance(value, str) or not value or len(value) > MAX_CLAIM_CHARS:
-                raise _fail("claims", f"{name} is required (a string of at most {MAX_CLAIM_CHARS} characters)")
-        if not any(isinstance(a, str) and a in self.audiences for a in audiences):
-            raise _fail("audience", "aud must be this broker's token endpoint or issuer")
+            if len(claims[name]) > MAX_CLAIM_CHARS:
+                raise _fail(*_CLAIMS_REQUIRED)
+        exp, iat = jose.numeric_date(claims["exp"]), jose.numeric_date(claims["iat"])
         if exp is None or iat is None:
             raise _fail("claims", "exp and iat are required")
-        if now >= exp + skew:
-            raise _fail("expired", "it has expired")
-        if iat > now + skew or ("nbf" in claims and (nbf is None or nbf > now + skew)):
-            raise _fail("not_yet_valid", "it is not valid yet (check the device's clock)")
         if exp - iat > lifetime:
             raise _fail("lifetime", f"it lives longer than {lifetime} seconds; mint one per request")
         return claims
 
 
-def _registry(alg: str) -> jws.JWSRegistry:
-    """joserfc's registry for one algorithm, admitting a header that carries a certificate chain (its
-    default cap, 512 bytes, is for headers without ``x5c``; the whole assertion was size-checked already)."""
-    registry = jws.JWSRegistry(algorithms=[alg])
-    registry.max_header_length = MAX_ASSERTION_BYTES
-    return registry
-
-
 def _presented_facts(assertion: str) -> CertificateFacts | None:
     """For the audit trail only: the fingerprint, issuer and serial of the ``x5c`` leaf, if it can be read."""
     try:
-        chain = b64json(assertion.split(".")[0], "header").get("x5c") if len(assertion) <= MAX_ASSERTION_BYTES else None
+        chain = jose.b64json(assertion.split(".")[0]).get("x5c") if len(assertion) <= MAX_ASSERTION_BYTES else None
         if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
             return None
         return leaf_facts([base64.b64decode(chain[0], validate=True)])
-    except (InvalidRequest, binascii.Error, ValueError):
+    except (jose.Refused, binascii.Error, ValueError):
         return None

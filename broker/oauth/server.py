@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from broker.devices import Devices
 from broker.federation import Broker
+from broker.http import HttpClient
 from broker.oauth.authorization_code import AUTHORIZE_PATH, AuthorizationCodeGrant, AuthorizationFlow
 from broker.oauth.clients import CLIENT_ASSERTION_TYPE, ClientAuthenticator
 from broker.oauth.device import DeviceCodeGrant, DeviceFlow
@@ -33,8 +32,8 @@ class OAuthServer:
         self.tokens = tokens
         self.issuer = settings.public_url
         self.token_endpoint_url = settings.public_url + TOKEN_PATH
-        # One HTTP client for key fetches: no redirects, no proxy variables, short timeouts per request.
-        self.http = httpx.Client(follow_redirects=False, trust_env=False)
+        # One HTTP client for key and CRL fetches: no redirects, no proxy variables, short timeouts per request.
+        self.http = HttpClient()
         self.verifier = WorkloadVerifier(settings.oauth.workload_issuers, http=self.http, clock=broker.clock)
         clients = ClientAuthenticator(
             settings.oauth,

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from broker.connectors.x509 import X509Connector, certificate_fields, parse_chain
 from broker.errors import BrokerError, ConfigError
+from broker.http import HttpClient
 from broker.settings import X509StoreConfig, load_settings
 from tests.conftest import SECRET
 from tests.support.certificates import Hierarchy, make_crl, now
@@ -33,8 +33,8 @@ def crl_server() -> Iterator[LoopbackServer]:
 
 
 @pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False) as client:
+def http() -> Iterator[HttpClient]:
+    with HttpClient() as client:
         yield client
 
 
@@ -65,7 +65,7 @@ def reason(action: Any) -> str:
     return caught.value.reason
 
 
-def test_first_matching_rule_gives_the_identity(hierarchy: Hierarchy, tmp_path: Path, http: httpx.Client) -> None:
+def test_first_matching_rule_gives_the_identity(hierarchy: Hierarchy, tmp_path: Path, http: HttpClient) -> None:
     connector = X509Connector(store(hierarchy, tmp_path), http=http)
     device = hierarchy.device("gw-9", dns=["gw-9.edge.corp.example", "gw-9.ci.edge.corp.example"])
     identity = connector.verify([device.certificate], now()).identity
@@ -85,7 +85,7 @@ def test_certificate_fields(hierarchy: Hierarchy) -> None:
     assert fields["san.uri"] == ("spiffe://corp.example/edge/gw-11",)
 
 
-def test_presented_intermediates_can_be_turned_off(hierarchy: Hierarchy, tmp_path: Path, http: httpx.Client) -> None:
+def test_presented_intermediates_can_be_turned_off(hierarchy: Hierarchy, tmp_path: Path, http: HttpClient) -> None:
     connector = X509Connector(store(hierarchy, tmp_path, intermediates=[], client_intermediates=False), http=http)
     chain = [hierarchy.device().certificate, hierarchy.intermediate.certificate]
     assert reason(lambda: connector.verify(chain, now())) == "x509.untrusted_chain"
@@ -99,7 +99,7 @@ def test_chain_limits_before_parsing(hierarchy: Hierarchy) -> None:
 
 
 def test_crl_is_cached_and_refetched_after_max_age(
-    hierarchy: Hierarchy, tmp_path: Path, http: httpx.Client, crl_server: LoopbackServer
+    hierarchy: Hierarchy, tmp_path: Path, http: HttpClient, crl_server: LoopbackServer
 ) -> None:
     crl_server.routes["/edge.crl"] = (200, make_crl(hierarchy.intermediate))
     config = store(hierarchy, tmp_path, crl_urls=[crl_server.url + "/edge.crl"], crl_max_age_seconds=10)
@@ -118,7 +118,7 @@ def test_crl_is_cached_and_refetched_after_max_age(
 
 
 def test_crl_signed_by_another_ca_is_not_trusted(
-    hierarchy: Hierarchy, tmp_path: Path, http: httpx.Client, crl_server: LoopbackServer
+    hierarchy: Hierarchy, tmp_path: Path, http: HttpClient, crl_server: LoopbackServer
 ) -> None:
     # A CRL naming the right issuer but signed by someone else's key: ignored, so revocation is unknown.
     impostor = Hierarchy()
@@ -129,7 +129,7 @@ def test_crl_signed_by_another_ca_is_not_trusted(
 
 
 def test_oversized_crl_fails_closed(
-    hierarchy: Hierarchy, tmp_path: Path, http: httpx.Client, crl_server: LoopbackServer
+    hierarchy: Hierarchy, tmp_path: Path, http: HttpClient, crl_server: LoopbackServer
 ) -> None:
     crl_server.routes["/edge.crl"] = (200, make_crl(hierarchy.intermediate) + b"\0" * 4096)
     config = store(hierarchy, tmp_path, crl_urls=[crl_server.url + "/edge.crl"], crl_max_bytes=1024)
@@ -137,7 +137,7 @@ def test_oversized_crl_fails_closed(
     assert reason(lambda: connector.verify([hierarchy.device().certificate], now())) == "x509.crl_unavailable"
 
 
-def test_stale_crl(hierarchy: Hierarchy, tmp_path: Path, http: httpx.Client, crl_server: LoopbackServer) -> None:
+def test_stale_crl(hierarchy: Hierarchy, tmp_path: Path, http: HttpClient, crl_server: LoopbackServer) -> None:
     stale = make_crl(
         hierarchy.intermediate, last_update=now() - dt.timedelta(days=2), next_update=now() - dt.timedelta(minutes=1)
     )
