@@ -331,3 +331,10 @@ class AnchorUnavailable(ServiceUnavailable):
 
     code = "anchor_unavailable"
     default_message = "The audit digest store could not be reached; check its path, bucket and credentials."
+
+
+class KeysUnusable(ServiceUnavailable):
+    """Stored values do not fit the configured keys (``broker.keyring``), or a re-key was refused: an operator
+    must act (list the missing key again, or investigate the audit trail)."""
+
+    code = "keys_unusable"

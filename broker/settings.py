@@ -73,6 +73,32 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_root_secret(value: Any, *, dev: bool) -> None:
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    if dev:
+        return
+    if any(marker in raw.lower() for marker in PLACEHOLDER_MARKERS):
+        raise ValueError(
+            "is a placeholder; outside dev mode set a real secret "
+            "(e.g. BROKER_SECRET_KEY from `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(48))'`)"
+        )
+    if len(raw) < MIN_SECRET_LENGTH:
+        raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+
+
+class RootKeySetting(Strict):
+    """One root secret of the keyring (``secret_keys``). Never reuse an id for another value."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    value: Secret
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any) -> Any:
+        return resolve_secret(value)
+
+
 class SessionSettings(Strict):
     cookie_name: str = "broker_session"
     # Secure cookies need HTTPS; only plain-HTTP local development turns this off.
@@ -1176,7 +1202,8 @@ class MfaSettings(Strict):
 
     # AES-256-GCM keys for TOTP secrets at rest (any string of 32+ characters, from env:NAME or file:/path).
     # The first encrypts; every key decrypts, so rotation is: prepend the new key, keep the old ones until
-    # `broker mfa rotate-key` has re-encrypted every secret. Empty: a key derived from secret_key.
+    # `broker mfa rotate-key` has re-encrypted every secret. Empty: a key derived from secret_key(s); those
+    # derived keys keep decrypting after explicit keys are listed, so moving to explicit keys locks nobody out.
     encryption_keys: list[Secret] = []
     # The label authenticator apps show next to the account name.
     totp_issuer: str = Field("Identity broker", min_length=1, max_length=64)
@@ -1366,8 +1393,12 @@ class Settings(BaseSettings):
     mode: Literal["production", "dev"] = "production"
     public_url: str = "http://127.0.0.1:8000"
     database_url: str = "sqlite:///var/broker.db"
-    # Root secret from which the audit-chain, value-HMAC, session and CSRF keys are derived.
-    secret_key: Secret
+    # Root secret from which the audit-chain, value-HMAC, session, CSRF and encryption keys are derived: a
+    # keyring of one key with id "k0" (broker.keys). To rotate it, list several in secret_keys instead.
+    secret_key: Secret | None = None
+    # The keyring, newest first: the first key writes, every listed key reads (docs/operations.md, "Rotating
+    # secret_key"). Set either this or secret_key.
+    secret_keys: list[RootKeySetting] = []
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
     session: SessionSettings = SessionSettings()
@@ -1401,18 +1432,39 @@ class Settings(BaseSettings):
     @field_validator("secret_key", mode="before")
     @classmethod
     def _secret(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
         value = resolve_secret(value)
-        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-        if info.data.get("mode") != "dev":
-            if any(marker in raw.lower() for marker in PLACEHOLDER_MARKERS):
-                raise ValueError(
-                    "is a placeholder; outside dev mode set a real secret "
-                    "(e.g. BROKER_SECRET_KEY from `python -c 'import secrets; "
-                    "print(secrets.token_urlsafe(48))'`)"
-                )
-            if len(raw) < MIN_SECRET_LENGTH:
-                raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+        _check_root_secret(value, dev=info.data.get("mode") == "dev")
         return value
+
+    @field_validator("secret_keys")
+    @classmethod
+    def _secrets(cls, value: list[RootKeySetting], info: ValidationInfo) -> list[RootKeySetting]:
+        ids = [key.id for key in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("every key needs its own id")
+        for key in value:
+            try:
+                _check_root_secret(key.value, dev=info.data.get("mode") == "dev")
+            except ValueError as exc:
+                raise ValueError(f"key {key.id}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_keyring(self) -> Settings:
+        if (self.secret_key is None) == (not self.secret_keys):
+            raise ValueError(
+                "set secret_key (one key) or secret_keys (a list of {id, value}, newest first), not both or neither"
+            )
+        return self
+
+    @property
+    def root_keys(self) -> list[tuple[str, SecretStr]]:
+        """The keyring as (id, secret), newest first; a plain secret_key is the one key "k0" (broker.keys)."""
+        if self.secret_key is not None:
+            return [("k0", self.secret_key)]
+        return [(key.id, key.value) for key in self.secret_keys]
 
     @field_validator("public_url")
     @classmethod
