@@ -196,7 +196,7 @@ def audit_verify(
 ) -> None:
     """Check the audit trail; name the first event that was edited, deleted, reordered or inserted.
 
-    Without --digests: the keyed check of every segment (needs the configuration's secret_key), then the signed
+    Without --digests: the keyed check of every segment (needs the configuration's secret keys), then the signed
     digests in the configured audit.anchor sinks. With --digests and --public-key: only the signed digests,
     which also catch a rewrite by someone holding the database and the secret key. Exit 0 intact, 1 broken,
     2 unusable input.

@@ -302,7 +302,7 @@ class Broker:
                 queries.consume_once(
                     session,
                     kind="totp",
-                    key_hmac=self.keys.mac("totp", f"{store}:{username}:{login.totp_step}"),
+                    key_hmac=self.keys.macs("totp", f"{store}:{username}:{login.totp_step}"),
                     expires_at=self.clock() + timedelta(seconds=TOTP_STEP_SECONDS * 4),
                     message=TOTP_REPLAY_MESSAGE,
                 )

@@ -19,6 +19,7 @@ from broker.store.models import AuditEvent, AuditSegment
 OLD = ("k0", SecretStr("old-secret-0123456789-abcdefghijklmnopqrstuvwxyz"))
 NEW = ("k1", SecretStr("new-secret-0123456789-abcdefghijklmnopqrstuvwxyz"))
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+URL = "https://broker.example.com"
 
 
 def clock() -> datetime:
@@ -123,3 +124,44 @@ def test_reseal_refuses_a_tampered_trail_and_changes_nothing(database: Database)
     assert refused.value.reason == "audit_unverifiable" and "edited" in refused.value.message
     with database.transaction() as s:
         assert sorted((r.seq, r.mac, r.key_id) for r in s.scalars(select(AuditEvent))) == before
+
+
+def test_a_one_time_value_used_before_a_rotation_is_refused_after_it(database: Database) -> None:
+    from broker.errors import ReplayDetected
+    from broker.store import queries
+
+    before, after = Keys([OLD]), Keys([NEW, OLD])
+    with database.transaction() as s:
+        queries.consume_once(s, kind="jti", key_hmac=before.macs("workload-jti", "iss\nj1"), expires_at=NOW)
+    with pytest.raises(ReplayDetected) as replay, database.transaction() as s:
+        queries.consume_once(s, kind="jti", key_hmac=after.macs("workload-jti", "iss\nj1"), expires_at=NOW)
+    assert replay.value.reason == "jti_replay"
+
+
+def test_the_keyring_is_configured_with_ids_newest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker.errors import ConfigError
+    from broker.settings import load_settings
+
+    monkeypatch.delenv("BROKER_SECRET_KEY", raising=False)
+    monkeypatch.setenv("SECRET_KEY_K1", NEW[1].get_secret_value())
+    listed = [{"id": "k1", "value": "env:SECRET_KEY_K1"}, {"id": "k0", "value": OLD[1].get_secret_value()}]
+    settings = load_settings(None, public_url=URL, secret_keys=listed)
+    assert [(kid, secret.get_secret_value()) for kid, secret in settings.root_keys] == [
+        ("k1", NEW[1].get_secret_value()),
+        ("k0", OLD[1].get_secret_value()),
+    ]
+    assert load_settings(None, public_url=URL, secret_key=OLD[1].get_secret_value()).root_keys == [("k0", OLD[1])]
+    with pytest.raises(ConfigError) as both:
+        load_settings(None, public_url=URL, secret_key=OLD[1].get_secret_value(), secret_keys=listed)
+    assert both.value.problems == [
+        (
+            "(top level)",
+            "set secret_key (one key) or secret_keys (a list of {id, value}, newest first), not both or neither",
+        )
+    ]
+    with pytest.raises(ConfigError) as twice:
+        load_settings(None, public_url=URL, secret_keys=[listed[1], {**listed[0], "id": "k0"}])
+    assert twice.value.problems == [("secret_keys", "every key needs its own id")]
+    with pytest.raises(ConfigError) as short:
+        load_settings(None, public_url=URL, secret_keys=[{"id": "k1", "value": "too-short"}])
+    assert short.value.problems == [("secret_keys", "key k1: must be at least 32 characters")]

@@ -308,7 +308,7 @@ class MfaService:
                 queries.consume_once(
                     session,
                     kind="mfa_totp",
-                    key_hmac=self.keys.mac("mfa-totp-step", f"{row.id}:{step}"),
+                    key_hmac=self.keys.macs("mfa-totp-step", f"{row.id}:{step}"),
                     expires_at=now + timedelta(seconds=totp.STEP_SECONDS * (2 * totp.DRIFT_STEPS + 2)),
                     message=TOTP_REPLAY_MESSAGE,
                 )

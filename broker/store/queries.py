@@ -231,19 +231,23 @@ def consume_once(
     session: Session,
     *,
     kind: str,
-    key_hmac: str,
+    key_hmac: str | Sequence[str],
     expires_at: datetime,
     message: str | None = None,
     savepoint: bool = True,
 ) -> None:
     """Record a one-time value; raise ReplayDetected if it was recorded before (by any process).
 
+    ``key_hmac`` may be the value's HMAC under every listed root key (``broker.keys``): each is recorded, so a
+    value used just before a key rotation is still refused just after it.
+
     The primary key makes the database the arbiter: two processes racing on one value both INSERT and
     exactly one commits. One Core INSERT, no unit of work. With ``savepoint`` (the default) the caller's
     transaction stays usable after a conflict. Hot paths pass ``savepoint=False`` to save its two round trips:
     a conflict then aborts the whole transaction, so ReplayDetected must propagate out of it (it rolls back).
     """
-    values = {"kind": kind, "key_hmac": key_hmac, "expires_at": expires_at}
+    hmacs = [key_hmac] if isinstance(key_hmac, str) else list(key_hmac)
+    values = [{"kind": kind, "key_hmac": one, "expires_at": expires_at} for one in hmacs]
     try:
         if savepoint:
             with session.begin_nested():
