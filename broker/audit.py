@@ -14,6 +14,10 @@ and new segments use the newest key, verification uses the recorded one (any lis
 key ids), so a trail that spans a rotation verifies while every key it names is listed.
 :meth:`AuditTrail.reseal` re-keys the whole trail under the newest key after checking it, so an old key can
 then be removed; the signed digests cover only unkeyed content hashes and stay valid.
+
+The module is longer than most (~600 lines) on purpose: appending, sealing, re-sealing and verifying are the
+four uses of the same keyed formats (event MAC, chain value, segment seal), and keeping them side by side is
+what keeps a writer and its verifier from drifting apart.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from broker.audit import AuditTrail, Clock, utcnow
 from broker.encryption import Undecryptable
+from broker.errors import KeysUnusable
 from broker.keys import Keys
 from broker.mfa.crypto import SecretBox
 from broker.oauth.tokens import open_signing_key, signing_key_cipher
@@ -182,8 +183,6 @@ class Keyring:
         newest root key. Refuses (``keys_unusable``) while anything cannot be read, changing nothing then."""
         report = self.report()
         if report.problems:
-            from broker.errors import KeysUnusable
-
             raise KeysUnusable(
                 "Some stored values cannot be read with the configured keys, so nothing was re-encrypted:\n  "
                 + "\n  ".join(report.problems),
