@@ -38,7 +38,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     db = Database(settings.database_url)
     # The broker's own signing keys: access tokens, and (aws.mode web_identity) the tokens STS trusts instead
     # of an AWS access key.
-    tokens = TokenService(settings, db=db, keys=Keys(settings.secret_key), clock=clock)
+    tokens = TokenService(settings, db=db, keys=Keys(settings.root_keys), clock=clock)
     web_identity = tokens.web_identity_token if settings.aws.mode == "web_identity" else None
     # Metrics and alerts, temporary privilege and revocation, the background worker.
     metrics = Metrics()

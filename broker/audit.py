@@ -8,6 +8,16 @@ keyed running ``chain`` value, and writes a segment row whose HMAC ``seal`` cove
 value and the previous segment's. Verification walks segments in order and names the first event edited,
 deleted, reordered or inserted. Signed digests outside the database (``broker.anchors``) catch what the key
 holder could rebuild. Values that identify a secret are stored only as keyed HMACs (:meth:`AuditTrail.ref`).
+
+Every MAC and seal records the id of the root secret it was made with (``key_id``, ``broker.keys``): appends
+and new segments use the newest key, verification uses the recorded one (any listed key for rows from before
+key ids), so a trail that spans a rotation verifies while every key it names is listed.
+:meth:`AuditTrail.reseal` re-keys the whole trail under the newest key after checking it, so an old key can
+then be removed; the signed digests cover only unkeyed content hashes and stay valid.
+
+The module is longer than most (~600 lines) on purpose: appending, sealing, re-sealing and verifying are the
+four uses of the same keyed formats (event MAC, chain value, segment seal), and keeping them side by side is
+what keeps a writer and its verifier from drifting apart.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from typing import IO, Any
 
 from sqlalchemy.orm import Session
 
-from broker.errors import AuditUnavailable, BrokerError
+from broker.errors import AuditUnavailable, BrokerError, KeysUnusable, ServiceUnavailable
 from broker.identity import Identity
 from broker.keys import Keys
 from broker.store import queries
@@ -58,6 +68,7 @@ _INSERTED = (
     "request_id",
     "detail",
     "mac",
+    "key_id",
 )
 
 Clock = Callable[[], datetime]
@@ -169,7 +180,6 @@ class Context:
 
 class AuditTrail:
     def __init__(self, keys: Keys, clock: Clock = utcnow, *, seal_window: timedelta = DEFAULT_SEAL_WINDOW) -> None:
-        self._chain_key = keys.key("audit-chain")
         self._keys = keys
         self._clock = clock
         self.clock = clock
@@ -187,17 +197,55 @@ class AuditTrail:
 
     # ------------------------------------------------------------ keyed values
 
-    def _mac(self, label: str, message: str) -> str:
-        return hmac.new(self._chain_key, f"{label}\n{message}".encode(), hashlib.sha256).hexdigest()
+    @property
+    def key_id(self) -> str:
+        """The root key new MACs and seals are made with."""
+        return self._keys.current_id
 
-    def event_mac(self, row: AuditEvent) -> str:
-        return self._mac("event", canonical(event_fields(row)))
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return self._keys.ids
 
-    def chain(self, previous: str, row: AuditEvent) -> str:
+    def _mac(self, label: str, message: str, key_id: str | None = None) -> str:
+        key = self._keys.key("audit-chain", key_id)
+        return hmac.new(key, f"{label}\n{message}".encode(), hashlib.sha256).hexdigest()
+
+    def event_mac(self, row: AuditEvent, key_id: str | None = None) -> str:
+        """The event's MAC under ``key_id``, else the key it records, else the newest."""
+        return self._mac("event", canonical(event_fields(row)), key_id or row.key_id)
+
+    def chain(self, previous: str, row: AuditEvent, key_id: str | None = None) -> str:
         """The keyed running value binding an event to its place: HMAC(previous chain value, entry hash)."""
-        return self._mac("chain", f"{previous}\n{entry_hash(row)}")
+        return self._mac("chain", f"{previous}\n{entry_hash(row)}", key_id)
 
-    def segment_seal(self, segment: AuditSegment) -> str:
+    def _candidates(self, recorded: str | None) -> tuple[str, ...]:
+        """The keys to check a value with: the one it records (if listed), or every listed key."""
+        if recorded is None:
+            return self._keys.ids
+        return (recorded,) if recorded in self._keys.ids else ()
+
+    def _event_mac_ok(self, row: AuditEvent) -> bool:
+        found = False
+        for kid in self._candidates(row.key_id):
+            found |= hmac.compare_digest(self.event_mac(row, kid), row.mac or "")
+        return row.mac is not None and found
+
+    def _segment_key(self, segment: AuditSegment) -> str | None:
+        """The listed key whose seal matches the segment row, or None."""
+        for kid in self._candidates(segment.key_id):
+            if segment.seal is not None and hmac.compare_digest(self.segment_seal(segment, kid), segment.seal):
+                return kid
+        return None
+
+    def _missing_key(self, recorded: str | None) -> str | None:
+        if recorded is None or recorded in self._keys.ids:
+            return None
+        return (
+            f"it was made with secret key {recorded!r}, which is not configured: list it again in secret_keys "
+            "(remove an old key only after `broker keys re-encrypt`)"
+        )
+
+    def segment_seal(self, segment: AuditSegment, key_id: str | None = None) -> str:
         sealed_at = segment.sealed_at.astimezone(UTC).isoformat() if segment.sealed_at else None
         fields = {
             "number": segment.number,
@@ -206,11 +254,15 @@ class AuditTrail:
             "hash": segment.hash,
             "sealed_at": sealed_at,
         }
-        return self._mac("segment", canonical(fields))
+        return self._mac("segment", canonical(fields), key_id or segment.key_id)
 
-    def _legacy_hash(self, prev_hash: str, row: AuditEvent) -> str:
+    def _legacy_ok(self, prev_hash: str, row: AuditEvent) -> bool:
         message = (prev_hash + "\n" + canonical(_legacy_fields(row))).encode()
-        return hmac.new(self._chain_key, message, hashlib.sha256).hexdigest()
+        found = False
+        for kid in self._keys.ids:
+            digest = hmac.new(self._keys.key("audit-chain", kid), message, hashlib.sha256).hexdigest()
+            found |= hmac.compare_digest(digest, row.hash or "")
+        return found
 
     def _clean_detail(self, detail: Mapping[str, Any]) -> dict[str, Any]:
         clean: dict[str, Any] = {}
@@ -259,6 +311,7 @@ class AuditTrail:
             request_id=ctx.request_id,
             detail=self._clean_detail(detail or {}),
             writer=self.writer,
+            key_id=self.key_id,
         )
         row.mac = self.event_mac(row)
         values = {name: getattr(row, name) for name in _INSERTED}
@@ -317,7 +370,9 @@ class AuditTrail:
             now = self._clock()
             zero = queries.get_audit_segment(session, number=0)
             if zero is None:
-                zero = AuditSegment(number=0, count=0, prev_hash=GENESIS, hash=GENESIS, sealed_at=now)
+                zero = AuditSegment(
+                    number=0, count=0, prev_hash=GENESIS, hash=GENESIS, sealed_at=now, key_id=self.key_id
+                )
                 zero.seal = self.segment_seal(zero)
                 queries.add_audit_segment(session, segment=zero)
             elif zero.seal is None:
@@ -331,10 +386,17 @@ class AuditTrail:
                     break
                 number, chain, placements = head.number + 1, head.hash, []
                 for position, row in enumerate(rows):
-                    chain = self.chain(chain, row)
+                    chain = self.chain(chain, row, self.key_id)
                     placements.append({"seq": row.seq, "segment": number, "position": position, "chain": chain})
                 queries.seal_audit_events(session, placements=placements)
-                segment = AuditSegment(number=number, count=len(rows), prev_hash=head.hash, hash=chain, sealed_at=now)
+                segment = AuditSegment(
+                    number=number,
+                    count=len(rows),
+                    prev_hash=head.hash,
+                    hash=chain,
+                    sealed_at=now,
+                    key_id=self.key_id,
+                )
                 segment.seal = self.segment_seal(segment)
                 queries.add_audit_segment(session, segment=segment)
                 head, sealed = segment, sealed + len(rows)
@@ -346,13 +408,58 @@ class AuditTrail:
         """Seal segment 0, the events written before segments existed, as the migration left them."""
         chain, placements = GENESIS, []
         for row in queries.iter_segment_events(session, segment=0):
-            chain = self.chain(chain, row)
+            chain = self.chain(chain, row, self.key_id)
             placements.append({"seq": row.seq, "segment": 0, "position": row.position, "chain": chain})
         queries.seal_audit_events(session, placements=placements)
         # ``count`` stays what the old head row named, so a tail deleted before the upgrade is still reported.
-        zero.hash, zero.sealed_at = chain, now
+        zero.hash, zero.sealed_at, zero.key_id = chain, now, self.key_id
         zero.seal = self.segment_seal(zero)
         session.flush()
+
+    def reseal(self, db: Database) -> int:
+        """Re-key the whole trail under the newest key: every event MAC, chain value and segment seal.
+
+        Seals what is pending, then, holding the sealer's lock, checks the trail with every listed key and
+        refuses (``audit_unverifiable``) if anything is wrong, so a re-seal never launders a tampered trail.
+        Content hashes do not change, so signed digests stay valid. Returns how many events were re-keyed.
+        """
+        self.seal(db)
+        current = self.key_id
+        with db.transaction() as session:
+            if not queries.try_lock_audit_sealer(session):
+                raise ServiceUnavailable(
+                    "Another broker process is sealing the audit trail right now; run the command again.",
+                    reason="audit_sealer_busy",
+                )
+            result = self.verify_store(session)
+            if not result.ok:
+                raise KeysUnusable(
+                    f"The audit trail does not verify ({result.problem}; at {result.where}), so it is not re-sealed. "
+                    "Run `broker audit verify` and investigate first.",
+                    reason="audit_unverifiable",
+                )
+            prev, rekeyed = GENESIS, 0
+            for segment in list(queries.iter_audit_segments(session)):
+                chain, placements, macs = prev, [], []
+                for row in queries.iter_segment_events(session, segment=segment.number):
+                    if not is_legacy(row):
+                        macs.append({"seq": row.seq, "mac": self.event_mac(row, current), "key_id": current})
+                    chain = self.chain(chain, row, current)
+                    placements.append(
+                        {"seq": row.seq, "segment": segment.number, "position": row.position, "chain": chain}
+                    )
+                queries.seal_audit_events(session, placements=placements)
+                queries.rekey_audit_events(session, macs=macs)
+                segment.prev_hash, segment.hash, segment.key_id = prev, chain, current
+                segment.seal = self.segment_seal(segment, current)
+                session.flush()
+                prev, rekeyed = chain, rekeyed + len(placements)
+            unsealed = [
+                {"seq": row.seq, "mac": self.event_mac(row, current), "key_id": current}
+                for row in queries.iter_unsealed_audit_events(session)
+            ]
+            queries.rekey_audit_events(session, macs=unsealed)
+            return rekeyed + len(unsealed)
 
     # ------------------------------------------------------------ verifying
 
@@ -384,21 +491,28 @@ class AuditTrail:
             if segment.number == 1 and unsealed_zero:
                 # The first sealer pass seals segment 0 before anything else, so its seal was removed.
                 return VerifyResult(False, checked, segment=0, segments=segments, problem="segment 0 lost its seal")
+            key_id = self.key_id
             if segment.seal is None:
                 if segment.number != 0:
                     return VerifyResult(
                         False, checked, segment=segment.number, segments=segments, problem="the segment has no seal"
                     )
                 unsealed_zero = True
-            elif not hmac.compare_digest(self.segment_seal(segment), segment.seal):
-                return VerifyResult(
-                    False,
-                    checked,
-                    segment=segment.number,
-                    segments=segments,
-                    problem="the segment's seal does not match its count and hash: the segment row was edited",
-                )
-            failure, count = self._verify_segment(session, segment, checked, segments)
+            else:
+                found = self._segment_key(segment)
+                if found is None:
+                    missing = self._missing_key(segment.key_id)
+                    return VerifyResult(
+                        False,
+                        checked,
+                        segment=segment.number,
+                        segments=segments,
+                        problem=f"the segment cannot be checked: {missing}"
+                        if missing
+                        else "the segment's seal does not match its count and hash: the segment row was edited",
+                    )
+                key_id = found
+            failure, count = self._verify_segment(session, segment, checked, segments, key_id)
             if failure is not None:
                 return failure
             checked += count
@@ -406,7 +520,7 @@ class AuditTrail:
         return self._verify_unsealed(session, checked, segments, now)
 
     def _verify_segment(
-        self, session: Session, segment: AuditSegment, checked: int, segments: int
+        self, session: Session, segment: AuditSegment, checked: int, segments: int, key_id: str
     ) -> tuple[VerifyResult | None, int]:
         def fail(row: AuditEvent | None, problem: str, position: int | None = None) -> tuple[VerifyResult, int]:
             return (
@@ -429,18 +543,23 @@ class AuditTrail:
             if row.position != count:
                 # The next row sits further on: the event that belonged here is gone.
                 return fail(row, f"the event at position {count} is missing (found {row.position} next): deleted")
+            chain = self.chain(chain, row, key_id)
+            chained = hmac.compare_digest(chain, row.chain or "")
             if segment.number == 0:
                 if not is_legacy(row) or row.seq != count + 1:
                     return fail(row, "the event does not belong in the legacy segment: inserted or reordered")
                 if row.prev_hash != legacy_prev:
                     return fail(row, "prev_hash does not match the previous event: inserted, deleted or reordered")
-                if not hmac.compare_digest(self._legacy_hash(legacy_prev, row), row.hash or ""):
+                # Once re-sealed under a newer key, the seal's chain covers the legacy hash (its key may be gone).
+                if not self._legacy_ok(legacy_prev, row) and not (sealed and chained):
                     return fail(row, "the contents do not match the event's hash: edited")
                 legacy_prev = row.hash or ""
-            elif row.mac is None or not hmac.compare_digest(self.event_mac(row), row.mac):
+            elif not self._event_mac_ok(row):
+                missing = self._missing_key(row.key_id)
+                if missing:
+                    return fail(row, f"the event cannot be checked: {missing}")
                 return fail(row, "the contents do not match the event's MAC: edited (or inserted without the key)")
-            chain = self.chain(chain, row)
-            if sealed and not hmac.compare_digest(chain, row.chain or ""):
+            if sealed and not chained:
                 return fail(row, "the event is not the one sealed at this position: reordered or inserted")
             count += 1
         if count != segment.count:
@@ -455,7 +574,8 @@ class AuditTrail:
     def _verify_unsealed(self, session: Session, checked: int, segments: int, now: datetime) -> VerifyResult:
         unsealed, overdue = 0, None
         for row in queries.iter_unsealed_audit_events(session):
-            if row.mac is None or not hmac.compare_digest(self.event_mac(row), row.mac):
+            if not self._event_mac_ok(row):
+                missing = self._missing_key(row.key_id)
                 return VerifyResult(
                     False,
                     checked + unsealed,
@@ -463,7 +583,9 @@ class AuditTrail:
                     event_id=row.event_id,
                     segments=segments,
                     unsealed=unsealed,
-                    problem="the unsealed event's contents do not match its MAC: edited (or inserted without the key)",
+                    problem=f"the unsealed event cannot be checked: {missing}"
+                    if missing
+                    else "the unsealed event's contents do not match its MAC: edited (or inserted without the key)",
                 )
             if overdue is None and row.occurred_at < now - self.seal_window:
                 overdue = row

@@ -76,6 +76,15 @@ def _register_policy() -> None:
 
 _register_policy()
 
+
+def _register_keys() -> None:
+    from broker.keys_cli import register
+
+    register(app, panel=SERVER)
+
+
+_register_keys()
+
 out = Console()
 err = Console(stderr=True)
 DEFAULT_CONFIG = "config/broker.yaml"
@@ -130,12 +139,40 @@ def _database_url_option(value: str) -> str:
 
 @config_app.command("check")
 def config_check(path: Annotated[Path, typer.Argument(help="YAML file to check.")] = Path(DEFAULT_CONFIG)) -> None:
-    """Validate a configuration file and report every problem at once, with its YAML path."""
+    """Validate a configuration file and report every problem at once, with its YAML path.
+
+    When the database exists, also check that the configured keys can read what is stored under them.
+    """
     settings = _load(path)
+    problems = _stored_key_problems(settings)
+    if problems:
+        err.print(f"Configuration {path} cannot read what the database holds:", style="red", markup=False)
+        for problem in problems:
+            err.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     out.print(
         f"[green]OK[/green] {path}: mode {settings.mode}, {len(settings.identity_stores)} identity "
         f"store(s), {len(settings.roles)} role(s)."
     )
+
+
+def _stored_key_problems(settings: Settings) -> list[str]:
+    """Stored values the configured keys cannot read; nothing when there is no database yet."""
+    from broker.errors import BrokerError
+    from broker.keyring import Keyring
+    from broker.keys import Keys
+    from broker.store.db import Database, existing_schema_problem, is_ready
+
+    if existing_schema_problem(settings.database_url) is not None:
+        return []
+    database = Database(settings.database_url)
+    if not is_ready(database)[0]:
+        # Unreachable or not migrated yet: `broker db upgrade` and /readyz say so; nothing stored to check here.
+        return []
+    try:
+        return Keyring(settings, db=database, keys=Keys(settings.root_keys)).report().problems
+    except BrokerError as exc:
+        return [f"stored keys could not be checked: {exc.message}"]
 
 
 @db_app.command("purge")
@@ -175,7 +212,7 @@ def audit_verify(
 ) -> None:
     """Check the audit trail; name the first event that was edited, deleted, reordered or inserted.
 
-    Without --digests: the keyed check of every segment (needs the configuration's secret_key), then the signed
+    Without --digests: the keyed check of every segment (needs the configuration's secret keys), then the signed
     digests in the configured audit.anchor sinks. With --digests and --public-key: only the signed digests,
     which also catch a rewrite by someone holding the database and the secret key. Exit 0 intact, 1 broken,
     2 unusable input.
@@ -232,7 +269,7 @@ def audit_verify(
 
     settings = _load(config)
     database = Database(_existing_database(settings, config))
-    trail = AuditTrail(Keys(settings.secret_key), seal_window=timedelta(seconds=settings.audit.seal_window_seconds))
+    trail = AuditTrail(Keys(settings.root_keys), seal_window=timedelta(seconds=settings.audit.seal_window_seconds))
     with database.transaction() as session:
         result = trail.verify_store(session)
     report("Audit trail", result)
@@ -265,7 +302,7 @@ def audit_seal(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
 
     settings = _load(config)
     database = Database(_existing_database(settings, config))
-    sealer = build_sealer(AuditTrail(Keys(settings.secret_key)), database, settings.audit)
+    sealer = build_sealer(AuditTrail(Keys(settings.root_keys)), database, settings.audit)
     sealed = sealer.run_once()
     out.print(f"Sealed {sealed} event(s).")
 

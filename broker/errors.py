@@ -340,3 +340,10 @@ class SchemaMismatch(BrokerError):
     code = "schema_mismatch"
     status = 409
     default_message = "The database schema cannot be changed as asked."
+
+
+class KeysUnusable(ServiceUnavailable):
+    """Stored values do not fit the configured keys (``broker.keyring``), or a re-key was refused: an operator
+    must act (list the missing key again, or investigate the audit trail)."""
+
+    code = "keys_unusable"

@@ -7,6 +7,7 @@ audit event have committed together (fail closed).
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -106,7 +107,7 @@ class Broker:
         self.db = db
         self.sts = sts
         self.clock = clock
-        self.keys = Keys(settings.secret_key)
+        self.keys = Keys(settings.root_keys)
         self.audit = AuditTrail(self.keys, clock)
         self.local_connectors = {
             s.name: LocalConnector(s, issuer=settings.public_url) for s in settings.identity_stores if s.type == "local"
@@ -150,8 +151,19 @@ class Broker:
     def session_hmac(self, session_id: str) -> str:
         return self.keys.mac("session", session_id)
 
+    def session_hmacs(self, session_id: str) -> list[str]:
+        """The session id's HMAC under every listed root key: sessions started before a rotation live on."""
+        return self.keys.macs("session", session_id)
+
     def csrf_token(self, session_id: str) -> str:
         return self.keys.mac("csrf", session_id)[:43]
+
+    def csrf_matches(self, session_id: str, token: str) -> bool:
+        """True if ``token`` is the CSRF token of ``session_id`` under any listed root key."""
+        found = False
+        for candidate in self.keys.macs("csrf", session_id):
+            found |= hmac.compare_digest(candidate[:43], token)
+        return found
 
     def start_session(
         self,
@@ -177,7 +189,9 @@ class Broker:
             raise self.audit.deny(self.db, exc, event=event, identity=identity, ctx=ctx) from None
         with self.db.transaction() as session:
             if previous_session and len(previous_session) <= 128:
-                queries.delete_session(session, id_hmac=self.session_hmac(previous_session))
+                previous = queries.find_session(session, id_hmacs=self.session_hmacs(previous_session))
+                if previous is not None:
+                    queries.delete_session(session, id_hmac=previous.id_hmac)
             principal = queries.touch_principal(session, identity=identity, now=now)
             if principal.disabled:
                 raise self.audit.deny(
@@ -197,6 +211,7 @@ class Broker:
                 expires_at=absolute,
                 client_ip=ctx.client_ip,
                 user_agent=ctx.user_agent,
+                key_id=self.keys.current_id,
             )
             self.audit.append(
                 session,
@@ -219,10 +234,11 @@ class Broker:
         if not session_id or len(session_id) > 128:
             raise LoginRequired()
         now = self.clock()
-        id_hmac = self.session_hmac(session_id)
+        id_hmacs = self.session_hmacs(session_id)
         idle = timedelta(minutes=self.settings.session.idle_timeout_minutes)
         with self.db.transaction() as session:
-            row = queries.get_session(session, id_hmac=id_hmac)
+            row = queries.find_session(session, id_hmacs=id_hmacs)
+            id_hmac = row.id_hmac if row is not None else id_hmacs[0]
             if row is None or row.revoked_at is not None or row.expires_at <= now or row.last_seen_at + idle <= now:
                 disabled = (
                     row is not None
@@ -242,11 +258,11 @@ class Broker:
         """End the local session; return the IdP's logout URL when its identity store offers one."""
         if not session_id:
             return None
-        id_hmac = self.session_hmac(session_id)
         with self.db.transaction() as session:
-            row = queries.get_session(session, id_hmac=id_hmac)
+            row = queries.find_session(session, id_hmacs=self.session_hmacs(session_id))
             if row is None:
                 return None
+            id_hmac = row.id_hmac
             identity = Identity.from_json(row.identity)
             queries.delete_session(session, id_hmac=id_hmac)
             self.audit.append(session, event="logout", outcome="ok", reason="user_logout", identity=identity, ctx=ctx)
@@ -286,7 +302,7 @@ class Broker:
                 queries.consume_once(
                     session,
                     kind="totp",
-                    key_hmac=self.keys.mac("totp", f"{store}:{username}:{login.totp_step}"),
+                    key_hmac=self.keys.macs("totp", f"{store}:{username}:{login.totp_step}"),
                     expires_at=self.clock() + timedelta(seconds=TOTP_STEP_SECONDS * 4),
                     message=TOTP_REPLAY_MESSAGE,
                 )

@@ -116,7 +116,7 @@ class SamlSignIn:
                 queries.consume_once(
                     session,
                     kind="saml_assertion",
-                    key_hmac=broker.keys.mac("saml-assertion", f"{checked.issuer}\n{checked.assertion_id}"),
+                    key_hmac=broker.keys.macs("saml-assertion", f"{checked.issuer}\n{checked.assertion_id}"),
                     expires_at=checked.replay_until,
                     savepoint=False,  # a replay abandons the transaction before anything else is in it
                 )
@@ -270,7 +270,7 @@ class SamlSignIn:
                     queries.consume_once(
                         session,
                         kind="saml_logout",
-                        key_hmac=broker.keys.mac("saml-logout-request", f"{store}\n{incoming.request_id}"),
+                        key_hmac=broker.keys.macs("saml-logout-request", f"{store}\n{incoming.request_id}"),
                         expires_at=incoming.not_on_or_after,
                     )
                     ended = queries.end_saml_sessions(

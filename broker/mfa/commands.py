@@ -50,7 +50,21 @@ def register(app: typer.Typer, *, panel: str) -> None:
     @mfa_app.command("rotate-key")
     def rotate_key(config: ConfigOption = Path("config/broker.yaml")) -> None:
         """Re-encrypt every TOTP secret under the first of mfa.encryption_keys (then drop the old keys)."""
-        changed = _service(config).rotate_key()
+        from broker.errors import BrokerError
+
+        try:
+            changed = _service(config).rotate_key()
+        except BrokerError as exc:
+            err.print(
+                f"{exc.message}\nNothing was re-encrypted. Keep every key the secrets were enrolled under listed "
+                "(mfa.encryption_keys, or secret_keys for the default key) until this command succeeds; "
+                f"`broker keys status -c {config}` shows which key is missing.",
+                style="red",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
         out.print(f"Re-encrypted {changed} TOTP secret(s) under the current key.")
 
 
@@ -62,7 +76,7 @@ def _service(config: Path) -> MfaService:
     from broker.store.db import Database
 
     settings = _load(config)
-    keys = Keys(settings.secret_key)
+    keys = Keys(settings.root_keys)
     audit = AuditTrail(keys)
     database = Database(_existing_database(settings, config))
     return MfaService(settings, db=database, keys=keys, audit=audit, clock=utcnow)

@@ -1,72 +1,86 @@
-"""TOTP secrets at rest: AES-256-GCM (NIST SP 800-38D) under a rotatable key list.
+"""TOTP secrets at rest, sealed by ``broker.encryption`` under a rotatable key list.
 
-Each configured key (any string of 32+ characters) is stretched with HKDF-SHA256 (RFC 5869) to a 256-bit AES
-key. A sealed value names its key by a short fingerprint, so decryption picks the right key directly and an
-old key keeps working until every value has been re-sealed under the newest one (``needs_rotation``).
-The additional authenticated data binds a value to its owner: a ciphertext copied to another principal's
-row does not decrypt.
+The keys, newest first: every ``mfa.encryption_keys`` entry (any string of 32+ characters), then a key derived
+from each root secret of the keyring (``broker.keys``). Explicit keys are stretched with HKDF-SHA256 (RFC
+5869) to 256-bit AES keys. A sealed value names its key by a short fingerprint of that AES key, so decryption
+picks it directly. The derived keys stay readable after explicit keys are configured: moving from the
+default key to ``encryption_keys`` locks nobody out, and ``broker mfa rotate-key`` (or ``broker keys
+re-encrypt``) moves every secret to the first key. The additional authenticated data binds a value to its
+owner: a ciphertext copied to another principal's row does not decrypt.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import os
 from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from broker.encryption import Cipher, Undecryptable, envelope_key_id
 from broker.errors import ServiceUnavailable
+from broker.keys import Keys
 
-_VERSION = "v1"
-_NONCE_BYTES = 12  # AES-GCM's standard 96-bit nonce (NIST SP 800-38D section 8.2), random per value.
+UNDECRYPTABLE_MESSAGE = (
+    "A stored factor cannot be decrypted with the configured keys. Ask an administrator to run "
+    "`broker keys status` and list the missing key again (mfa.encryption_keys or secret_keys)."
+)
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+def _stretch(raw: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"broker mfa secret").derive(raw)
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def fingerprint(key: bytes) -> str:
+    return hashlib.sha256(key).hexdigest()[:8]
 
 
 class SecretBox:
-    """Seal with the first key, open with any key. Keys are raw bytes of configured secrets."""
+    """Seal with the first key, open with any. ``keys`` are ``(label, raw secret bytes)``, newest first."""
 
-    def __init__(self, keys: Sequence[bytes]) -> None:
+    def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
         if not keys:
             raise ValueError("at least one key")
-        self._keys: dict[str, AESGCM] = {}
-        self._current = ""
-        for raw in keys:
-            key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"broker mfa secret").derive(raw)
-            kid = hashlib.sha256(key).hexdigest()[:8]
-            self._keys.setdefault(kid, AESGCM(key))
-            self._current = self._current or kid
+        named: list[tuple[str, bytes]] = []
+        # Where each fingerprint comes from, for `broker keys status` (never the key itself).
+        self.labels: dict[str, str] = {}
+        for label, raw in keys:
+            key = _stretch(raw)
+            kid = fingerprint(key)
+            if kid not in self.labels:
+                self.labels[kid] = label
+                named.append((kid, key))
+        self._cipher = Cipher(named)
+
+    @classmethod
+    def for_keyring(cls, encryption_keys: Sequence[bytes], keys: Keys) -> SecretBox:
+        explicit = [(f"mfa.encryption_keys[{index}]", raw) for index, raw in enumerate(encryption_keys)]
+        derived = [(f"secret_keys {kid} (derived)", key) for kid, key in keys.keys("mfa-secrets")]
+        return cls(explicit + derived)
+
+    @property
+    def current_id(self) -> str:
+        return self._cipher.current_id
 
     def seal(self, plaintext: str, *, context: str) -> str:
-        nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._keys[self._current].encrypt(nonce, plaintext.encode(), context.encode())
-        return f"{_VERSION}.{self._current}.{_b64(nonce + sealed)}"
+        return self._cipher.seal(plaintext.encode(), aad=context.encode())
 
     def open(self, value: str, *, context: str) -> str:
         """Decrypt; a value under an unknown key or tampered with is a 503 (fail closed), never a guess."""
         try:
-            version, kid, body = value.split(".", 2)
-            aead = self._keys[kid] if version == _VERSION else None
-            if aead is None:
-                raise KeyError(kid)
-            data = _unb64(body)
-            return aead.decrypt(data[:_NONCE_BYTES], data[_NONCE_BYTES:], context.encode()).decode()
-        except (ValueError, KeyError, InvalidTag):
-            raise ServiceUnavailable(
-                "A stored factor cannot be decrypted with the configured keys. Ask an administrator to check "
-                "mfa.encryption_keys.",
-                reason="mfa.secret_undecryptable",
-            ) from None
+            return self._cipher.open(value, aad=context.encode())[1].decode()
+        except Undecryptable:
+            raise ServiceUnavailable(UNDECRYPTABLE_MESSAGE, reason="mfa.secret_undecryptable") from None
+
+    def can_open(self, value: str, *, context: str) -> bool:
+        try:
+            self._cipher.open(value, aad=context.encode())
+        except Undecryptable:
+            return False
+        return True
+
+    def key_id(self, value: str) -> str | None:
+        return envelope_key_id(value)
 
     def needs_rotation(self, value: str) -> bool:
-        return value.split(".", 2)[1:2] != [self._current]
+        return self._cipher.needs_rotation(value)

@@ -112,8 +112,8 @@ class MfaService:
         self.keys = keys
         self.audit = audit
         self.clock = clock
-        raw = [k.get_secret_value().encode() for k in self.config.encryption_keys] or [keys.key("mfa-secrets")]
-        self.box = SecretBox(raw)
+        explicit = [k.get_secret_value().encode() for k in self.config.encryption_keys]
+        self.box = SecretBox.for_keyring(explicit, keys)
         host = settings.public_url.split("://", 1)[1].split("/", 1)[0]
         origin = settings.public_url.split("://", 1)[0] + "://" + host
         hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -308,7 +308,7 @@ class MfaService:
                 queries.consume_once(
                     session,
                     kind="mfa_totp",
-                    key_hmac=self.keys.mac("mfa-totp-step", f"{row.id}:{step}"),
+                    key_hmac=self.keys.macs("mfa-totp-step", f"{row.id}:{step}"),
                     expires_at=now + timedelta(seconds=totp.STEP_SECONDS * (2 * totp.DRIFT_STEPS + 2)),
                     message=TOTP_REPLAY_MESSAGE,
                 )
@@ -378,7 +378,7 @@ class MfaService:
             if normalized is None or not queries.use_recovery_code(
                 session,
                 principal_id=holder.principal_id,
-                code_hmac=self._recovery_hmac(holder.principal_id, normalized),
+                code_hmac=self.keys.macs("mfa-recovery", f"{holder.principal_id}:{normalized}"),
                 now=now,
             ):
                 raise AuthenticationFailed(

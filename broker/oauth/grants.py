@@ -212,7 +212,7 @@ class TokenEndpoint:
                 queries.consume_once(
                     session,
                     kind="client_jti",
-                    key_hmac=self.keys.mac("client-assertion", f"{client.client_id}\n{client.assertion_jti}"),
+                    key_hmac=self.keys.macs("client-assertion", f"{client.client_id}\n{client.assertion_jti}"),
                     # Remembered until the assertion could no longer be accepted anyway.
                     expires_at=client.assertion_expires_at + timedelta(seconds=120),
                 )

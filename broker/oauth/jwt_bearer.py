@@ -107,7 +107,7 @@ class JwtBearerGrant:
                     queries.consume_once(
                         session,
                         kind="x509_jti",
-                        key_hmac=self.devices.broker.keys.mac(
+                        key_hmac=self.devices.broker.keys.macs(
                             "x509-assertion", f"{facts.fingerprint}\n{claims['jti']}"
                         ),
                         expires_at=expires,

@@ -109,7 +109,9 @@ class CliSessions:
             expires_at=expires,
             client_ip=ctx.client_ip,
         )
-        queries.create_refresh_family(session, family=family, token_hmac=self._mac(token))
+        queries.create_refresh_family(
+            session, family=family, token_hmac=self._mac(token), key_id=self.broker.keys.current_id
+        )
         return Started(family.id, expires, token)
 
     def token_response(
@@ -156,7 +158,7 @@ class CliSessions:
             new_token = REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
             reused = False
             with self.broker.db.transaction() as session:
-                found = queries.get_refresh_token(session, token_hmac=self._mac(token))
+                found = queries.get_refresh_token(session, token_hmac=self.broker.keys.macs("cli-refresh-token", token))
                 if found is None:
                     raise InvalidGrant("This refresh token is not valid.", reason="refresh_token_unknown")
                 row, family = found
@@ -174,6 +176,7 @@ class CliSessions:
                     generation=row.generation + 1,
                     new_token_hmac=self._mac(new_token),
                     now=now,
+                    key_id=self.broker.keys.current_id,
                 ):
                     self.broker.audit.append(
                         session,
@@ -222,7 +225,7 @@ class CliSessions:
         family_id = None
         if len(token) <= MAX_TOKEN_CHARS:
             with self.broker.db.transaction() as session:
-                found = queries.get_refresh_token(session, token_hmac=self._mac(token))
+                found = queries.get_refresh_token(session, token_hmac=self.broker.keys.macs("cli-refresh-token", token))
                 if found is not None:
                     family_id, identity = found[1].id, Identity.from_json(found[1].identity)
             if family_id is None:

@@ -234,7 +234,7 @@ class TokenExchangeGrant:
                 queries.consume_once(
                     session,
                     kind="jti",
-                    key_hmac=self.broker.keys.mac("workload-jti", f"{token.identity.issuer}\n{token.jti}"),
+                    key_hmac=self.broker.keys.macs("workload-jti", f"{token.identity.issuer}\n{token.jti}"),
                     expires_at=token.expires_at + REPLAY_MARGIN,
                     savepoint=False,  # a replay abandons the whole transaction
                 )

@@ -6,9 +6,12 @@
 - Web-identity tokens are what the broker hands to STS ``AssumeRoleWithWebIdentity`` when ``aws.mode`` is
   ``web_identity``: AWS IAM trusts the broker as an OIDC provider, so the broker needs no AWS key at all.
 - Keys (ES256 on P-256, or EdDSA on Ed25519) live in the ``signing_keys`` table with the private half
-  encrypted by AES-256-GCM under a key derived from the root secret. A new key is made every
-  ``rotation_period_hours``; the previous one stops signing at once but stays in the JWKS until every token
-  it may have signed has expired (RFC 7517 section 5 leaves the set's contents to the issuer).
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet, OKPKey, import_key
+
+from broker.audit import Clock, utcnow
+from broker.encryption import Cipher, Undecryptable
 - ``broker signing-keys rotate`` rotates now (:meth:`TokenService.rotate_now`); with ``--revoke`` the old key
   leaves the JWKS at once and the broker refuses its tokens at once (each verification asks the key table).
 """
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import threading
 import warnings
@@ -25,13 +27,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey, import_key
 
 from broker.audit import AuditTrail, Clock, Context, utcnow
+from broker.encryption import Cipher, Undecryptable
 from broker.errors import InvalidRequest, ServiceUnavailable
 from broker.keys import Keys
 from broker.settings import Settings
@@ -45,7 +46,10 @@ if TYPE_CHECKING:
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105
 # Tokens may be checked by hosts whose clocks differ a little; keep keys published that much longer.
 CLOCK_SKEW_SECONDS = 60
-_NONCE_BYTES = 12  # AES-GCM's standard 96-bit nonce (NIST SP 800-38D section 8.2)
+UNDECRYPTABLE_MESSAGE = (
+    "The broker's signing key cannot be decrypted with the configured secret keys. Run `broker keys status` "
+    'and list the key it names again in secret_keys (docs/operations.md, "Rotating secret_key").'
+)
 # AWS reads these claims of a web identity token (IAM User Guide, "Passing session tags using
 # AssumeRoleWithWebIdentity" and "Monitor and control actions taken with assumed roles").
 AWS_SOURCE_IDENTITY_CLAIM = "https://aws.amazon.com/source_identity"
@@ -107,6 +111,16 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def signing_key_cipher(keys: Keys) -> Cipher:
+    """The cipher of signing keys at rest: one AES key per root secret, named by the root's id."""
+    return Cipher(keys.keys("signing-key-encryption"))
+
+
+def open_signing_key(cipher: Cipher, row: SigningKey) -> tuple[str, bytes]:
+    """``(root key id, private JWK bytes)``; :class:`Undecryptable` when no listed root secret opens it."""
+    return cipher.open(row.private_jwk_encrypted, aad=row.kid.encode(), key_id=row.key_id)
+
+
 class TokenService:
     """Signs the broker's tokens; one per process, shared by every request (thread-safe)."""
 
@@ -116,7 +130,7 @@ class TokenService:
         self.issuer = settings.public_url
         self.db = db
         self.clock = clock
-        self._aead = AESGCM(keys.key("signing-key-encryption"))
+        self.cipher = signing_key_cipher(keys)
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
         if self.config.algorithm == "EdDSA":
@@ -134,20 +148,15 @@ class TokenService:
         # A process may keep signing with a retired key until it re-reads the key table.
         return timedelta(seconds=max(ttls) + self.config.key_cache_seconds + CLOCK_SKEW_SECONDS)
 
-    def _encrypt(self, kid: str, private_jwk: dict[str, Any]) -> str:
-        nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, json.dumps(private_jwk).encode(), kid.encode())
-        return _b64(nonce + sealed)
+    def _encrypt(self, kid: str, private_jwk: dict[str, Any]) -> tuple[str, str]:
+        """``(root key id, bare body)``: the body stays readable by a release that predates key ids."""
+        return self.cipher.seal_body(json.dumps(private_jwk).encode(), aad=kid.encode())
 
     def _decrypt(self, row: SigningKey) -> ECKey | OKPKey:
-        raw = _unb64(row.private_jwk_encrypted)
         try:
-            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], row.kid.encode())
-        except InvalidTag:
-            raise ServiceUnavailable(
-                "The broker's signing key cannot be decrypted (was the root secret changed?).",
-                reason="signing_key_undecryptable",
-            ) from None
+            _, plain = open_signing_key(self.cipher, row)
+        except Undecryptable:
+            raise ServiceUnavailable(UNDECRYPTABLE_MESSAGE, reason="signing_key_undecryptable") from None
         key = import_key(json.loads(plain))
         assert isinstance(key, ECKey | OKPKey)
         return key
@@ -162,12 +171,14 @@ class TokenService:
         kid = private.kid
         assert kid is not None
         public = {**private.as_dict(private=False), "alg": alg, "use": "sig"}
+        key_id, sealed = self._encrypt(kid, private.as_dict(private=True))
         return SigningKey(
             kid=kid,
             generation=generation,
             alg=alg,
             public_jwk=public,
-            private_jwk_encrypted=self._encrypt(kid, private.as_dict(private=True)),
+            private_jwk_encrypted=sealed,
+            key_id=key_id,
             created_at=now,
         )
 

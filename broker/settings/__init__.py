@@ -46,6 +46,7 @@ from broker.settings.roles import (
 from broker.settings.secrets import (
     MIN_SECRET_LENGTH,
     PLACEHOLDER_MARKERS,
+    RootKeySetting,
     Secret,
     display_database_url,
     resolve_database_url,
@@ -121,6 +122,7 @@ __all__ = [
     "SamlStoreConfig",
     "ScimClientConfig",
     "ScimSettings",
+    "RootKeySetting",
     "Secret",
     "ServerSettings",
     "SessionSettings",

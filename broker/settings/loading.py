@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from broker.errors import ConfigError
@@ -24,7 +24,13 @@ from broker.settings.checks import reference_problems
 from broker.settings.directories import DiscoverySettings
 from broker.settings.oauth import OAuthSettings
 from broker.settings.roles import RoleConfig
-from broker.settings.secrets import Secret, check_secret_key, resolve_database_url
+from broker.settings.secrets import (
+    RootKeySetting,
+    Secret,
+    check_secret_key,
+    check_secret_keys,
+    resolve_database_url,
+)
 from broker.settings.service import (
     AdminSettings,
     AlertSettings,
@@ -50,8 +56,12 @@ class Settings(BaseSettings):
     # A URL, or env:NAME / file:/path holding one (it carries the database password). Resolved at load and kept
     # out of repr; show it with broker.settings.display_database_url.
     database_url: str = Field("sqlite:///var/broker.db", repr=False)
-    # Root secret from which the audit-chain, value-HMAC, session and CSRF keys are derived.
-    secret_key: Secret
+    # Root secret from which the audit-chain, value-HMAC, session, CSRF and encryption keys are derived: a
+    # keyring of one key with id "k0" (broker.keys). To rotate it, list several in secret_keys instead.
+    secret_key: Secret | None = None
+    # The keyring, newest first: the first key writes, every listed key reads (docs/operations.md, "Rotating
+    # secret_key"). Set either this or secret_key.
+    secret_keys: list[RootKeySetting] = []
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
     session: SessionSettings = SessionSettings()
@@ -85,7 +95,22 @@ class Settings(BaseSettings):
     @field_validator("secret_key", mode="before")
     @classmethod
     def _secret(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
         return check_secret_key(value, dev=info.data.get("mode") == "dev")
+
+    @field_validator("secret_keys")
+    @classmethod
+    def _secrets(cls, value: list[RootKeySetting], info: ValidationInfo) -> list[RootKeySetting]:
+        return check_secret_keys(value, dev=info.data.get("mode") == "dev")
+
+    @model_validator(mode="after")
+    def _one_keyring(self) -> Settings:
+        if (self.secret_key is None) == (not self.secret_keys):
+            raise ValueError(
+                "set secret_key (one key) or secret_keys (a list of {id, value}, newest first), not both or neither"
+            )
+        return self
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -106,6 +131,13 @@ class Settings(BaseSettings):
         if problems:
             raise ConfigError(problems)
         return self
+
+    @property
+    def root_keys(self) -> list[tuple[str, SecretStr]]:
+        """The keyring as (id, secret), newest first; a plain secret_key is the one key "k0" (broker.keys)."""
+        if self.secret_key is not None:
+            return [("k0", self.secret_key)]
+        return [(key.id, key.value) for key in self.secret_keys]
 
     @property
     def dev(self) -> bool:

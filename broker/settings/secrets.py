@@ -1,5 +1,5 @@
 """Secret references and the secrets themselves: ``env:NAME`` and ``file:/path`` resolution, the root
-``secret_key``, encryption keys and the database URL (which carries the database password).
+``secret_key`` or the keyring ``secret_keys``, encryption keys and the database URL (which carries the database password).
 
 A secret is resolved once, at load, and kept as a :class:`~pydantic.SecretStr` (or, for the database URL, out
 of every ``repr``) so that it never reaches a log line or an error message.
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "dev-only", "example", "placeholder")
 MIN_SECRET_LENGTH = 32
@@ -58,6 +58,33 @@ def check_secret_key(value: Any, *, dev: bool) -> Any:
             )
         if len(raw) < MIN_SECRET_LENGTH:
             raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+    return value
+
+
+class RootKeySetting(BaseModel):
+    """One root secret of the keyring (``secret_keys``). Never reuse an id for another value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    value: Secret
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any) -> Any:
+        return resolve_secret(value)
+
+
+def check_secret_keys(value: list[RootKeySetting], *, dev: bool) -> list[RootKeySetting]:
+    """The keyring ``secret_keys``: distinct ids, and each key checked like ``secret_key``."""
+    ids = [key.id for key in value]
+    if len(set(ids)) != len(ids):
+        raise ValueError("every key needs its own id")
+    for key in value:
+        try:
+            check_secret_key(key.value, dev=dev)
+        except ValueError as exc:
+            raise ValueError(f"key {key.id}: {exc}") from None
     return value
 
 

@@ -171,7 +171,8 @@ class MfaSettings(Strict):
 
     # AES-256-GCM keys for TOTP secrets at rest (any string of 32+ characters, from env:NAME or file:/path).
     # The first encrypts; every key decrypts, so rotation is: prepend the new key, keep the old ones until
-    # `broker mfa rotate-key` has re-encrypted every secret. Empty: a key derived from secret_key.
+    # `broker mfa rotate-key` has re-encrypted every secret. Empty: a key derived from secret_key(s); those
+    # derived keys keep decrypting after explicit keys are listed, so moving to explicit keys locks nobody out.
     encryption_keys: list[Secret] = []
     # The label authenticator apps show next to the account name.
     totp_issuer: str = Field("Identity broker", min_length=1, max_length=64)

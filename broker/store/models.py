@@ -79,6 +79,8 @@ class BrokerSession(Base):
     revoked_at: Mapped[datetime | None]
     client_ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(Text)
+    # The root key ``id_hmac`` was made with (``broker.keys``); None: before key ids.
+    key_id: Mapped[str | None] = mapped_column(String(16))
 
 
 class LoginRequest(Base):
@@ -151,6 +153,8 @@ class AuditEvent(Base):
     # The broker process that wrote the event (host, pid and a per-start nonce), covered by ``mac``.
     writer: Mapped[str | None] = mapped_column(String(96))
     mac: Mapped[str | None] = mapped_column(String(64))
+    # The root secret the MAC was made with (``broker.keys``); None: before key ids, any listed key is tried.
+    key_id: Mapped[str | None] = mapped_column(String(16))
     segment: Mapped[int | None] = mapped_column(BigId)
     position: Mapped[int | None] = mapped_column(Integer)
     chain: Mapped[str | None] = mapped_column(String(64))
@@ -171,6 +175,8 @@ class AuditSegment(Base):
     hash: Mapped[str] = mapped_column(String(64))
     sealed_at: Mapped[datetime | None]
     seal: Mapped[str | None] = mapped_column(String(64))
+    # The root secret of the seal and of its events' chain values; None: before key ids, any listed key.
+    key_id: Mapped[str | None] = mapped_column(String(16))
 
 
 class AuditDigest(Base):
@@ -217,6 +223,8 @@ class SigningKey(Base):
     public_jwk: Mapped[dict[str, Any]]
     # AES-256-GCM(key derived from the root secret, nonce || ciphertext, AAD = kid), base64url.
     private_jwk_encrypted: Mapped[str] = mapped_column(Text)
+    # Which root secret of the keyring encrypted it (``broker.keys``); None: written before key ids.
+    key_id: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime]
     retired_at: Mapped[datetime | None]
     publish_until: Mapped[datetime | None] = mapped_column(index=True)
@@ -380,6 +388,8 @@ class RefreshToken(Base):
     generation: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
     rotated_at: Mapped[datetime | None]
+    # The root key ``token_hmac`` was made with (``broker.keys``); None: before key ids.
+    key_id: Mapped[str | None] = mapped_column(String(16))
 
 
 # ---------------------------------------------------------------- MFA held by the broker

@@ -130,8 +130,10 @@ def create_session(
     expires_at: datetime,
     client_ip: str | None,
     user_agent: str | None,
+    key_id: str | None = None,
 ) -> None:
-    """One Core INSERT (a sign-in's hot path): the session row, keyed by the HMAC of its id."""
+    """One Core INSERT (a sign-in's hot path): the session row, keyed by the HMAC of its id (made with root
+    key ``key_id``)."""
     session.execute(
         _INSERT_SESSION,
         {
@@ -143,6 +145,7 @@ def create_session(
             "expires_at": expires_at,
             "client_ip": client_ip,
             "user_agent": user_agent,
+            "key_id": key_id,
         },
     )
 
@@ -152,6 +155,12 @@ _INSERT_SESSION = insert(cast(Table, BrokerSession.__table__))
 
 def get_session(session: Session, *, id_hmac: str) -> BrokerSession | None:
     return session.get(BrokerSession, id_hmac)
+
+
+def find_session(session: Session, *, id_hmacs: Sequence[str]) -> BrokerSession | None:
+    """The session stored under any of these HMACs (one per listed root key, ``broker.keys``)."""
+    query = select(BrokerSession).where(BrokerSession.id_hmac.in_(list(id_hmacs))).limit(1)
+    return session.scalars(query).first()
 
 
 def touch_session(session: Session, *, id_hmac: str, now: datetime) -> None:
@@ -222,19 +231,23 @@ def consume_once(
     session: Session,
     *,
     kind: str,
-    key_hmac: str,
+    key_hmac: str | Sequence[str],
     expires_at: datetime,
     message: str | None = None,
     savepoint: bool = True,
 ) -> None:
     """Record a one-time value; raise ReplayDetected if it was recorded before (by any process).
 
+    ``key_hmac`` may be the value's HMAC under every listed root key (``broker.keys``): each is recorded, so a
+    value used just before a key rotation is still refused just after it.
+
     The primary key makes the database the arbiter: two processes racing on one value both INSERT and
     exactly one commits. One Core INSERT, no unit of work. With ``savepoint`` (the default) the caller's
     transaction stays usable after a conflict. Hot paths pass ``savepoint=False`` to save its two round trips:
     a conflict then aborts the whole transaction, so ReplayDetected must propagate out of it (it rolls back).
     """
-    values = {"kind": kind, "key_hmac": key_hmac, "expires_at": expires_at}
+    hmacs = [key_hmac] if isinstance(key_hmac, str) else list(key_hmac)
+    values = [{"kind": kind, "key_hmac": one, "expires_at": expires_at} for one in hmacs]
     try:
         if savepoint:
             with session.begin_nested():
@@ -366,6 +379,23 @@ def iter_audit_events(session: Session, *, batch: int = 1000) -> Iterator[AuditE
             return
         yield from rows
         last = rows[-1].seq
+
+
+def rekey_audit_events(session: Session, *, macs: list[dict[str, Any]]) -> None:
+    """Store events' MACs made under another root key: each mapping has ``seq``, ``mac`` and ``key_id``."""
+    if not macs:
+        return
+    table = cast(Table, AuditEvent.__table__)
+    statement = (
+        update(table)
+        .where(table.c.seq == bindparam("at_seq"))
+        .values(mac=bindparam("at_mac"), key_id=bindparam("at_key_id"))
+    )
+    session.execute(
+        statement,
+        [{"at_seq": item["seq"], "at_mac": item["mac"], "at_key_id": item["key_id"]} for item in macs],
+        execution_options={"synchronize_session": False},
+    )
 
 
 def iter_unsealed_audit_events(session: Session, *, batch: int = 1000) -> Iterator[AuditEvent]:
@@ -560,13 +590,15 @@ def replace_recovery_codes(session: Session, *, principal_id: int, code_hmacs: S
     session.flush()
 
 
-def use_recovery_code(session: Session, *, principal_id: int, code_hmac: str, now: datetime) -> bool:
-    """Spend a recovery code: one UPDATE guarded by ``used_at IS NULL``, so it works once across processes."""
+def use_recovery_code(session: Session, *, principal_id: int, code_hmac: str | Sequence[str], now: datetime) -> bool:
+    """Spend a recovery code: one UPDATE guarded by ``used_at IS NULL``, so it works once across processes.
+    ``code_hmac`` may list the code's HMAC under every listed root key (``broker.keys``)."""
+    hmacs = [code_hmac] if isinstance(code_hmac, str) else list(code_hmac)
     result = session.execute(
         update(MfaRecoveryCode)
         .where(
             MfaRecoveryCode.principal_id == principal_id,
-            MfaRecoveryCode.code_hmac == code_hmac,
+            MfaRecoveryCode.code_hmac.in_(hmacs),
             MfaRecoveryCode.used_at.is_(None),
         )
         .values(used_at=now)
@@ -930,20 +962,31 @@ def link_authorization_code(session: Session, *, code_hmac: str, family_id: str)
     )
 
 
-def create_refresh_family(session: Session, *, family: RefreshFamily, token_hmac: str) -> None:
+def create_refresh_family(
+    session: Session, *, family: RefreshFamily, token_hmac: str, key_id: str | None = None
+) -> None:
     session.add(family)
     session.flush()
-    session.add(RefreshToken(token_hmac=token_hmac, family_id=family.id, generation=0, created_at=family.created_at))
+    session.add(
+        RefreshToken(
+            token_hmac=token_hmac, family_id=family.id, generation=0, created_at=family.created_at, key_id=key_id
+        )
+    )
     session.flush()
 
 
-def get_refresh_token(session: Session, *, token_hmac: str) -> tuple[RefreshToken, RefreshFamily] | None:
+def get_refresh_token(
+    session: Session, *, token_hmac: str | Sequence[str]
+) -> tuple[RefreshToken, RefreshFamily] | None:
+    """The token stored under this HMAC, or under any of these (one per listed root key, ``broker.keys``)."""
+    hmacs = [token_hmac] if isinstance(token_hmac, str) else list(token_hmac)
     row = session.execute(
         select(RefreshToken, RefreshFamily)
         .join(RefreshFamily, RefreshFamily.id == RefreshToken.family_id)
-        .where(RefreshToken.token_hmac == token_hmac)
+        .where(RefreshToken.token_hmac.in_(hmacs))
+        .limit(1)
         .execution_options(populate_existing=True)
-    ).one_or_none()
+    ).first()
     return (row[0], row[1]) if row is not None else None
 
 
@@ -952,7 +995,14 @@ def get_refresh_family(session: Session, *, family_id: str) -> RefreshFamily | N
 
 
 def rotate_refresh_token(
-    session: Session, *, token_hmac: str, family_id: str, generation: int, new_token_hmac: str, now: datetime
+    session: Session,
+    *,
+    token_hmac: str,
+    family_id: str,
+    generation: int,
+    new_token_hmac: str,
+    now: datetime,
+    key_id: str | None = None,
 ) -> bool:
     """Retire a refresh token and add its successor; False if it was already rotated (a reuse, or a race lost
     to another process: ``(family_id, generation)`` is unique, so only one successor can exist)."""
@@ -967,7 +1017,9 @@ def rotate_refresh_token(
     try:
         with session.begin_nested():
             session.add(
-                RefreshToken(token_hmac=new_token_hmac, family_id=family_id, generation=generation, created_at=now)
+                RefreshToken(
+                    token_hmac=new_token_hmac, family_id=family_id, generation=generation, created_at=now, key_id=key_id
+                )
             )
     except IntegrityError:
         return False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from typing import Annotated
 
@@ -96,7 +95,7 @@ def check_csrf(
     """
     broker = _broker(request)
     secret = request.cookies.get(BROWSER_COOKIE) if pre_login else session_cookie(request)
-    if secret and token and hmac.compare_digest(broker.csrf_token(secret), token):
+    if secret and token and broker.csrf_matches(secret, token):
         return
     error = CsrfFailed()
     identity: Identity | None = getattr(request.state, "identity", None)

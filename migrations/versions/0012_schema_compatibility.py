@@ -1,7 +1,7 @@
 """schema compatibility: the oldest code that serves this schema, for releases older than the migrating one
 
 Revision ID: 0012_schema_compatibility
-Revises: 0010_scim_provisioning
+Revises: 0011_key_ids
 Create Date: 2026-12-01
 
 ``broker.store.migrations.record_compatibility`` (called by env.py) fills the one row after every upgrade and
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012_schema_compatibility"
-down_revision: str | None = "0010_scim_provisioning"
+down_revision: str | None = "0011_key_ids"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 # Expand-only: a new table that older releases never read.

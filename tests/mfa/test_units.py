@@ -114,15 +114,17 @@ def test_lockout_backs_off_and_forgets_old_failures() -> None:
 
 
 def test_secret_box_rotates_and_binds_the_owner() -> None:
-    old = SecretBox([b"old-key-0123456789-0123456789-0123456789"])
+    old = SecretBox([("old", b"old-key-0123456789-0123456789-0123456789")])
     sealed = old.seal("JBSWY3DPEHPK3PXP", context="mfa-totp:1")
-    rotated = SecretBox([b"new-key-0123456789-0123456789-0123456789", b"old-key-0123456789-0123456789-0123456789"])
+    rotated = SecretBox(
+        [("new", b"new-key-0123456789-0123456789-0123456789"), ("old", b"old-key-0123456789-0123456789-0123456789")]
+    )
     assert rotated.open(sealed, context="mfa-totp:1") == "JBSWY3DPEHPK3PXP"
     assert rotated.needs_rotation(sealed) and not rotated.needs_rotation(rotated.seal("x", context="c"))
     with pytest.raises(ServiceUnavailable):
         rotated.open(sealed, context="mfa-totp:2")  # copied to another principal's row
     with pytest.raises(ServiceUnavailable):
-        SecretBox([b"new-key-0123456789-0123456789-0123456789"]).open(sealed, context="mfa-totp:1")
+        SecretBox([("new", b"new-key-0123456789-0123456789-0123456789")]).open(sealed, context="mfa-totp:1")
 
 
 def test_totp_drift_is_one_step_either_side() -> None:
