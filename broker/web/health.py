@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from broker.errors import ServiceUnavailable
 from broker.store.db import is_ready
-from broker.web.deps import BrokerDep
+from broker.web.deps import ServicesDep
 
 router = APIRouter(tags=["health"])
 
@@ -18,11 +18,11 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="Readiness: database reachable and migrated to head, AWS credentials configured")
-def readyz(broker: BrokerDep) -> JSONResponse:
-    ready, detail = is_ready(broker.db)
+def readyz(services: ServicesDep) -> JSONResponse:
+    ready, detail = is_ready(services.db)
     body = {"status": "ok" if ready else "unavailable", "detail": detail}
     # Without AWS credentials of its own the broker cannot issue anything: a configuration error, named.
-    aws_problem = broker.sts.configuration_problem
+    aws_problem = services.sts.configuration_problem
     if aws_problem is not None:
         ready = False
         body.update(status="unavailable", aws="misconfigured", aws_detail=aws_problem)
