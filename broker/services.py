@@ -66,9 +66,12 @@ class Services:
 
     @cached_property
     def audit(self) -> AuditTrail:
+        from datetime import timedelta
+
         from broker.audit import AuditTrail
 
-        return AuditTrail(self.keys, self.clock)
+        window = timedelta(seconds=self.settings.audit.seal_window_seconds)
+        return AuditTrail(self.keys, self.clock, seal_window=window)
 
     @cached_property
     def metrics(self) -> Metrics:
