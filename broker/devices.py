@@ -153,9 +153,7 @@ class Devices:
 
     def deny(self, error: BrokerError, *, ctx: Context, detail: dict[str, Any]) -> BrokerError:
         """Audit a refusal that happened before a certificate could be read (one event), and return it."""
-        return self.audit.deny(
-            self.db, error, event=EVENT, channel=Channel.SERVICE.value, ctx=ctx, detail=detail
-        )
+        return self.audit.deny(self.db, error, event=EVENT, channel=Channel.SERVICE.value, ctx=ctx, detail=detail)
 
     # ------------------------------------------------------------ steps
 

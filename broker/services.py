@@ -19,10 +19,8 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from broker.audit import Clock, utcnow
-
 if TYPE_CHECKING:
-    from broker.audit import AuditTrail
+    from broker.audit import AuditTrail, Clock
     from broker.aws.revoke import RoleRevoker
     from broker.aws.sts import Sts
     from broker.devices import DeviceRevocations
@@ -45,9 +43,13 @@ if TYPE_CHECKING:
 class Services:
     """The broker's services for one process, each built on first use from ``settings`` (see module doc)."""
 
-    def __init__(self, settings: Settings, *, clock: Clock = utcnow, sts: Sts | None = None) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, sts: Sts | None = None) -> None:
+        if clock is None:
+            from broker.audit import utcnow
+
+            clock = utcnow
         self.settings = settings
-        self.clock = clock
+        self.clock: Clock = clock
         self._sts = sts
 
     # ------------------------------------------------------------ storage, keys, audit
@@ -237,6 +239,7 @@ class Services:
             self.db.dispose()
 
 
-def build_services(settings: Settings, *, clock: Clock = utcnow, sts: Sts | None = None) -> Services:
-    """The services of one process. ``sts`` replaces the STS client (tests hand in one bound to moto)."""
+def build_services(settings: Settings, *, clock: Clock | None = None, sts: Sts | None = None) -> Services:
+    """The services of one process. ``clock`` defaults to the wall clock (UTC); ``sts`` replaces the STS client
+    (tests hand in one bound to moto)."""
     return Services(settings, clock=clock, sts=sts)

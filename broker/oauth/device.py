@@ -110,9 +110,7 @@ class DeviceFlow:
         try:
             check_cli_client(params.get("client_id"))
         except BrokerError as exc:
-            raise self.audit.deny(
-                self.db, exc, event="device_authorization", channel=CHANNEL, ctx=ctx
-            ) from None
+            raise self.audit.deny(self.db, exc, event="device_authorization", channel=CHANNEL, ctx=ctx) from None
         now = self.clock()
         expires = now + timedelta(seconds=self.config.device_code_ttl_seconds)
         device_code = secrets.token_urlsafe(32)

@@ -70,9 +70,7 @@ class JwtBearerGrant:
 
     grant_type = GRANT_TYPE
 
-    def __init__(
-        self, devices: Devices, *, db: Database, keys: Keys, clock: Clock, audiences: tuple[str, ...]
-    ) -> None:
+    def __init__(self, devices: Devices, *, db: Database, keys: Keys, clock: Clock, audiences: tuple[str, ...]) -> None:
         self.devices = devices
         self.db = db
         self.keys = keys
@@ -105,9 +103,7 @@ class JwtBearerGrant:
                     queries.consume_once(
                         session,
                         kind="x509_jti",
-                        key_hmac=self.keys.mac(
-                            "x509-assertion", f"{facts.fingerprint}\n{claims['jti']}"
-                        ),
+                        key_hmac=self.keys.mac("x509-assertion", f"{facts.fingerprint}\n{claims['jti']}"),
                         expires_at=expires,
                     )
             except ReplayDetected:

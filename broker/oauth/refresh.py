@@ -242,9 +242,7 @@ class CliSessions:
             if token is None:
                 raise InvalidRequest("token is required.", reason="revoke_token_missing")
         except BrokerError as exc:
-            raise self.audit.deny(
-                self.db, exc, event="cli_revoke", channel=CHANNEL, ctx=ctx, detail=detail
-            ) from None
+            raise self.audit.deny(self.db, exc, event="cli_revoke", channel=CHANNEL, ctx=ctx, detail=detail) from None
         family_id = None
         if len(token) <= MAX_TOKEN_CHARS:
             with self.db.transaction() as session:

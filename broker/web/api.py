@@ -14,9 +14,9 @@ from fastapi.responses import JSONResponse
 
 from broker.audit import Context
 from broker.errors import BrokerError, InvalidRequest
-from broker.services import Services
 from broker.identity import Channel
 from broker.oauth.refresh import API_PATH, CliSignIn
+from broker.services import Services
 from broker.web.deps import BrokerDep, ContextDep, ServicesDep, SettingsDep
 from broker.web.oauth import NO_STORE, OAuthDep
 

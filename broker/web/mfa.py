@@ -65,7 +65,7 @@ def _page(request: Request, templates: Any, current: CurrentSession, name: str, 
 @router.get("/mfa", response_class=HTMLResponse, summary="Your sign-in factors")
 def manage(request: Request, mfa: MfaDep, current: CurrentDep, templates: TemplatesDep) -> Response:
     overview = mfa.overview(current.principal_id)
-    return _page(request, templates,  current, "mfa.html", title="Sign-in factors", overview=overview)
+    return _page(request, templates, current, "mfa.html", title="Sign-in factors", overview=overview)
 
 
 @router.post("/mfa/totp", response_class=HTMLResponse, summary="Start adding an authenticator app")
@@ -80,9 +80,7 @@ def totp_begin(
 ) -> Response:
     check_csrf(request, csrf, event="mfa.enrol")
     enrolment = mfa.begin_totp(_holder(current), ctx, name=name)
-    return _page(
-        request, templates,  current, "mfa_totp.html", title="Add an authenticator app", enrolment=enrolment
-    )
+    return _page(request, templates, current, "mfa_totp.html", title="Add an authenticator app", enrolment=enrolment)
 
 
 @router.post(
@@ -107,7 +105,6 @@ def totp_confirm(
         return _page(
             request,
             templates,
-            
             current,
             "mfa_recovery.html",
             title="Recovery codes",
@@ -127,7 +124,7 @@ def recovery_regenerate(
 ) -> Response:
     check_csrf(request, csrf, event="mfa.enrol")
     codes = mfa.regenerate_recovery_codes(_holder(current), ctx)
-    return _page(request, templates,  current, "mfa_recovery.html", title="Recovery codes", codes=codes)
+    return _page(request, templates, current, "mfa_recovery.html", title="Recovery codes", codes=codes)
 
 
 @router.post("/mfa/factors/{factor_id}/remove", summary="Remove a factor")
@@ -159,7 +156,6 @@ def verify_page(
     return _page(
         request,
         templates,
-        
         current,
         "mfa_verify.html",
         title="Confirm it is you",
@@ -284,14 +280,11 @@ def authenticate(
 
 
 @router.get("/mfa/reset/{token}", response_class=HTMLResponse, summary="Review an operator reset request")
-def reset_page(
-    request: Request, token: str, mfa: MfaDep, current: CurrentDep, templates: TemplatesDep
-) -> Response:
+def reset_page(request: Request, token: str, mfa: MfaDep, current: CurrentDep, templates: TemplatesDep) -> Response:
     pending = mfa.pending_reset(token)
     return _page(
         request,
         templates,
-        
         current,
         "mfa_reset.html",
         title="Approve a factor reset",
@@ -312,6 +305,4 @@ def reset_approve(
 ) -> Response:
     check_csrf(request, csrf, event="mfa.reset")
     target = mfa.approve_reset(_holder(current), ctx, token=token)
-    return _page(
-        request, templates,  current, "mfa_reset.html", title="Factors reset", done=target, pending=None
-    )
+    return _page(request, templates, current, "mfa_reset.html", title="Factors reset", done=target, pending=None)
