@@ -32,13 +32,12 @@ from broker.errors import (
 )
 from broker.identity import Channel, Identity, MfaLevel
 from broker.issuance import Issuance, Issued
+from broker.issuance import RoleView as RoleView  # what the portal lists, re-exported for the sign-in pages
 from broker.keys import Keys
 from broker.mfa.service import MfaService
 from broker.policy import (
-    effective_duration,
     grants,
     mfa_shortfall,
-    visible_roles,
 )
 from broker.scim.directory import Directory
 from broker.settings import LdapStoreConfig, OidcStoreConfig, RoleConfig, SamlStoreConfig, Settings
@@ -70,18 +69,6 @@ class CurrentSession:
     principal_id: int
     identity: Identity
     expires_at: datetime
-
-
-@dataclass(frozen=True)
-class RoleView:
-    """What the portal shows for one role the user may use."""
-
-    role: RoleConfig
-    usable: bool
-    max_duration_seconds: int
-    missing: str | None
-    # The identity's OIDC provider can be asked for the missing strength (a step-up) when the role is opened.
-    step_up: bool = False
 
 
 class Broker:
@@ -529,20 +516,11 @@ class Broker:
         )
 
     def roles_for(self, identity: Identity) -> list[RoleView]:
-        try:
-            identity = self.provisioned(identity)
-        except AccessDenied:
-            return []
-        views = []
-        for role in visible_roles(identity, self.settings.roles):
-            missing = None
-            shortfall = mfa_shortfall(identity, role, self.clock())
-            if shortfall is not None:
-                missing = f"needs {role.mfa.label.replace('_', '-')} sign-in"
-                if shortfall[0] == "mfa_stale":
-                    missing += f" within the last {role.mfa_max_age_minutes} minutes"
-            ceiling = effective_duration(role, role.max_duration_seconds, role_chaining=self.settings.aws.role_chaining)
+        """The portal's roles, each marked when the identity's OIDC provider can be asked for the missing
+        strength (a step-up)."""
+
+        def step_up(identity: Identity, role: RoleConfig) -> bool:
             oidc = self.oidc_connectors.get(identity.store)
-            step_up = bool(missing and oidc and oidc.step_up_acr_values(role.mfa))
-            views.append(RoleView(role, missing is None, ceiling, missing, step_up=step_up))
-        return views
+            return bool(oidc and oidc.step_up_acr_values(role.mfa))
+
+        return self.issuance.roles_for(identity, step_up=step_up)

@@ -17,9 +17,9 @@ from broker.aws import console
 from broker.aws.sts import AssumeRoleRequest, Sts
 from broker.errors import AccessDenied, AuditUnavailable, BrokerError, MfaRequired, NotFound, ServiceUnavailable
 from broker.identity import Channel, Credentials, Identity
-from broker.policy import AccessRequest, ActiveGrant, Decision, decide
+from broker.policy import AccessRequest, ActiveGrant, Decision, decide, effective_duration, mfa_shortfall, visible_roles
 from broker.scim.directory import Directory
-from broker.settings import Settings
+from broker.settings import RoleConfig, Settings
 from broker.store import queries
 from broker.store.db import Database
 
@@ -32,6 +32,18 @@ class Issued:
     credentials: Credentials
     decision: Decision
     issuance_id: int
+
+
+@dataclass(frozen=True)
+class RoleView:
+    """What the portal shows for one role the user may use."""
+
+    role: RoleConfig
+    usable: bool
+    max_duration_seconds: int
+    missing: str | None
+    # The identity's OIDC provider can be asked for the missing strength (a step-up) when the role is opened.
+    step_up: bool = False
 
 
 class Issue(Protocol):
@@ -89,6 +101,28 @@ class Issuance:
         self.clock = clock
         self.provisioned = provisioned
         self.active_grants = active_grants
+
+    def roles_for(
+        self, identity: Identity, *, step_up: Callable[[Identity, RoleConfig], bool] | None = None
+    ) -> list[RoleView]:
+        """The roles this identity sees, whether each is usable now and what is missing (its MFA strength);
+        ``step_up`` says whether the identity's provider can be asked for that strength."""
+        try:
+            identity = self.provisioned(identity)
+        except AccessDenied:
+            return []
+        views = []
+        for role in visible_roles(identity, self.settings.roles):
+            missing = None
+            shortfall = mfa_shortfall(identity, role, self.clock())
+            if shortfall is not None:
+                missing = f"needs {role.mfa.label.replace('_', '-')} sign-in"
+                if shortfall[0] == "mfa_stale":
+                    missing += f" within the last {role.mfa_max_age_minutes} minutes"
+            ceiling = effective_duration(role, role.max_duration_seconds, role_chaining=self.settings.aws.role_chaining)
+            can_step_up = bool(missing and step_up is not None and step_up(identity, role))
+            views.append(RoleView(role, missing is None, ceiling, missing, step_up=can_step_up))
+        return views
 
     def issue(
         self,

@@ -17,7 +17,7 @@ from broker.errors import BrokerError, InvalidRequest
 from broker.identity import Channel
 from broker.oauth.refresh import API_PATH, CliSignIn
 from broker.services import Services
-from broker.web.deps import BrokerDep, ContextDep, ServicesDep, SettingsDep
+from broker.web.deps import ContextDep, ServicesDep
 from broker.web.oauth import NO_STORE, OAuthDep
 
 router = APIRouter(prefix=API_PATH, tags=["credential helper API"])
@@ -72,8 +72,9 @@ def _role_request(
 
 
 @router.get("/roles", summary="The roles the signed-in person may use")
-def roles(broker: BrokerDep, settings: SettingsDep, signed_in: CliSignInDep) -> JSONResponse:
-    views = broker.roles_for(signed_in.identity)
+def roles(services: ServicesDep, signed_in: CliSignInDep) -> JSONResponse:
+    settings = services.settings
+    views = services.issuance.roles_for(signed_in.identity)
     return JSONResponse(
         {
             "principal": signed_in.identity.principal,
