@@ -1,8 +1,8 @@
-"""The use cases, top to bottom: sign in, keep a session, decide, issue, audit.
+"""Sign-in and the browser session: identity stores, step-up, and the session that follows.
 
-Routes and CLI commands call these; these call connectors, policy, AWS and the audit trail. Every refusal
-is audited with its reason before it is raised, and credentials leave only after their issuance row and
-audit event have committed together (fail closed).
+The sign-in routes call these; these call connectors, the SCIM directory and the audit trail, and hand
+issuance (a console link after a step-up) to ``broker.issuance``. Every refusal is audited with its reason
+before it is raised.
 """
 
 from __future__ import annotations
