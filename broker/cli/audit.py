@@ -23,7 +23,6 @@ from broker.cli.options import (
     actor,
     ctx,
     err,
-    existing_database,
     load_config,
     operator_services,
     print_rows,
@@ -90,12 +89,10 @@ def audit_verify(
     which also catch a rewrite by someone holding the database and the secret key. Exit 0 intact, 1 broken,
     2 unusable input.
     """
-    from datetime import timedelta
 
     from broker.anchors import DigestSink, load_public_key, open_source, sinks_for, verify_digests
-    from broker.audit import AuditTrail, VerifyResult
+    from broker.audit import VerifyResult
     from broker.errors import AnchorUnavailable
-    from broker.keys import Keys
     from broker.store.db import Database
 
     def report(label: str, result: VerifyResult) -> None:
@@ -140,11 +137,11 @@ def audit_verify(
         )
         return
 
-    settings = load_config(config)
-    database = Database(existing_database(settings, config))
-    trail = AuditTrail(Keys(settings.secret_key), seal_window=timedelta(seconds=settings.audit.seal_window_seconds))
+    services = operator_services(config)
+    settings, database = services.settings, services.db
+    # The audit trail under the configured seal window: events older than it must be sealed.
     with database.transaction() as session:
-        result = trail.verify_store(session)
+        result = services.audit.verify_store(session)
     report("Audit trail", result)
     out.print(
         f"[green]Audit chain intact[/green]: {result.checked} event(s) verified "
@@ -168,15 +165,7 @@ def audit_verify(
 @audit_app.command("seal")
 def audit_seal(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Run one sealer pass now (and publish a digest if one is due), e.g. when no broker process is running."""
-    from broker.audit import AuditTrail
-    from broker.keys import Keys
-    from broker.sealer import build_sealer
-    from broker.store.db import Database
-
-    settings = load_config(config)
-    database = Database(existing_database(settings, config))
-    sealer = build_sealer(AuditTrail(Keys(settings.secret_key)), database, settings.audit)
-    sealed = sealer.run_once()
+    sealed = operator_services(config).sealer.run_once()
     out.print(f"Sealed {sealed} event(s).")
 
 
@@ -187,11 +176,8 @@ def audit_export(
 ) -> None:
     """Write every audit event as JSON Lines, in chain order."""
     from broker.audit import export_jsonl
-    from broker.store.db import Database
 
-    settings = load_config(config)
-    database = Database(existing_database(settings, config))
-    with database.transaction() as session:
+    with operator_services(config).db.transaction() as session:
         if output is None:
             count = export_jsonl(session, sys.stdout)
         else:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from broker.cli.options import DEFAULT_CONFIG, ConfigOption, err, existing_database, load_config
+from broker.cli.options import DEFAULT_CONFIG, ConfigOption, err, load_config, operator_services
 
 if TYPE_CHECKING:
     from broker.settings import Settings
@@ -48,11 +48,8 @@ def db_purge(config: ConfigOption = DEFAULT_CONFIG) -> None:
     from datetime import UTC, datetime
 
     from broker.store import queries
-    from broker.store.db import Database
 
-    settings = load_config(config)
-    database = Database(existing_database(settings, config))
-    with database.transaction() as session:
+    with operator_services(config).db.transaction() as session:
         removed = queries.purge_expired(session, now=datetime.now(UTC))
     out.print(f"Removed {removed} expired row(s).")
 
