@@ -110,7 +110,7 @@ def test_access_report_and_cli(ops: Any, make_config: Callable[..., dict[str, An
     o.broker.start_session(idle, Context(), previous_session=None)
     o.issuance.issue(eng, role="readonly", channel=Channel.CLI, ctx=Context())
     o.issuance.issue(eng, role="readonly", channel=Channel.CLI, ctx=Context())
-    report = o.report(days=30)
+    report = o.operations.report(days=30)
     readonly = next(r for r in report["roles"] if r["role"] == "readonly")
     assert readonly["access"] == "standing" and readonly["rules"] == ["groups=engineering"]
     assert readonly["granted_to"] == ["eve@example.test", "ian@example.test"]
