@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pyotp
-from services.mfa.service import Holder
 from sqlalchemy import select
 
 from broker.audit import Context
 from broker.aws.sts import Sts
 from broker.identity import MfaEvidence, MfaLevel
+from broker.mfa.service import Holder
 from broker.services import build_services
 from broker.settings import load_settings
 from broker.store.db import Database
