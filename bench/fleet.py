@@ -276,7 +276,7 @@ def cli_access_token(config_path: Path) -> str:
         mfa=MfaEvidence(level=MfaLevel.MFA, methods=("pwd", "otp"), authenticated_at=now),
     )
     try:
-        with app.state.broker.db.transaction() as session:
+        with app.state.services.db.transaction() as session:
             started = cli.start(
                 session,
                 identity=identity,
@@ -292,7 +292,7 @@ def cli_access_token(config_path: Path) -> str:
         )
     finally:
         app.state.oauth.close()
-        app.state.broker.db.dispose()
+        app.state.services.db.dispose()
     token: str = response["access_token"]
     return token
 

@@ -12,16 +12,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from broker.audit import Clock, utcnow
-from broker.federation import Broker
-from broker.keys import Keys
-from broker.monitoring import Metrics, TimedSts, instrument, process_ended
-from broker.oauth.server import OAuthServer
-from broker.oauth.tokens import TokenService
-from broker.operations import Operations, build_revoker
-from broker.ratelimit import RateLimiter
-from broker.sealer import build_sealer
+from broker.monitoring import instrument, process_ended
+from broker.services import Services, build_services
 from broker.settings import OidcStoreConfig, Settings
-from broker.store.db import Database
 from broker.web import admin, devices, discovery, errors, health, ldap, mfa, oauth, oidc, portal, requests, saml
 from broker.web.hardening import ObserveRequests, RequestLimits
 
@@ -34,45 +27,34 @@ CSP = (
 )
 
 
-def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
-    db = Database(settings.database_url)
-    # The broker's own signing keys: access tokens, and (aws.mode web_identity) the tokens STS trusts instead
-    # of an AWS access key.
-    tokens = TokenService(settings, db=db, keys=Keys(settings.root_keys), clock=clock)
-    web_identity = tokens.web_identity_token if settings.aws.mode == "web_identity" else None
-    # Metrics and alerts, temporary privilege and revocation, the background worker.
-    metrics = Metrics()
-    sts = TimedSts(settings.aws, web_identity_token=web_identity, metrics=metrics)
-    broker = Broker(settings, db=db, sts=sts, clock=clock)
-    operations = Operations(broker, metrics=metrics, revoker=build_revoker(broker))
-    # Abuse limits (broker/ratelimit.py): in-process counters, or shared through Redis across processes.
-    ratelimiter = RateLimiter(settings.rate_limits, keys=broker.keys, audit=broker.audit, db=db)
-    oauth_server = OAuthServer(broker, tokens=tokens, limits=ratelimiter)
-    # Seals the audit trail in the background and publishes signed digests (broker/sealer.py).
-    sealer = build_sealer(broker.audit, db, settings.audit)
+def create_app(settings: Settings, *, clock: Clock = utcnow, services: Services | None = None) -> FastAPI:
+    """The web service over ``services`` (built here from ``settings`` when not given)."""
+    services = services or build_services(settings, clock=clock)
+    db = services.db
+    audit = services.audit
+    operations = services.operations
+    sealer = services.sealer
+    # Built now rather than at the first request: a configuration problem shows at start-up.
+    broker = services.broker
+    oauth_server = services.oauth
+    provisioning = services.provisioning
+    metrics = services.metrics
+    # What the on-call sees: latency of the database, audit appends and seals, the rate limiter's storage,
+    # certificate expiry (broker/monitoring.py).
     saml_certificates = {name: connector.certificates for name, connector in broker.saml_connectors.items()}
     instrument(
         metrics,
         db=db,
-        audit=broker.audit,
+        audit=audit,
         sealer=sealer,
-        ratelimiter=ratelimiter,
+        ratelimiter=services.ratelimiter,
         settings=settings,
         saml_certificates=saml_certificates,
     )
-    # SCIM provisioning (broker/scim): IdPs create and retire people and groups; deprovisioning revokes.
-    # Built (and its libraries imported) only when a provisioning client is configured.
-    provisioning = None
-    if settings.scim.clients:
-        from broker.scim.service import Provisioning
-
-        provisioning = Provisioning(
-            settings.scim, db=db, audit=broker.audit, revocations=operations.revocations, clock=lambda: broker.clock()
-        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        broker.audit.record(
+        audit.record(
             db,
             event="config.loaded",
             outcome="ok",
@@ -88,9 +70,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         yield
         operations.stop()
         sealer.stop()
-        oauth_server.close()
-        ratelimiter.close()
-        db.dispose()
+        services.close()
         process_ended()
 
     api_docs = settings.dev if settings.server.api_docs is None else settings.server.api_docs
@@ -102,10 +82,12 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         openapi_url="/openapi.json" if api_docs else None,
         redoc_url=None,
     )
+    app.state.services = services
+    # Sign-in and the browser session (``broker.federation``), for the sign-in routes.
     app.state.broker = broker
     app.state.oauth = oauth_server
     app.state.operations = operations
-    app.state.ratelimiter = ratelimiter
+    app.state.ratelimiter = services.ratelimiter
     app.state.provisioning = provisioning
     app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
     # Every page says so when this is a development broker (base.html shows the banner).

@@ -4,7 +4,7 @@ Two ways in share this use case: an RFC 7523 assertion carrying the chain in ``x
 (``broker.oauth.jwt_bearer``) and mutual TLS, at the broker or at a trusted proxy (``broker.web.devices``).
 Each proves possession of the key its own way and hands over the presented chain; from there the sequence
 is the same, top to bottom: size limits, path validation and mapping (``broker.connectors.x509``), the
-operator's certificate revocations, the role decision, single-use proof, then ``Broker.issue`` (STS,
+operator's certificate revocations, the role decision, single-use proof, then ``Issuance.issue`` (STS,
 issuance row and audit event committed together).
 
 Every decision is audited with the certificate's fingerprint, issuer and serial: a refusal as one
@@ -29,12 +29,12 @@ from broker.connectors.x509 import (
     refuse,
 )
 from broker.errors import BrokerError, InvalidRequest, InvalidTarget, NotFound
-from broker.federation import Broker
 from broker.http import HttpClient
 from broker.identity import Channel
+from broker.issuance import ActiveGrants, Issue
 from broker.policy import AccessRequest, decide
 from broker.revocation import Actor, RevocationOutcome, Revocations
-from broker.settings import RoleConfig, X509StoreConfig
+from broker.settings import RoleConfig, Settings, X509StoreConfig
 from broker.store import queries
 from broker.store.db import Database
 
@@ -65,10 +65,25 @@ class DeviceRequest:
 class Devices:
     """Certificate sign-in for every ``type: x509`` store; one per process, thread-safe."""
 
-    def __init__(self, broker: Broker, *, http: HttpClient) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Database,
+        audit: AuditTrail,
+        clock: Clock,
+        issue: Issue,
+        active_grants: ActiveGrants,
+        http: HttpClient,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.audit = audit
+        self.clock = clock
+        self.issue = issue
+        self.active_grants = active_grants
         self.connectors = [
-            X509Connector(s, http=http) for s in broker.settings.identity_stores if isinstance(s, X509StoreConfig)
+            X509Connector(s, http=http) for s in settings.identity_stores if isinstance(s, X509StoreConfig)
         ]
         self.max_chain = max((c.config.max_chain_certificates for c in self.connectors), default=1)
 
@@ -107,8 +122,8 @@ class Devices:
             if consume is not None:
                 consume(facts)
         except BrokerError as exc:
-            raise self.broker.audit.deny(
-                self.broker.db,
+            raise self.audit.deny(
+                self.db,
                 exc,
                 event=EVENT,
                 identity=verified.identity if verified else None,
@@ -116,7 +131,7 @@ class Devices:
                 ctx=ctx,
                 detail=audit,
             ) from None
-        issued = self.broker.issue(
+        issued = self.issue(
             verified.identity,
             role=role.name,
             channel=Channel.SERVICE,
@@ -125,7 +140,7 @@ class Devices:
             audit_detail={"device": audit},
         )
         credentials = issued.credentials
-        expires_in = int((credentials.expiration - self.broker.clock()).total_seconds())
+        expires_in = int((credentials.expiration - self.clock()).total_seconds())
         return {
             "access_token": credentials.session_token,
             "issued_token_type": TOKEN_TYPE_AWS_CREDENTIALS,
@@ -138,9 +153,7 @@ class Devices:
 
     def deny(self, error: BrokerError, *, ctx: Context, detail: dict[str, Any]) -> BrokerError:
         """Audit a refusal that happened before a certificate could be read (one event), and return it."""
-        return self.broker.audit.deny(
-            self.broker.db, error, event=EVENT, channel=Channel.SERVICE.value, ctx=ctx, detail=detail
-        )
+        return self.audit.deny(self.db, error, event=EVENT, channel=Channel.SERVICE.value, ctx=ctx, detail=detail)
 
     # ------------------------------------------------------------ steps
 
@@ -150,7 +163,7 @@ class Devices:
         return min(configs, key=lambda c: (c.max_assertion_lifetime_seconds, c.clock_skew_seconds), default=None)
 
     def _verify(self, chain: Sequence[x509.Certificate]) -> VerifiedCertificate:
-        now = self.broker.clock()
+        now = self.clock()
         errors: list[BrokerError] = []
         for connector in self.connectors:
             if len(chain) > connector.config.max_chain_certificates:
@@ -173,21 +186,21 @@ class Devices:
                 )
             raise InvalidTarget("Ask for one role per request.", reason="target_multiple")
         target = request.targets[0]
-        role = next((r for r in self.broker.settings.roles if target in (r.name, r.role_arn)), None)
+        role = next((r for r in self.settings.roles if target in (r.name, r.role_arn)), None)
         if role is None:
             raise InvalidTarget("There is no such role.", reason="role_unknown")
         decision = decide(
             verified.identity,
-            self.broker.settings.roles,
+            self.settings.roles,
             AccessRequest(
                 role=role.name,
                 channel=Channel.SERVICE,
                 duration_seconds=request.duration_seconds,
                 client_ip=ctx.client_ip,
-                role_chaining=self.broker.settings.aws.role_chaining,
+                role_chaining=self.settings.aws.role_chaining,
             ),
-            self.broker.clock(),
-            active_grants=self.broker.active_grants(verified.identity, role.name),
+            self.clock(),
+            active_grants=self.active_grants(verified.identity, role.name),
         )
         if not decision.allowed:
             raise InvalidTarget("This device may not use this role.", reason=decision.reason)
@@ -195,8 +208,8 @@ class Devices:
 
     def _check_and_record(self, verified: VerifiedCertificate) -> None:
         """Refuse a certificate an operator revoked; otherwise remember it against its principal."""
-        facts, now = verified.facts, self.broker.clock()
-        with self.broker.db.transaction() as session:
+        facts, now = verified.facts, self.clock()
+        with self.db.transaction() as session:
             revoked = queries.certificate_revoked(
                 session, fingerprint=facts.fingerprint, issuer=facts.issuer, serial=facts.serial
             )

@@ -91,13 +91,18 @@ class Elevation:
         self.notifier = notifier
         self.revocations = revocations
         self.clock = clock
-        # The identity as SCIM provisioning has it now (``Broker.provisioned``): eligibility uses its groups.
+        # The identity as SCIM provisioning has it now (``broker.issuance.Provisioned``): eligibility uses its groups.
         self.provisioned = provisioned or (lambda identity: identity)
 
     # ------------------------------------------------------------ read by issuance
 
-    def active_grants(self, identity: Identity) -> tuple[ActiveGrant, ...]:
-        """The identity's open windows, as data for ``policy.decide``."""
+    def active_grants(self, identity: Identity, role: str | None = None) -> tuple[ActiveGrant, ...]:
+        """The identity's open windows, as data for ``policy.decide``. Given a ``role`` that is not requested
+        (no ``requires_request``), nothing is read: no window can matter to it."""
+        if role is not None:
+            config = self.settings.role(role)
+            if config is None or config.requires_request is None:
+                return ()
         now = self.clock()
         with self.db.transaction() as session:
             rows = queries.open_grants_for(session, store=identity.store, subject=identity.subject, now=now)

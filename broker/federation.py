@@ -1,8 +1,8 @@
-"""The use cases, top to bottom: sign in, keep a session, decide, issue, audit.
+"""Sign-in and the browser session: identity stores, step-up, and the session that follows.
 
-Routes and CLI commands call these; these call connectors, policy, AWS and the audit trail. Every refusal
-is audited with its reason before it is raised, and credentials leave only after their issuance row and
-audit event have committed together (fail closed).
+The sign-in routes call these; these call connectors, the SCIM directory and the audit trail, and hand
+issuance (a console link after a step-up) to ``broker.issuance``. Every refusal is audited with its reason
+before it is raised.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from broker.audit import AuditTrail, Clock, Context, utcnow
-from broker.aws import console
-from broker.aws.sts import AssumeRoleRequest, Sts
 from broker.connectors.base import Connector
 from broker.connectors.ldap import LdapConnector, audit_name
 from broker.connectors.local import TOTP_STEP_SECONDS, LocalConnector
@@ -25,7 +23,6 @@ from broker.discovery import Discovery
 from broker.errors import (
     TOTP_REPLAY_MESSAGE,
     AccessDenied,
-    AuditUnavailable,
     AuthenticationFailed,
     BrokerError,
     InvalidRequest,
@@ -33,20 +30,15 @@ from broker.errors import (
     MfaRequired,
     NotFound,
     ReplayDetected,
-    ServiceUnavailable,
 )
-from broker.identity import Channel, Credentials, Identity, MfaLevel
+from broker.identity import Channel, Identity, MfaLevel
+from broker.issuance import Issuance, Issued
+from broker.issuance import RoleView as RoleView  # what the portal lists, re-exported for the sign-in pages
 from broker.keys import Keys
 from broker.mfa.service import MfaService
 from broker.policy import (
-    AccessRequest,
-    ActiveGrant,
-    Decision,
-    decide,
-    effective_duration,
     grants,
     mfa_shortfall,
-    visible_roles,
 )
 from broker.scim.directory import Directory
 from broker.settings import LdapStoreConfig, OidcStoreConfig, RoleConfig, SamlStoreConfig, Settings
@@ -80,35 +72,32 @@ class CurrentSession:
     expires_at: datetime
 
 
-@dataclass(frozen=True)
-class RoleView:
-    """What the portal shows for one role the user may use."""
-
-    role: RoleConfig
-    usable: bool
-    max_duration_seconds: int
-    missing: str | None
-    # The identity's OIDC provider can be asked for the missing strength (a step-up) when the role is opened.
-    step_up: bool = False
-
-
-@dataclass(frozen=True)
-class Issued:
-    credentials: Credentials
-    decision: Decision
-    issuance_id: int
-
-
 class Broker:
-    """The broker's use-case layer, built once per process from the validated settings."""
+    """Sign-in and the browser session: identity stores, step-up, and the session that follows.
 
-    def __init__(self, settings: Settings, *, db: Database, sts: Sts, clock: Clock = utcnow) -> None:
+    Built once per process by the composition root (``broker.services``), which hands it the pieces it uses.
+    Issuance lives in ``broker.issuance``; administration in ``broker.operations``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Database,
+        keys: Keys,
+        audit: AuditTrail,
+        issuance: Issuance,
+        mfa: MfaService,
+        directory: Directory,
+        clock: Clock = utcnow,
+    ) -> None:
         self.settings = settings
         self.db = db
-        self.sts = sts
         self.clock = clock
-        self.keys = Keys(settings.root_keys)
-        self.audit = AuditTrail(self.keys, clock)
+        self.keys = keys
+        self.audit = audit
+        # Decides and issues credentials (the console link after a step-up; ``provisioned`` at sign-in).
+        self.issuance = issuance
         self.local_connectors = {
             s.name: LocalConnector(s, issuer=settings.public_url) for s in settings.identity_stores if s.type == "local"
         }
@@ -138,9 +127,9 @@ class Broker:
         # Home realm discovery: which store owns an e-mail address's domain.
         self.discovery = Discovery(settings)
         # Factors the broker holds itself (TOTP, WebAuthn, recovery codes): step-up after any sign-in.
-        self.mfa = MfaService(settings, db=db, keys=self.keys, audit=self.audit, clock=lambda: self.clock())
+        self.mfa = mfa
         # People and groups provisioned over SCIM: their state and groups count at every decision.
-        self.directory = Directory(settings.scim)
+        self.directory = directory
 
     def sign_in_options(self) -> list[Connector]:
         """Every configured identity store, in configuration order, for the sign-in page."""
@@ -510,30 +499,8 @@ class Broker:
     # ------------------------------------------------------------ roles and issuance
 
     def provisioned(self, identity: Identity) -> Identity:
-        """The identity as provisioning has it now (SCIM groups; AccessDenied when deprovisioned)."""
-        if not self.directory.governs(identity.store):
-            return identity
-        with self.db.transaction() as session:
-            return self.directory.resolve(session, identity)
-
-    def roles_for(self, identity: Identity) -> list[RoleView]:
-        try:
-            identity = self.provisioned(identity)
-        except AccessDenied:
-            return []
-        views = []
-        for role in visible_roles(identity, self.settings.roles):
-            missing = None
-            shortfall = mfa_shortfall(identity, role, self.clock())
-            if shortfall is not None:
-                missing = f"needs {role.mfa.label.replace('_', '-')} sign-in"
-                if shortfall[0] == "mfa_stale":
-                    missing += f" within the last {role.mfa_max_age_minutes} minutes"
-            ceiling = effective_duration(role, role.max_duration_seconds, role_chaining=self.settings.aws.role_chaining)
-            oidc = self.oidc_connectors.get(identity.store)
-            step_up = bool(missing and oidc and oidc.step_up_acr_values(role.mfa))
-            views.append(RoleView(role, missing is None, ceiling, missing, step_up=step_up))
-        return views
+        """The identity as provisioning has it now (``broker.issuance.Provisioned``)."""
+        return self.issuance.provisioned(identity)
 
     def issue(
         self,
@@ -544,147 +511,11 @@ class Broker:
         ctx: Context,
         duration_seconds: int | None = None,
         session_hmac: str | None = None,
-        audit_detail: dict[str, Any] | None = None,
     ) -> Issued:
-        """Decide, call STS, then commit the issuance and its audit event together, or return nothing.
-
-        ``audit_detail`` adds to every audit event of this issuance (e.g. a token exchange's ``act`` chain).
-        """
-        with self.db.transaction() as session:
-            disabled = queries.principal_disabled(session, store=identity.store, subject=identity.subject)
-        if disabled:
-            # Checked at every issuance, whatever the channel: a disabled person's sessions, CLI sign-ins and
-            # tokens may outlive the moment they were disabled, their credentials may not.
-            raise self.audit.deny(
-                self.db,
-                AccessDenied("This account is disabled. Ask an administrator.", reason="principal_disabled"),
-                event="credentials",
-                identity=identity,
-                channel=channel.value,
-                ctx=ctx,
-                detail={"role": role},
-            )
-        try:
-            identity = self.provisioned(identity)
-        except BrokerError as exc:
-            raise self.audit.deny(
-                self.db,
-                exc,
-                event="credentials",
-                identity=identity,
-                channel=channel.value,
-                ctx=ctx,
-                detail={"role": role},
-            ) from None
-        request = AccessRequest(
-            role=role,
-            channel=channel,
-            duration_seconds=duration_seconds,
-            client_ip=ctx.client_ip,
-            role_chaining=self.settings.aws.role_chaining,
+        """Credentials for the portal's credentials page (``broker.issuance.Issuance.issue``)."""
+        return self.issuance.issue(
+            identity, role=role, channel=channel, ctx=ctx, duration_seconds=duration_seconds, session_hmac=session_hmac
         )
-        decision = decide(
-            identity, self.settings.roles, request, self.clock(), active_grants=self.active_grants(identity, role)
-        )
-        audit_args: dict[str, Any] = {
-            "event": "credentials",
-            "identity": identity,
-            "channel": channel.value,
-            "ctx": ctx,
-        }
-        if not decision.allowed:
-            error: BrokerError
-            if decision.reason in ("mfa_insufficient", "mfa_stale"):
-                error = (
-                    MfaRequired(
-                        f"This role needs a {decision.role.mfa.label.replace('_', '-')} sign-in "
-                        "(multi-factor). Sign in again with a stronger factor, or confirm with your security key "
-                        "or authenticator app at /mfa/verify.",
-                        reason=decision.reason,
-                    )
-                    if decision.role
-                    else MfaRequired()
-                )
-            else:
-                error = AccessDenied(reason=decision.reason)
-            raise self.audit.deny(
-                self.db,
-                error,
-                **audit_args,
-                detail={"role": role, "why": list(decision.reasons), **(audit_detail or {})},
-            )
-        assert decision.role is not None
-        try:
-            credentials = self.sts.assume_role(
-                AssumeRoleRequest(
-                    role_arn=decision.role.role_arn,
-                    role_session_name=decision.role_session_name,
-                    source_identity=decision.source_identity,
-                    duration_seconds=decision.duration_seconds,
-                    tags=decision.tags,
-                    transitive_tag_keys=decision.transitive_tag_keys,
-                    session_policy=decision.session_policy,
-                    policy_arns=decision.policy_arns,
-                )
-            )
-        except BrokerError as exc:
-            raise self.audit.deny(self.db, exc, **audit_args, detail={"role": role, **(audit_detail or {})}) from None
-        now = self.clock()
-        try:
-            with self.db.transaction() as session:
-                issuance_id = queries.insert_issuance(
-                    session,
-                    principal_id=queries.touch_principal(session, identity=identity, now=now).id,
-                    session_hmac=session_hmac,
-                    role_name=decision.role.name,
-                    role_arn=decision.role.role_arn,
-                    account=decision.role.account,
-                    channel=channel.value,
-                    access_key_id=credentials.access_key_id,
-                    source_identity=decision.source_identity,
-                    role_session_name=decision.role_session_name,
-                    session_tags=decision.tags,
-                    transitive_tag_keys=list(decision.transitive_tag_keys),
-                    policy_digest=decision.policy_digest,
-                    requested_duration_seconds=duration_seconds,
-                    granted_duration_seconds=decision.duration_seconds,
-                    issued_at=now,
-                    expires_at=credentials.expiration,
-                    client_ip=ctx.client_ip,
-                    user_agent=ctx.user_agent,
-                )
-                self.audit.append(
-                    session,
-                    outcome="ok",
-                    reason="issued",
-                    **audit_args,
-                    detail={
-                        "role": decision.role.name,
-                        "role_arn": decision.role.role_arn,
-                        "access_key_id": credentials.access_key_id,
-                        "source_identity": decision.source_identity,
-                        "role_session_name": decision.role_session_name,
-                        "duration_seconds": decision.duration_seconds,
-                        "issuance_id": issuance_id,
-                        "break_glass": identity.break_glass,
-                        "why": list(decision.reasons),
-                        "access_request_id": decision.grant_request_id,
-                        **(audit_detail or {}),
-                    },
-                )
-        except ServiceUnavailable as exc:
-            # The credentials exist at AWS but are never handed out: no audit row, no credentials.
-            raise AuditUnavailable() from exc
-        return Issued(credentials, decision, issuance_id)
-
-    def active_grants(self, identity: Identity, role: str) -> tuple[ActiveGrant, ...]:
-        """Open just-in-time windows (``broker.elevation``), read only for roles that need a request."""
-        config = self.settings.role(role)
-        if config is None or config.requires_request is None:
-            return ()
-        with self.db.transaction() as session:
-            rows = queries.open_grants_for(session, store=identity.store, subject=identity.subject, now=self.clock())
-            return tuple(ActiveGrant(r.role_name, r.id, r.grant_ends_at) for r in rows if r.grant_ends_at)
 
     def console_url(
         self,
@@ -695,35 +526,17 @@ class Broker:
         duration_seconds: int | None = None,
         session_hmac: str | None = None,
     ) -> str:
-        endpoint = self.settings.aws.federation_endpoint
-        if not endpoint:
-            raise NotFound(
-                "Console sign-in is not configured on this broker (aws.federation_endpoint).",
-                reason="console_not_configured",
-            )
-        issued = self.issue(
-            identity,
-            role=role,
-            channel=Channel.CONSOLE,
-            ctx=ctx,
-            duration_seconds=duration_seconds,
-            session_hmac=session_hmac,
+        """A console sign-in link (``broker.issuance.Issuance.console_url``)."""
+        return self.issuance.console_url(
+            identity, role=role, ctx=ctx, duration_seconds=duration_seconds, session_hmac=session_hmac
         )
-        try:
-            return console.signin_url(
-                issued.credentials,
-                endpoint=endpoint,
-                destination=self.settings.aws.console_destination,
-                issuer=self.settings.public_url,
-                session_duration=None if self.settings.aws.role_chaining else issued.decision.duration_seconds,
-            )
-        except BrokerError as exc:
-            raise self.audit.deny(
-                self.db,
-                exc,
-                event="console",
-                identity=identity,
-                channel="console",
-                ctx=ctx,
-                detail={"role": role, "issuance_id": issued.issuance_id},
-            ) from None
+
+    def roles_for(self, identity: Identity) -> list[RoleView]:
+        """The portal's roles, each marked when the identity's OIDC provider can be asked for the missing
+        strength (a step-up)."""
+
+        def step_up(identity: Identity, role: RoleConfig) -> bool:
+            oidc = self.oidc_connectors.get(identity.store)
+            return bool(oidc and oidc.step_up_acr_values(role.mfa))
+
+        return self.issuance.roles_for(identity, step_up=step_up)

@@ -1,7 +1,7 @@
 """Administration: who may administer, what they can see and change, and the background worker.
 
-:class:`Operations` is built once per process next to :class:`~broker.federation.Broker`, by ``create_app``
-(the web service) or by the ``broker`` admin subcommands (an operator's own tool). It owns the webhook
+:class:`Operations` is built once per process by the composition root (``broker.services``), for the web
+service or for the ``broker`` admin subcommands (an operator's own tool). It owns the webhook
 notifier, just-in-time requests, revocation, monitoring and the access report, and one background thread
 (:meth:`start`) that sweeps expired requests and ended grants, evaluates alert rules and sends webhooks.
 
@@ -13,22 +13,24 @@ needs ``admin.read_mfa``; changing (revoke, disable, approve) needs ``admin.chan
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from broker.audit import Context, export_jsonl
+from broker.audit import AuditTrail, Clock, Context, export_jsonl
 from broker.aws.revoke import RoleRevoker
 from broker.elevation import Elevation, RequestView
 from broker.errors import AccessDenied, BrokerError, MfaRequired
-from broker.federation import Broker
 from broker.identity import Identity
 from broker.logs import get_logger
 from broker.monitoring import Metrics, Monitor
 from broker.notify import Notifier
 from broker.review import access_report
 from broker.revocation import Actor, Revocations
+from broker.settings import AwsSettings, Settings
 from broker.store import queries
+from broker.store.db import Database
 
 log = get_logger("broker.operations")
 
@@ -41,13 +43,21 @@ class AdminAccess:
 
 
 class Operations:
-    def __init__(self, broker: Broker, *, metrics: Metrics | None = None, revoker: RoleRevoker | None = None) -> None:
-        settings = broker.settings
-        self.broker = broker
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Database,
+        audit: AuditTrail,
+        clock: Clock,
+        provisioned: Callable[[Identity], Identity] | None = None,
+        metrics: Metrics | None = None,
+        revoker: RoleRevoker | None = None,
+    ) -> None:
         self.settings = settings
-        self.db = broker.db
-        self.audit = broker.audit
-        self.clock = broker.clock
+        self.db = db
+        self.audit = audit
+        self.clock = clock
         self.metrics = metrics or Metrics()
         self.notifier = Notifier(settings.notifications, db=self.db, audit=self.audit, clock=self.clock)
         self.revocations = Revocations(
@@ -60,7 +70,7 @@ class Operations:
             notifier=self.notifier,
             revocations=self.revocations,
             clock=self.clock,
-            provisioned=broker.provisioned,
+            provisioned=provisioned,
         )
         self.monitor = Monitor(
             settings.alerts,
@@ -258,9 +268,8 @@ class Operations:
                 log.warning("operations pass failed", error=type(exc).__name__)
 
 
-def build_revoker(broker: Broker) -> RoleRevoker | None:
+def build_revoker(aws: AwsSettings) -> RoleRevoker | None:
     """The IAM client for revocation; None in web_identity mode unless an IAM endpoint is configured."""
-    aws = broker.settings.aws
     if aws.mode == "web_identity" and aws.iam_endpoint_url is None:
         # The broker holds no AWS key in this mode: revocations are recorded but not written to IAM
         # (docs/operations.md, "Revocation without AWS keys").

@@ -80,7 +80,7 @@ _REDIS_RETRY_SECONDS = 5.0
 
 
 class RateLimiter:
-    """The process's limiter. Built once by ``create_app``; reached as ``request.app.state.ratelimiter``."""
+    """The process's limiter. Built once by ``broker.services``; reached as ``request.app.state.ratelimiter``."""
 
     def __init__(self, settings: RateLimitSettings, *, keys: Keys, audit: AuditTrail, db: Database) -> None:
         self.enabled = settings.enabled

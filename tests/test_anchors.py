@@ -26,9 +26,9 @@ from broker.settings import AuditAnchorSettings, AuditS3Sink
 from broker.store.db import Database
 from broker.store.models import AuditEvent, AuditSegment
 from tests.conftest import SECRET
+from tests.support.cli import broker
 from tests.support.processes import broker_env
 from tests.test_audit import Clock, fill
-from tests.test_cli import broker
 
 KEYS = Keys(SecretStr(SECRET))
 

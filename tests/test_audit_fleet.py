@@ -16,8 +16,8 @@ from broker.store.db import Database
 from broker.store.models import AuditEvent, AuditSegment
 from tests.conftest import base_config
 from tests.support.broker_process import BrokerProcess, migrate, write_config
+from tests.support.cli import broker
 from tests.test_anchors import pem_pair, said
-from tests.test_cli import broker
 
 REQUESTS_PER_PROCESS = 60
 

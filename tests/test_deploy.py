@@ -111,7 +111,7 @@ def test_dashboard_and_rules_reference_only_exported_metrics(tmp_path: Path, sts
 
 
 def test_grace_period_covers_prestop_and_drain() -> None:
-    from broker.cli import GRACEFUL_SHUTDOWN_SECONDS
+    from broker.cli.server import GRACEFUL_SHUTDOWN_SECONDS
 
     spec = manifests()["Deployment"]["spec"]["template"]["spec"]
     (container,) = spec["containers"]

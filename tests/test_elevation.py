@@ -17,15 +17,14 @@ import pytest
 from botocore.exceptions import ClientError
 
 from broker.audit import Context
-from broker.aws.revoke import POLICY_NAME, RoleRevoker
+from broker.aws.revoke import POLICY_NAME
 from broker.aws.sts import Sts
 from broker.errors import AccessDenied, InvalidRequest, MfaRequired
-from broker.federation import Broker
 from broker.identity import Channel, Identity, MfaEvidence, MfaLevel
 from broker.operations import Operations
+from broker.services import Services, build_services
 from broker.settings import load_settings
 from broker.store import queries
-from broker.store.db import Database
 from broker.store.models import AuditEvent
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -85,23 +84,21 @@ def ensure_role(endpoint: str, name: str) -> None:
 
 
 @pytest.fixture
-def build(make_config: Callable[..., dict[str, Any]], sts_endpoint: str) -> Iterator[Callable[..., Operations]]:
-    made: list[Operations] = []
+def build(make_config: Callable[..., dict[str, Any]], sts_endpoint: str) -> Iterator[Callable[..., Services]]:
+    made: list[Services] = []
 
-    def make(clock: Clock, **overrides: Any) -> Operations:
+    def make(clock: Clock, **overrides: Any) -> Services:
         config = make_config(**overrides)
         config["roles"] = [*config["roles"], jit_role()]
         settings = load_settings(None, **config)
-        db = Database(settings.database_url)
-        broker = Broker(settings, db=db, sts=Sts(settings.aws), clock=clock)
-        ops = Operations(broker, revoker=RoleRevoker(settings.aws))
-        made.append(ops)
-        return ops
+        services = build_services(settings, clock=clock, sts=Sts(settings.aws))
+        made.append(services)
+        return services
 
     ensure_role(sts_endpoint, "ProdAdmin")
     yield make
-    for ops in made:
-        ops.db.dispose()
+    for services in made:
+        services.close()
 
 
 def events(ops: Operations, after: int = 0) -> list[AuditEvent]:
@@ -111,11 +108,12 @@ def events(ops: Operations, after: int = 0) -> list[AuditEvent]:
     return rows
 
 
-def test_request_approve_use_expire_and_revoke(build: Callable[..., Operations], sts_endpoint: str) -> None:
+def test_request_approve_use_expire_and_revoke(build: Callable[..., Services], sts_endpoint: str) -> None:
     clock = Clock()
     with WebhookReceiver() as hook:
-        ops = build(clock, notifications={"webhook_url": hook.url})
-        broker = ops.broker
+        services = build(clock, notifications={"webhook_url": hook.url})
+        ops = services.operations
+        broker = services.issuance
 
         # No standing access: eligible, but the role needs an approved request.
         with pytest.raises(AccessDenied) as refused:
@@ -190,9 +188,10 @@ def ops_actor(identity: Identity) -> Any:
     return Actor.person(identity)
 
 
-def test_unanswered_request_expires(build: Callable[..., Operations]) -> None:
+def test_unanswered_request_expires(build: Callable[..., Services]) -> None:
     clock = Clock()
-    ops = build(clock)
+    services = build(clock)
+    ops = services.operations
     view = ops.elevation.request(ALICE, role="prod-admin", reason="deploy", duration_seconds=None, ctx=CTX)
     with pytest.raises(InvalidRequest) as duplicate:
         ops.elevation.request(ALICE, role="prod-admin", reason="again", duration_seconds=None, ctx=CTX)
@@ -208,8 +207,9 @@ def test_unanswered_request_expires(build: Callable[..., Operations]) -> None:
     ]
 
 
-def test_request_refusals_are_audited(build: Callable[..., Operations]) -> None:
-    ops = build(Clock())
+def test_request_refusals_are_audited(build: Callable[..., Services]) -> None:
+    services = build(Clock())
+    ops = services.operations
     outsider = person("carol", {"sales"})
     cases = [
         (
@@ -237,24 +237,26 @@ def test_request_refusals_are_audited(build: Callable[..., Operations]) -> None:
         assert [(e.event, e.outcome, e.reason) for e in events(ops, before)] == [("access_request", "denied", reason)]
 
 
-def test_requester_can_end_a_window_early(build: Callable[..., Operations]) -> None:
-    ops = build(Clock())
+def test_requester_can_end_a_window_early(build: Callable[..., Services]) -> None:
+    services = build(Clock())
+    ops = services.operations
     view = ops.elevation.request(ALICE, role="prod-admin", reason="short job", duration_seconds=1800, ctx=CTX)
     ops.elevation.approve(ops_actor(LEAD), view.id, note=None, ctx=CTX)
-    ops.broker.issue(ALICE, role="prod-admin", channel=Channel.CLI, ctx=CTX)
+    services.issuance.issue(ALICE, role="prod-admin", channel=Channel.CLI, ctx=CTX)
     ended = ops.elevation.cancel(ALICE, view.id, ctx=CTX)
     assert ended.status == "ended"
     with pytest.raises(AccessDenied):
-        ops.broker.issue(ALICE, role="prod-admin", channel=Channel.CLI, ctx=CTX)
+        services.issuance.issue(ALICE, role="prod-admin", channel=Channel.CLI, ctx=CTX)
     with ops.db.transaction() as session:
         [issuance] = queries.find_issuances(session, role_name="prod-admin")
         assert issuance.revoked_at is not None
 
 
-def test_webhook_failures_are_retried_then_audited_and_never_block(build: Callable[..., Operations]) -> None:
+def test_webhook_failures_are_retried_then_audited_and_never_block(build: Callable[..., Services]) -> None:
     clock = Clock()
     with WebhookReceiver(status=500) as hook:
-        ops = build(clock, notifications={"webhook_url": hook.url, "max_attempts": 2, "retry_base_seconds": 60})
+        services = build(clock, notifications={"webhook_url": hook.url, "max_attempts": 2, "retry_base_seconds": 60})
+        ops = services.operations
         # The request itself succeeds at once: the notification only waits in the outbox.
         view = ops.elevation.request(ALICE, role="prod-admin", reason="deploy", duration_seconds=None, ctx=CTX)
         assert view.status == "pending" and hook.attempts == 0
@@ -274,10 +276,12 @@ def test_webhook_failures_are_retried_then_audited_and_never_block(build: Callab
         assert hook.url not in json.dumps(failed.detail)  # the URL is a credential
 
 
-def test_unreachable_webhook_is_a_failure_too(build: Callable[..., Operations]) -> None:
+def test_unreachable_webhook_is_a_failure_too(build: Callable[..., Services]) -> None:
     from tests.support.processes import free_port
 
-    ops = build(Clock(), notifications={"webhook_url": f"http://127.0.0.1:{free_port()}/hook", "max_attempts": 1})
+    services = build(Clock(), notifications={"webhook_url": f"http://127.0.0.1:{free_port()}/hook", "max_attempts": 1})
+
+    ops = services.operations
     ops.elevation.request(ALICE, role="prod-admin", reason="deploy", duration_seconds=None, ctx=CTX)
     assert ops.notifier.deliver_due() == 0
     [failed] = [e for e in events(ops) if e.event == "webhook.failed"]

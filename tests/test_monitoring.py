@@ -16,12 +16,10 @@ from typer.testing import CliRunner
 from broker.audit import Context
 from broker.aws.sts import Sts
 from broker.errors import AccessDenied
-from broker.federation import Broker
 from broker.identity import Channel, Identity, MfaEvidence, MfaLevel
-from broker.operations import Operations
+from broker.services import Services, build_services
 from broker.settings import load_settings
 from broker.store import queries
-from broker.store.db import Database
 from tests.support.observed_broker import log_lines, observed_broker, wait_for
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -41,20 +39,21 @@ def person(name: str, groups: set[str], *, break_glass: bool = False) -> Identit
 
 @pytest.fixture
 def ops(make_config: Callable[..., dict[str, Any]]) -> Any:
-    made: list[Operations] = []
+    made: list[Services] = []
 
-    def build(**overrides: Any) -> Operations:
+    def build(**overrides: Any) -> Services:
         settings = load_settings(None, **make_config(**overrides))
-        broker = Broker(settings, db=Database(settings.database_url), sts=Sts(settings.aws))
-        made.append(Operations(broker, revoker=None))
+        made.append(build_services(settings, sts=Sts(settings.aws)))
+        # Revocation is not under test here: no IAM client.
+        made[-1].revoker = None
         return made[-1]
 
     yield build
-    for o in made:
-        o.db.dispose()
+    for services in made:
+        services.close()
 
 
-def alerts(o: Operations) -> list[tuple[str | None, str]]:
+def alerts(o: Services) -> list[tuple[str | None, str]]:
     with o.db.transaction() as session:
         return [(e.principal, e.reason) for e in queries.search_audit_events(session, event="alert")][::-1]
 
@@ -65,8 +64,8 @@ def test_denial_burst_raises_one_alert_per_window(ops: Any) -> None:
         carol = person("carol", {"sales"})
         for _ in range(5):
             with pytest.raises(AccessDenied):
-                o.broker.issue(carol, role="readonly", channel=Channel.CLI, ctx=Context())
-        o.run_once()
+                o.issuance.issue(carol, role="readonly", channel=Channel.CLI, ctx=Context())
+        o.operations.run_once()
         assert alerts(o) == [("carol@example.test", "denial_burst")]
         [message] = hook.wait_for(1)
         assert message["event"] == "alert.denial_burst" and "carol@example.test" in message["text"]
@@ -82,7 +81,7 @@ def test_break_glass_and_new_network_alerts(ops: Any) -> None:
     o.broker.start_session(dana, Context(client_ip="10.1.0.5"), previous_session=None)  # first sign-in: the baseline
     o.broker.start_session(dana, Context(client_ip="10.1.0.77"), previous_session=None)  # same /24
     o.broker.start_session(dana, Context(client_ip="203.0.113.9"), previous_session=None)  # new network
-    o.run_once()
+    o.operations.run_once()
     assert alerts(o) == [("bg@example.test", "break_glass_used"), ("dana@example.test", "new_network")]
 
 
@@ -100,9 +99,9 @@ def test_outside_allowed_hours_is_refused_by_policy_and_alerted(ops: Any) -> Non
         ]
     )
     with pytest.raises(AccessDenied) as refused:
-        o.broker.issue(person("erin", {"engineering"}), role="readonly", channel=Channel.CLI, ctx=Context())
+        o.issuance.issue(person("erin", {"engineering"}), role="readonly", channel=Channel.CLI, ctx=Context())
     assert refused.value.reason == "outside_allowed_hours"
-    o.run_once()
+    o.operations.run_once()
     assert alerts(o) == [("erin@example.test", "outside_allowed_hours")]
 
 
@@ -111,9 +110,9 @@ def test_access_report_and_cli(ops: Any, make_config: Callable[..., dict[str, An
     eng = person("eve", {"engineering"})
     idle = person("ian", {"engineering"})
     o.broker.start_session(idle, Context(), previous_session=None)
-    o.broker.issue(eng, role="readonly", channel=Channel.CLI, ctx=Context())
-    o.broker.issue(eng, role="readonly", channel=Channel.CLI, ctx=Context())
-    report = o.report(days=30)
+    o.issuance.issue(eng, role="readonly", channel=Channel.CLI, ctx=Context())
+    o.issuance.issue(eng, role="readonly", channel=Channel.CLI, ctx=Context())
+    report = o.operations.report(days=30)
     readonly = next(r for r in report["roles"] if r["role"] == "readonly")
     assert readonly["access"] == "standing" and readonly["rules"] == ["groups=engineering"]
     assert readonly["granted_to"] == ["eve@example.test", "ian@example.test"]

@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from broker.audit import Context
+from broker.audit import AuditTrail, Clock, Context
 from broker.errors import (
     AuthorizationDeclined,
     BrokerError,
@@ -34,12 +34,15 @@ from broker.errors import (
     InvalidRequest,
     UnsupportedResponseType,
 )
-from broker.federation import Broker, CurrentSession
+from broker.federation import CurrentSession
 from broker.identity import Identity
+from broker.keys import Keys
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
 from broker.oauth.refresh import CHANNEL, CLI_CLIENT_ID, CliSessions, iso
+from broker.settings import CliSettings
 from broker.store import queries
+from broker.store.db import Database
 from broker.store.models import AuthorizationCode
 
 GRANT_TYPE = "authorization_code"
@@ -110,17 +113,32 @@ class AuthorizeRequest:
 class AuthorizationFlow:
     """The authorization endpoint's checks, consent outcome, and code issuance."""
 
-    def __init__(self, broker: Broker, sessions: CliSessions) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        sessions: CliSessions,
+        *,
+        config: CliSettings,
+        issuer: str,
+        db: Database,
+        audit: AuditTrail,
+        keys: Keys,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.issuer = issuer
+        self.db = db
+        self.audit = audit
+        self.keys = keys
+        self.clock = clock
         self.sessions = sessions
 
     def _deny(self, error: BrokerError, ctx: Context, identity: Identity | None, detail: dict[str, Any]) -> BrokerError:
-        return self.broker.audit.deny(
-            self.broker.db, error, event="cli_authorize", identity=identity, channel=CHANNEL, ctx=ctx, detail=detail
+        return self.audit.deny(
+            self.db, error, event="cli_authorize", identity=identity, channel=CHANNEL, ctx=ctx, detail=detail
         )
 
     def _error_redirect(self, request: AuthorizeRequest, error: BrokerError) -> ErrorRedirect:
-        values = {"error": error.code, "error_description": error.message, "iss": self.broker.settings.public_url}
+        values = {"error": error.code, "error_description": error.message, "iss": self.issuer}
         if request.state is not None:
             values["state"] = request.state
         return ErrorRedirect(_with_query(request.redirect_uri, values))
@@ -165,23 +183,23 @@ class AuthorizationFlow:
 
     def approve(self, request: AuthorizeRequest, current: CurrentSession, ctx: Context) -> str:
         """Issue a one-time code bound to the challenge, the redirect URI and this person's sign-in."""
-        now = self.broker.clock()
+        now = self.clock()
         code = secrets.token_urlsafe(32)
-        with self.broker.db.transaction() as session:
+        with self.db.transaction() as session:
             queries.add_authorization_code(
                 session,
                 row=AuthorizationCode(
-                    code_hmac=self.broker.keys.mac("authorization-code", code),
+                    code_hmac=self.keys.mac("authorization-code", code),
                     client_id=CLI_CLIENT_ID,
                     redirect_uri=request.redirect_uri,
                     code_challenge=request.code_challenge,
                     identity=current.identity.to_json(),
                     session_expires_at=current.expires_at,
                     created_at=now,
-                    expires_at=now + timedelta(seconds=self.broker.settings.oauth.cli.authorization_code_ttl_seconds),
+                    expires_at=now + timedelta(seconds=self.config.authorization_code_ttl_seconds),
                 ),
             )
-            self.broker.audit.append(
+            self.audit.append(
                 session,
                 event="cli_authorize",
                 outcome="ok",
@@ -191,7 +209,7 @@ class AuthorizationFlow:
                 ctx=ctx,
                 detail={"redirect_uri": request.redirect_uri, "mfa": current.identity.mfa.level.label},
             )
-        values = {"code": code, "iss": self.broker.settings.public_url}
+        values = {"code": code, "iss": self.issuer}
         if request.state is not None:
             values["state"] = request.state
         return _with_query(request.redirect_uri, values)
@@ -208,8 +226,23 @@ class AuthorizationCodeGrant:
     grant_type = GRANT_TYPE
     public_client_id = CLI_CLIENT_ID
 
-    def __init__(self, broker: Broker, sessions: CliSessions) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        sessions: CliSessions,
+        *,
+        config: CliSettings,
+        issuer: str,
+        db: Database,
+        audit: AuditTrail,
+        keys: Keys,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.issuer = issuer
+        self.db = db
+        self.audit = audit
+        self.keys = keys
+        self.clock = clock
         self.sessions = sessions
 
     def handle(self, params: Params, client: AuthenticatedClient | None, ctx: Context) -> dict[str, Any]:
@@ -224,10 +257,10 @@ class AuthorizationCodeGrant:
                 raise InvalidRequest("A PKCE code_verifier (43-128 characters) is required.", reason="pkce_verifier")
             if len(code) > 256:
                 raise InvalidGrant("This code is not valid.", reason="code_unknown")
-            now = self.broker.clock()
-            key = self.broker.keys.mac("authorization-code", code)
+            now = self.clock()
+            key = self.keys.mac("authorization-code", code)
             # The code is burnt first, in its own transaction: a wrong verifier or URI cannot be retried.
-            with self.broker.db.transaction() as session:
+            with self.db.transaction() as session:
                 row = queries.get_authorization_code(session, code_hmac=key)
                 consumed = row is not None and queries.consume_authorization_code(session, code_hmac=key, now=now)
             if row is None:
@@ -242,7 +275,7 @@ class AuthorizationCodeGrant:
                 raise InvalidGrant("redirect_uri does not match the authorization request.", reason="redirect_mismatch")
             if not hmac.compare_digest(s256(verifier), row.code_challenge):
                 raise InvalidGrant("The PKCE code_verifier does not match the challenge.", reason="pkce_mismatch")
-            with self.broker.db.transaction() as session:
+            with self.db.transaction() as session:
                 started = self.sessions.start(
                     session,
                     identity=identity,
@@ -251,7 +284,7 @@ class AuthorizationCodeGrant:
                     ctx=ctx,
                 )
                 queries.link_authorization_code(session, code_hmac=key, family_id=started.family_id)
-                self.broker.audit.append(
+                self.audit.append(
                     session,
                     event="cli_login",
                     outcome="ok",
@@ -262,8 +295,8 @@ class AuthorizationCodeGrant:
                     detail={**detail, "family": started.family_id, "expires_at": iso(started.expires_at)},
                 )
         except BrokerError as exc:
-            raise self.broker.audit.deny(
-                self.broker.db, exc, event="cli_login", identity=identity, channel=CHANNEL, ctx=ctx, detail=detail
+            raise self.audit.deny(
+                self.db, exc, event="cli_login", identity=identity, channel=CHANNEL, ctx=ctx, detail=detail
             ) from None
         return self.sessions.token_response(
             family_id=started.family_id,

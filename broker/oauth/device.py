@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.audit import Context
+from broker.audit import AuditTrail, Clock, Context
 from broker.errors import (
     AuthorizationDeclined,
     AuthorizationPending,
@@ -31,12 +31,15 @@ from broker.errors import (
     ServiceUnavailable,
     SlowDown,
 )
-from broker.federation import Broker, CurrentSession
+from broker.federation import CurrentSession
 from broker.identity import Identity
+from broker.keys import Keys
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
 from broker.oauth.refresh import CHANNEL, CliSessions, Started, check_cli_client, iso
+from broker.settings import CliSettings
 from broker.store import queries
+from broker.store.db import Database
 from broker.store.models import DeviceAuthorization
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
@@ -80,29 +83,41 @@ class PendingDevice:
 class DeviceFlow:
     """The device authorization endpoint and the /device confirmation."""
 
-    def __init__(self, broker: Broker, sessions: CliSessions) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        sessions: CliSessions,
+        *,
+        config: CliSettings,
+        issuer: str,
+        db: Database,
+        audit: AuditTrail,
+        keys: Keys,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.issuer = issuer
+        self.db = db
+        self.audit = audit
+        self.keys = keys
+        self.clock = clock
         self.sessions = sessions
-        self.config = broker.settings.oauth.cli
 
     def _user_code_hmac(self, code: str) -> str:
-        return self.broker.keys.mac("device-user-code", code)
+        return self.keys.mac("device-user-code", code)
 
     def authorize(self, params: Params, ctx: Context) -> dict[str, Any]:
         """Section 3.1/3.2: a new device code and user code for the public client ``broker-cli``."""
         try:
             check_cli_client(params.get("client_id"))
         except BrokerError as exc:
-            raise self.broker.audit.deny(
-                self.broker.db, exc, event="device_authorization", channel=CHANNEL, ctx=ctx
-            ) from None
-        now = self.broker.clock()
+            raise self.audit.deny(self.db, exc, event="device_authorization", channel=CHANNEL, ctx=ctx) from None
+        now = self.clock()
         expires = now + timedelta(seconds=self.config.device_code_ttl_seconds)
         device_code = secrets.token_urlsafe(32)
         for _ in range(5):  # a user-code collision with a live code is rare; draw again
             user_code = "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(USER_CODE_LENGTH))
             row = DeviceAuthorization(
-                device_code_hmac=self.broker.keys.mac("device-code", device_code),
+                device_code_hmac=self.keys.mac("device-code", device_code),
                 user_code_hmac=self._user_code_hmac(user_code),
                 client_id=params.get("client_id") or "",
                 status="pending",
@@ -112,12 +127,12 @@ class DeviceFlow:
                 requester_ip=ctx.client_ip,
                 requester_agent=ctx.user_agent,
             )
-            with self.broker.db.transaction() as session:
+            with self.db.transaction() as session:
                 if queries.add_device_authorization(session, row=row):
                     break
         else:
             raise ServiceUnavailable(reason="device_user_code_exhausted")
-        verification = self.broker.settings.public_url + VERIFICATION_PATH
+        verification = self.issuer + VERIFICATION_PATH
         shown = display_user_code(user_code)
         return {
             "device_code": device_code,
@@ -132,7 +147,7 @@ class DeviceFlow:
         code = normalize_user_code(user_code)
         if code is None:
             raise InvalidRequest("That is not a sign-in code. Check the code in your terminal.", reason="user_code_bad")
-        with self.broker.db.transaction() as session:
+        with self.db.transaction() as session:
             row = queries.get_device_authorization(session, user_code_hmac=self._user_code_hmac(code))
         if row is None or row.status != "pending" or row.expires_at <= now:
             raise InvalidRequest(
@@ -144,10 +159,10 @@ class DeviceFlow:
     def lookup(self, user_code: str | None, identity: Identity, ctx: Context) -> PendingDevice:
         """The pending request for a typed code, for the confirmation page (a wrong code is audited)."""
         try:
-            row = self._pending_row(user_code, self.broker.clock())
+            row = self._pending_row(user_code, self.clock())
         except BrokerError as exc:
-            raise self.broker.audit.deny(
-                self.broker.db, exc, event="device_confirm", identity=identity, channel=CHANNEL, ctx=ctx
+            raise self.audit.deny(
+                self.db, exc, event="device_confirm", identity=identity, channel=CHANNEL, ctx=ctx
             ) from None
         code = normalize_user_code(user_code)
         assert code is not None
@@ -158,13 +173,13 @@ class DeviceFlow:
     def decide(self, user_code: str | None, *, approve: bool, current: CurrentSession, ctx: Context) -> None:
         """The signed-in person approves (binding their identity and MFA level) or denies the request."""
         identity = current.identity
-        now = self.broker.clock()
+        now = self.clock()
         try:
             row = self._pending_row(user_code, now)
             values: dict[str, Any] = {"decided_at": now}
             if approve:
                 values.update(identity=identity.to_json(), session_expires_at=current.expires_at)
-            with self.broker.db.transaction() as session:
+            with self.db.transaction() as session:
                 moved = queries.move_device_authorization(
                     session,
                     device_code_hmac=row.device_code_hmac,
@@ -173,7 +188,7 @@ class DeviceFlow:
                     **values,
                 )
                 if moved:
-                    self.broker.audit.append(
+                    self.audit.append(
                         session,
                         event="device_confirm",
                         outcome="ok" if approve else "denied",
@@ -186,8 +201,8 @@ class DeviceFlow:
             if not moved:
                 raise InvalidRequest("That code was already answered.", reason="user_code_already_decided")
         except BrokerError as exc:
-            raise self.broker.audit.deny(
-                self.broker.db, exc, event="device_confirm", identity=identity, channel=CHANNEL, ctx=ctx
+            raise self.audit.deny(
+                self.db, exc, event="device_confirm", identity=identity, channel=CHANNEL, ctx=ctx
             ) from None
 
 
@@ -197,8 +212,23 @@ class DeviceCodeGrant:
     grant_type = GRANT_TYPE
     public_client_id = "broker-cli"
 
-    def __init__(self, broker: Broker, sessions: CliSessions) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        sessions: CliSessions,
+        *,
+        config: CliSettings,
+        issuer: str,
+        db: Database,
+        audit: AuditTrail,
+        keys: Keys,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.issuer = issuer
+        self.db = db
+        self.audit = audit
+        self.keys = keys
+        self.clock = clock
         self.sessions = sessions
 
     def handle(self, params: Params, client: AuthenticatedClient | None, ctx: Context) -> dict[str, Any]:
@@ -211,10 +241,10 @@ class DeviceCodeGrant:
                 raise InvalidRequest("device_code is required.", reason="device_code_missing")
             if len(device_code) > MAX_CODE_CHARS:
                 raise InvalidGrant("This device code is not valid.", reason="device_code_unknown")
-            now = self.broker.clock()
+            now = self.clock()
             outcome, replayed_family = "", None
-            with self.broker.db.transaction() as session:
-                key = self.broker.keys.mac("device-code", device_code)
+            with self.db.transaction() as session:
+                key = self.keys.mac("device-code", device_code)
                 row = queries.get_device_authorization(session, device_code_hmac=key)
                 if row is None:
                     outcome = "unknown"
@@ -258,7 +288,7 @@ class DeviceCodeGrant:
                             to_status="consumed",
                             family_id=started.family_id,
                         )
-                        self.broker.audit.append(
+                        self.audit.append(
                             session,
                             event="cli_login",
                             outcome="ok",
@@ -288,8 +318,8 @@ class DeviceCodeGrant:
         except AuthorizationPending:
             raise
         except BrokerError as exc:
-            raise self.broker.audit.deny(
-                self.broker.db, exc, event="cli_login", identity=identity, channel=CHANNEL, ctx=ctx, detail=detail
+            raise self.audit.deny(
+                self.db, exc, event="cli_login", identity=identity, channel=CHANNEL, ctx=ctx, detail=detail
             ) from None
         assert started is not None and identity is not None
         return self.sessions.token_response(

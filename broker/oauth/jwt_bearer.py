@@ -30,14 +30,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from broker import jose
-from broker.audit import Context
+from broker.audit import Clock, Context
 from broker.connectors.x509 import CertificateFacts, leaf_facts, refuse
 from broker.devices import DeviceRequest, Devices
 from broker.errors import BrokerError, InvalidGrant, InvalidRequest, ReplayDetected
+from broker.keys import Keys
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
 from broker.settings import X509StoreConfig
 from broker.store import queries
+from broker.store.db import Database
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # Asymmetric algorithms only; a device key is EC P-256/P-384, RSA or Ed25519.
@@ -77,8 +79,11 @@ class JwtBearerGrant:
 
     grant_type = GRANT_TYPE
 
-    def __init__(self, devices: Devices, *, audiences: tuple[str, ...]) -> None:
+    def __init__(self, devices: Devices, *, db: Database, keys: Keys, clock: Clock, audiences: tuple[str, ...]) -> None:
         self.devices = devices
+        self.db = db
+        self.keys = keys
+        self.clock = clock
         self.audiences = audiences
 
     def handle(self, params: Params, client: AuthenticatedClient | None, ctx: Context) -> dict[str, Any]:
@@ -103,13 +108,11 @@ class JwtBearerGrant:
         def consume(facts: CertificateFacts) -> None:
             expires = datetime.fromtimestamp(claims["exp"], UTC) + timedelta(seconds=DEFAULT_SKEW_SECONDS * 2)
             try:
-                with self.devices.broker.db.transaction() as session:
+                with self.db.transaction() as session:
                     queries.consume_once(
                         session,
                         kind="x509_jti",
-                        key_hmac=self.devices.broker.keys.macs(
-                            "x509-assertion", f"{facts.fingerprint}\n{claims['jti']}"
-                        ),
+                        key_hmac=self.keys.macs("x509-assertion", f"{facts.fingerprint}\n{claims['jti']}"),
                         expires_at=expires,
                     )
             except ReplayDetected:
@@ -173,7 +176,7 @@ class JwtBearerGrant:
     def _claims(self, claims: dict[str, Any], store: X509StoreConfig | None) -> dict[str, Any]:
         lifetime = store.max_assertion_lifetime_seconds if store else DEFAULT_LIFETIME_SECONDS
         skew = store.clock_skew_seconds if store else DEFAULT_SKEW_SECONDS
-        now = self.devices.broker.clock().timestamp()
+        now = self.clock().timestamp()
         rules = jose.ClaimRules(audiences=self.audiences, required=("iss", "sub", "jti", "exp", "iat"), leeway=skew)
         try:
             jose.check_claims(claims, rules, now=now)

@@ -20,19 +20,20 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy.orm import Session
 
-from broker.audit import Context
+from broker.audit import AuditTrail, Clock, Context
 from broker.errors import BrokerError, InvalidClient, InvalidGrant, InvalidRequest, InvalidToken
-from broker.federation import Broker
 from broker.identity import Channel, Identity
+from broker.keys import Keys
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
 from broker.oauth.tokens import TokenService
 from broker.settings import CliSettings
 from broker.store import queries
+from broker.store.db import Database
 from broker.store.models import RefreshFamily
 
 CLI_CLIENT_ID = "broker-cli"
@@ -69,17 +70,42 @@ class Started:
     refresh_token: str
 
 
+class CliDeps(TypedDict):
+    """What the credential helper's flows are built with (each takes these as keyword arguments)."""
+
+    config: CliSettings
+    issuer: str
+    db: Database
+    audit: AuditTrail
+    keys: Keys
+    clock: Clock
+
+
 class CliSessions:
     """Creates, rotates, revokes and checks CLI sign-ins. One per process (``OAuthServer.cli``)."""
 
-    def __init__(self, broker: Broker, *, tokens: TokenService) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        tokens: TokenService,
+        *,
+        config: CliSettings,
+        issuer: str,
+        db: Database,
+        audit: AuditTrail,
+        keys: Keys,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.issuer = issuer
+        self.db = db
+        self.audit = audit
+        self.keys = keys
+        self.clock = clock
         self.tokens = tokens
-        self.config: CliSettings = broker.settings.oauth.cli
-        self.audience = broker.settings.public_url + API_PATH
+        self.audience = issuer + API_PATH
 
     def _mac(self, token: str) -> str:
-        return self.broker.keys.mac("cli-refresh-token", token)
+        return self.keys.mac("cli-refresh-token", token)
 
     # ------------------------------------------------------------ login and token responses
 
@@ -93,7 +119,7 @@ class CliSessions:
         ctx: Context,
     ) -> Started:
         """A new family inside the caller's transaction (which also holds the grant's audit event)."""
-        now = self.broker.clock()
+        now = self.clock()
         expires = min(now + timedelta(hours=self.config.refresh_token_ttl_hours), session_expires_at)
         principal = queries.upsert_principal(session, identity=identity, now=now)
         if principal.disabled:
@@ -109,16 +135,14 @@ class CliSessions:
             expires_at=expires,
             client_ip=ctx.client_ip,
         )
-        queries.create_refresh_family(
-            session, family=family, token_hmac=self._mac(token), key_id=self.broker.keys.current_id
-        )
+        queries.create_refresh_family(session, family=family, token_hmac=self._mac(token), key_id=self.keys.current_id)
         return Started(family.id, expires, token)
 
     def token_response(
         self, *, family_id: str, identity: Identity, expires_at: datetime, refresh_token: str
     ) -> dict[str, Any]:
         """RFC 6749 section 5.1, plus who is signed in and until when (the helper prints them)."""
-        remaining = int((expires_at - self.broker.clock()).total_seconds())
+        remaining = int((expires_at - self.clock()).total_seconds())
         issued = self.tokens.issue_access_token(
             subject=identity.principal,
             audience=self.audience,
@@ -139,8 +163,8 @@ class CliSessions:
     def revoke_family(self, family_id: str | None, reason: str) -> bool:
         if family_id is None:
             return False
-        with self.broker.db.transaction() as session:
-            return queries.revoke_refresh_family(session, family_id=family_id, now=self.broker.clock(), reason=reason)
+        with self.db.transaction() as session:
+            return queries.revoke_refresh_family(session, family_id=family_id, now=self.clock(), reason=reason)
 
     # ------------------------------------------------------------ refresh (RFC 6749 section 6)
 
@@ -154,11 +178,11 @@ class CliSessions:
                 raise InvalidRequest("refresh_token is required.", reason="refresh_token_missing")
             if len(token) > MAX_TOKEN_CHARS:
                 raise InvalidGrant("This refresh token is not valid.", reason="refresh_token_unknown")
-            now = self.broker.clock()
+            now = self.clock()
             new_token = REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
             reused = False
-            with self.broker.db.transaction() as session:
-                found = queries.get_refresh_token(session, token_hmac=self.broker.keys.macs("cli-refresh-token", token))
+            with self.db.transaction() as session:
+                found = queries.get_refresh_token(session, token_hmac=self.keys.macs("cli-refresh-token", token))
                 if found is None:
                     raise InvalidGrant("This refresh token is not valid.", reason="refresh_token_unknown")
                 row, family = found
@@ -176,9 +200,9 @@ class CliSessions:
                     generation=row.generation + 1,
                     new_token_hmac=self._mac(new_token),
                     now=now,
-                    key_id=self.broker.keys.current_id,
+                    key_id=self.keys.current_id,
                 ):
-                    self.broker.audit.append(
+                    self.audit.append(
                         session,
                         event="cli_token",
                         outcome="ok",
@@ -198,8 +222,8 @@ class CliSessions:
                     reason="refresh_token_reuse",
                 )
         except BrokerError as exc:
-            raise self.broker.audit.deny(
-                self.broker.db, exc, event="cli_token", identity=identity, channel=CHANNEL, ctx=ctx, detail=detail
+            raise self.audit.deny(
+                self.db, exc, event="cli_token", identity=identity, channel=CHANNEL, ctx=ctx, detail=detail
             ) from None
         assert family_id is not None and identity is not None
         return self.token_response(
@@ -219,20 +243,18 @@ class CliSessions:
             if token is None:
                 raise InvalidRequest("token is required.", reason="revoke_token_missing")
         except BrokerError as exc:
-            raise self.broker.audit.deny(
-                self.broker.db, exc, event="cli_revoke", channel=CHANNEL, ctx=ctx, detail=detail
-            ) from None
+            raise self.audit.deny(self.db, exc, event="cli_revoke", channel=CHANNEL, ctx=ctx, detail=detail) from None
         family_id = None
         if len(token) <= MAX_TOKEN_CHARS:
-            with self.broker.db.transaction() as session:
-                found = queries.get_refresh_token(session, token_hmac=self.broker.keys.macs("cli-refresh-token", token))
+            with self.db.transaction() as session:
+                found = queries.get_refresh_token(session, token_hmac=self.keys.macs("cli-refresh-token", token))
                 if found is not None:
                     family_id, identity = found[1].id, Identity.from_json(found[1].identity)
             if family_id is None:
                 family_id, identity = self._family_of_access_token(token)
         revoked = self.revoke_family(family_id, "revoked_by_client")
-        self.broker.audit.record(
-            self.broker.db,
+        self.audit.record(
+            self.db,
             event="cli_revoke",
             outcome="ok" if family_id else "ignored",
             reason="revoked" if family_id else "token_unknown",
@@ -250,7 +272,7 @@ class CliSessions:
         sid = claims.get("sid")
         if claims.get("client_id") != CLI_CLIENT_ID or not isinstance(sid, str):
             return None, None
-        with self.broker.db.transaction() as session:
+        with self.db.transaction() as session:
             family = queries.get_refresh_family(session, family_id=sid)
             return (family.id, Identity.from_json(family.identity)) if family else (None, None)
 
@@ -274,18 +296,18 @@ class CliSessions:
             sid = claims.get("sid")
             if claims.get("client_id") != CLI_CLIENT_ID or not isinstance(sid, str):
                 raise InvalidToken(reason="bearer_not_cli")
-            with self.broker.db.transaction() as session:
+            with self.db.transaction() as session:
                 family = queries.get_refresh_family(session, family_id=sid)
                 if family is None or family.revoked_at is not None:
                     raise InvalidToken(
                         "Your broker sign-in was revoked. Run `broker login` again.", reason="bearer_revoked"
                     )
-                if family.expires_at <= self.broker.clock():
+                if family.expires_at <= self.clock():
                     raise InvalidToken("Your broker sign-in has ended. Run `broker login`.", reason="bearer_expired")
                 return CliSignIn(family.id, Identity.from_json(family.identity), family.expires_at)
         except BrokerError as exc:
-            raise self.broker.audit.deny(
-                self.broker.db, exc, event="api_auth", principal=principal, channel=CHANNEL, ctx=ctx
+            raise self.audit.deny(
+                self.db, exc, event="api_auth", principal=principal, channel=CHANNEL, ctx=ctx
             ) from None
 
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.audit import AuditTrail, Clock
 from broker.devices import Devices
-from broker.federation import Broker
 from broker.http import HttpClient
+from broker.issuance import Issuance
+from broker.keys import Keys
 from broker.oauth.authorization_code import AUTHORIZE_PATH, AuthorizationCodeGrant, AuthorizationFlow
 from broker.oauth.clients import CLIENT_ASSERTION_TYPE, ClientAuthenticator
 from broker.oauth.device import DeviceCodeGrant, DeviceFlow
 from broker.oauth.grants import Grant, Limits, TokenEndpoint
 from broker.oauth.jwt_bearer import JwtBearerGrant
-from broker.oauth.refresh import CliSessions, RefreshTokenGrant
+from broker.oauth.refresh import CliDeps, CliSessions, RefreshTokenGrant
 from broker.oauth.token_exchange import TOKEN_TYPE_AWS_CREDENTIALS, TokenExchangeGrant
 from broker.oauth.tokens import TokenService
 from broker.oauth.workload import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, WorkloadVerifier
+from broker.settings import Settings
+from broker.store.db import Database
 
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 (a path, not a secret)
 JWKS_PATH = "/jwks.json"
@@ -24,45 +28,79 @@ REVOCATION_PATH = "/oauth2/revoke"
 
 
 class OAuthServer:
-    """Everything the OAuth routes need, built once in ``create_app``."""
+    """Everything the OAuth routes need, built once by the composition root (``broker.services``)."""
 
-    def __init__(self, broker: Broker, *, tokens: TokenService, limits: Limits | None = None) -> None:
-        settings = broker.settings
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Database,
+        audit: AuditTrail,
+        keys: Keys,
+        clock: Clock,
+        issuance: Issuance,
+        tokens: TokenService,
+        limits: Limits | None = None,
+    ) -> None:
         self.settings = settings
         self.tokens = tokens
         self.issuer = settings.public_url
         self.token_endpoint_url = settings.public_url + TOKEN_PATH
         # One HTTP client for key and CRL fetches: no redirects, no proxy variables, short timeouts per request.
         self.http = HttpClient()
-        self.verifier = WorkloadVerifier(settings.oauth.workload_issuers, http=self.http, clock=broker.clock)
+        self.verifier = WorkloadVerifier(settings.oauth.workload_issuers, http=self.http, clock=clock)
         clients = ClientAuthenticator(
             settings.oauth,
             audiences=(self.token_endpoint_url, self.issuer),
             http=self.http,
-            clock=broker.clock,
+            clock=clock,
         )
         # The credential helper (public client broker-cli): device code, loopback code + PKCE, refresh.
-        self.cli = CliSessions(broker, tokens=tokens)
-        self.device = DeviceFlow(broker, self.cli)
-        self.authorization = AuthorizationFlow(broker, self.cli)
-        grants: list[Grant] = [TokenExchangeGrant(broker, verifier=self.verifier, tokens=tokens)]
+        cli = CliDeps(config=settings.oauth.cli, issuer=self.issuer, db=db, audit=audit, keys=keys, clock=clock)
+        self.cli = CliSessions(tokens, **cli)
+        self.device = DeviceFlow(self.cli, **cli)
+        self.authorization = AuthorizationFlow(self.cli, **cli)
+        grants: list[Grant] = [
+            TokenExchangeGrant(
+                settings,
+                db=db,
+                audit=audit,
+                keys=keys,
+                clock=clock,
+                issue=issuance.issue,
+                verifier=self.verifier,
+                tokens=tokens,
+            )
+        ]
         # Devices with a certificate (type: x509 stores): RFC 7523 assertions here, mutual TLS in web/devices.py.
-        self.devices = Devices(broker, http=self.http)
+        self.devices = Devices(
+            settings,
+            db=db,
+            audit=audit,
+            clock=clock,
+            issue=issuance.issue,
+            active_grants=issuance.active_grants,
+            http=self.http,
+        )
         if self.devices.enabled:
-            grants.append(JwtBearerGrant(self.devices, audiences=(self.token_endpoint_url, self.issuer)))
+            grants.append(
+                JwtBearerGrant(
+                    self.devices, db=db, keys=keys, clock=clock, audiences=(self.token_endpoint_url, self.issuer)
+                )
+            )
         if settings.oauth.cli.enabled:
             grants += [
-                DeviceCodeGrant(broker, self.cli),
-                AuthorizationCodeGrant(broker, self.cli),
+                DeviceCodeGrant(self.cli, **cli),
+                AuthorizationCodeGrant(self.cli, **cli),
                 RefreshTokenGrant(self.cli),
             ]
         self.endpoint = TokenEndpoint(
-            db=broker.db,
-            audit=broker.audit,
-            keys=broker.keys,
+            db=db,
+            audit=audit,
+            keys=keys,
             clients=clients,
             grants=grants,
-            clock=broker.clock,
+            clock=clock,
             limits=limits,
         )
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from broker.audit import Context
+from broker.audit import AuditTrail, Clock, Context
 from broker.errors import (
     AuditUnavailable,
     BrokerError,
@@ -35,8 +35,9 @@ from broker.errors import (
     InvalidTarget,
     ReplayDetected,
 )
-from broker.federation import Broker
 from broker.identity import Channel
+from broker.issuance import Issue
+from broker.keys import Keys
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
 from broker.oauth.tokens import TokenService
@@ -46,8 +47,9 @@ from broker.oauth.workload import (
     WorkloadVerifier,
 )
 from broker.policy import AccessRequest, decide, decide_audience
-from broker.settings import TOKEN_EXCHANGE_GRANT, RoleConfig
+from broker.settings import TOKEN_EXCHANGE_GRANT, RoleConfig, Settings
 from broker.store import queries
+from broker.store.db import Database
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -117,8 +119,25 @@ class TokenExchangeGrant:
 
     grant_type = GRANT_TYPE
 
-    def __init__(self, broker: Broker, *, verifier: WorkloadVerifier, tokens: TokenService) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Database,
+        audit: AuditTrail,
+        keys: Keys,
+        clock: Clock,
+        issue: Issue,
+        verifier: WorkloadVerifier,
+        tokens: TokenService,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.audit = audit
+        self.keys = keys
+        self.clock = clock
+        # Decides again (the same pure policy), calls STS and commits issuance + audit together.
+        self.issue = issue
         self.verifier = verifier
         self.tokens = tokens
 
@@ -140,7 +159,7 @@ class TokenExchangeGrant:
             plan = self._plan(request, subject, actor, act, ctx)
             if plan.role is not None:
                 # STS is called only for a token not used before: its jti is spent first, on its own.
-                with self.broker.db.transaction() as session:
+                with self.db.transaction() as session:
                     self._consume(session, subject, actor)
         except BrokerError as exc:
             raise self._deny(exc, subject, ctx, detail) from None
@@ -151,8 +170,8 @@ class TokenExchangeGrant:
     def _deny(
         self, error: BrokerError, subject: VerifiedWorkload | None, ctx: Context, detail: dict[str, Any]
     ) -> BrokerError:
-        return self.broker.audit.deny(
-            self.broker.db,
+        return self.audit.deny(
+            self.db,
             error,
             event="token_exchange",
             identity=subject.identity if subject else None,
@@ -201,24 +220,24 @@ class TokenExchangeGrant:
                 raise InvalidScope(
                     "AWS credentials take no scope; the role defines them.", reason="scope_not_applicable"
                 )
-            role = next((r for r in self.broker.settings.roles if target in (r.name, r.role_arn)), None)
+            role = next((r for r in self.settings.roles if target in (r.name, r.role_arn)), None)
             if role is None:
                 raise InvalidTarget("There is no such role.", reason="role_unknown")
             decision = decide(
                 identity,
-                self.broker.settings.roles,
+                self.settings.roles,
                 AccessRequest(
                     role=role.name,
                     channel=Channel.SERVICE,
                     client_ip=ctx.client_ip,
-                    role_chaining=self.broker.settings.aws.role_chaining,
+                    role_chaining=self.settings.aws.role_chaining,
                 ),
-                self.broker.clock(),
+                self.clock(),
             )
             if not decision.allowed:
                 raise InvalidTarget("This workload may not use this role.", reason=decision.reason)
             return _Plan(subject, actor, act, role=role)
-        audience = decide_audience(identity, self.broker.settings.oauth.audiences, target, request.scopes)
+        audience = decide_audience(identity, self.settings.oauth.audiences, target, request.scopes)
         if not audience.allowed:
             if audience.reason == "scope_not_granted":
                 raise InvalidScope(reason=audience.reason)
@@ -234,7 +253,7 @@ class TokenExchangeGrant:
                 queries.consume_once(
                     session,
                     kind="jti",
-                    key_hmac=self.broker.keys.macs("workload-jti", f"{token.identity.issuer}\n{token.jti}"),
+                    key_hmac=self.keys.macs("workload-jti", f"{token.identity.issuer}\n{token.jti}"),
                     expires_at=token.expires_at + REPLAY_MARGIN,
                     savepoint=False,  # a replay abandons the whole transaction
                 )
@@ -258,9 +277,9 @@ class TokenExchangeGrant:
         # One transaction spends the jti and appends the audit event: the token leaves only if both commit
         # (fail closed), and a replay commits neither.
         try:
-            with self.broker.db.transaction() as session:
+            with self.db.transaction() as session:
                 self._consume(session, plan.subject, plan.actor)
-                self.broker.audit.append(
+                self.audit.append(
                     session,
                     event="token_exchange",
                     outcome="ok",
@@ -294,8 +313,7 @@ class TokenExchangeGrant:
 
     def _aws_credentials(self, plan: _Plan, ctx: Context, detail: dict[str, Any]) -> dict[str, Any]:
         assert plan.role is not None
-        # Broker.issue decides again (the same pure policy), calls STS and commits issuance + audit together.
-        issued = self.broker.issue(
+        issued = self.issue(
             plan.subject.identity,
             role=plan.role.name,
             channel=Channel.SERVICE,
@@ -303,7 +321,7 @@ class TokenExchangeGrant:
             audit_detail={"exchange": "rfc8693", "act": plan.act, "subject_jti": plan.subject.jti},
         )
         credentials = issued.credentials
-        expires_in = int((credentials.expiration - self.broker.clock()).total_seconds())
+        expires_in = int((credentials.expiration - self.clock()).total_seconds())
         return {
             # RFC 8693 section 2.2.1: access_token is REQUIRED; "N_A" says it is not an OAuth access token.
             "access_token": credentials.session_token,

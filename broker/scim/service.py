@@ -117,7 +117,7 @@ class _BrokerScimService(ScimService):
 
 
 class Provisioning:
-    """The ``/scim/v2`` use cases. Built once per process by ``create_app``."""
+    """The ``/scim/v2`` use cases. Built once per process by ``broker.services``."""
 
     def __init__(
         self,

@@ -1,5 +1,6 @@
 """Secret references and the secrets themselves: ``env:NAME`` and ``file:/path`` resolution, the root
-``secret_key`` or the keyring ``secret_keys``, encryption keys and the database URL (which carries the database password).
+``secret_key`` or the keyring ``secret_keys``, encryption keys and the database URL (which carries the
+database password).
 
 A secret is resolved once, at load, and kept as a :class:`~pydantic.SecretStr` (or, for the database URL, out
 of every ``repr``) so that it never reaches a log line or an error message.

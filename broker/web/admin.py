@@ -240,7 +240,7 @@ def policy_explain(body: ExplainBody, ops: OpsDep, current: CurrentDep, ctx: Con
         mfa=MfaLevel.parse(body.mfa),
         mfa_age_minutes=body.mfa_age_minutes,
     )
-    roles = ops.broker.settings.roles
+    roles = ops.settings.roles
     results = explain(
         identity,
         roles,

@@ -1,6 +1,6 @@
 """The credential helper's API (``/api/v1``), authorized by a broker access token (RFC 6750 bearer).
 
-Every issuance goes through ``Broker.issue``: the same policy, MFA check, STS call and audit as the portal,
+Every issuance goes through ``Issuance.issue``: the same policy, MFA check, STS call and audit as the portal,
 with channel ``cli`` and the identity (and MFA level) captured when the helper signed in.
 """
 
@@ -14,10 +14,10 @@ from fastapi.responses import JSONResponse
 
 from broker.audit import Context
 from broker.errors import BrokerError, InvalidRequest
-from broker.federation import Broker
 from broker.identity import Channel
 from broker.oauth.refresh import API_PATH, CliSignIn
-from broker.web.deps import BrokerDep, ContextDep
+from broker.services import Services
+from broker.web.deps import ContextDep, ServicesDep
 from broker.web.oauth import NO_STORE, OAuthDep
 
 router = APIRouter(prefix=API_PATH, tags=["credential helper API"])
@@ -47,7 +47,7 @@ RawBody = Annotated[bytes, Depends(_raw_body)]
 
 
 def _role_request(
-    body: bytes, broker: Broker, signed_in: CliSignIn, ctx: Context, event: str
+    body: bytes, services: Services, signed_in: CliSignIn, ctx: Context, event: str
 ) -> tuple[str, int | None]:
     """``{"role": str, "duration_seconds": int?}``; anything else is refused and audited."""
     try:
@@ -65,15 +65,16 @@ def _role_request(
         if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int)):
             raise InvalidRequest("duration_seconds must be a whole number.", reason="api_duration_invalid")
     except BrokerError as exc:
-        raise broker.audit.deny(
-            broker.db, exc, event=event, identity=signed_in.identity, channel=Channel.CLI.value, ctx=ctx
+        raise services.audit.deny(
+            services.db, exc, event=event, identity=signed_in.identity, channel=Channel.CLI.value, ctx=ctx
         ) from None
     return role, duration
 
 
 @router.get("/roles", summary="The roles the signed-in person may use")
-def roles(broker: BrokerDep, signed_in: CliSignInDep) -> JSONResponse:
-    views = broker.roles_for(signed_in.identity)
+def roles(services: ServicesDep, signed_in: CliSignInDep) -> JSONResponse:
+    settings = services.settings
+    views = services.issuance.roles_for(signed_in.identity)
     return JSONResponse(
         {
             "principal": signed_in.identity.principal,
@@ -93,8 +94,8 @@ def roles(broker: BrokerDep, signed_in: CliSignInDep) -> JSONResponse:
             # What `broker configure-aws` writes into each profile: the region, and in dev mode the local AWS
             # emulator's endpoint (in production the SDKs' own endpoints are right).
             "aws": {
-                "region": broker.settings.aws.region,
-                "endpoint_url": broker.settings.aws.sts_endpoint_url if broker.settings.dev else None,
+                "region": settings.aws.region,
+                "endpoint_url": settings.aws.sts_endpoint_url if settings.dev else None,
             },
         },
         headers=NO_STORE,
@@ -103,9 +104,9 @@ def roles(broker: BrokerDep, signed_in: CliSignInDep) -> JSONResponse:
 
 # Plain ``def`` routes: FastAPI runs them in its thread pool, so STS and the database never block the event loop.
 @router.post("/credentials", summary="STS credentials in the AWS credential_process format")
-def credentials(broker: BrokerDep, signed_in: CliSignInDep, ctx: ContextDep, body: RawBody) -> JSONResponse:
-    role, duration = _role_request(body, broker, signed_in, ctx, "credentials")
-    issued = broker.issue(
+def credentials(services: ServicesDep, signed_in: CliSignInDep, ctx: ContextDep, body: RawBody) -> JSONResponse:
+    role, duration = _role_request(body, services, signed_in, ctx, "credentials")
+    issued = services.issuance.issue(
         signed_in.identity,
         role=role,
         channel=Channel.CLI,
@@ -117,7 +118,7 @@ def credentials(broker: BrokerDep, signed_in: CliSignInDep, ctx: ContextDep, bod
 
 
 @router.post("/console", summary="An AWS console sign-in URL for a role")
-def console(broker: BrokerDep, signed_in: CliSignInDep, ctx: ContextDep, body: RawBody) -> JSONResponse:
-    role, duration = _role_request(body, broker, signed_in, ctx, "console")
-    url = broker.console_url(signed_in.identity, role=role, ctx=ctx, duration_seconds=duration)
+def console(services: ServicesDep, signed_in: CliSignInDep, ctx: ContextDep, body: RawBody) -> JSONResponse:
+    role, duration = _role_request(body, services, signed_in, ctx, "console")
+    url = services.issuance.console_url(signed_in.identity, role=role, ctx=ctx, duration_seconds=duration)
     return JSONResponse({"url": url}, headers=NO_STORE)

@@ -12,6 +12,10 @@ from broker.audit import Context
 from broker.errors import CsrfFailed, LoginRequired
 from broker.federation import Broker, CurrentSession
 from broker.identity import Identity
+from broker.mfa.service import MfaService
+from broker.operations import Operations
+from broker.services import Services
+from broker.settings import Settings
 
 BROWSER_COOKIE = "broker_browser"
 # Paths a sign-in may return to. Anything else (other hosts, scheme-relative URLs, unknown paths) goes to
@@ -31,6 +35,37 @@ def _broker(request: Request) -> Broker:
 
 async def get_broker(request: Request) -> Broker:
     return _broker(request)
+
+
+def request_services(request: Request) -> Services:
+    """The process's services (``broker.services``), built once by ``create_app``."""
+    services: Services = request.app.state.services
+    return services
+
+
+def request_settings(request: Request) -> Settings:
+    return request_services(request).settings
+
+
+async def get_services(request: Request) -> Services:
+    return request_services(request)
+
+
+async def get_settings(request: Request) -> Settings:
+    return request_settings(request)
+
+
+async def get_mfa(request: Request) -> MfaService:
+    return request_services(request).mfa
+
+
+async def get_operations(request: Request) -> Operations:
+    return request_services(request).operations
+
+
+def csrf_token(request: Request) -> str:
+    """The CSRF token of this browser's session, for the forms a page renders."""
+    return _broker(request).csrf_token(session_cookie(request) or "")
 
 
 async def get_templates(request: Request) -> Jinja2Templates:
@@ -67,6 +102,10 @@ BrokerDep = Annotated[Broker, Depends(get_broker)]
 ContextDep = Annotated[Context, Depends(get_context)]
 TemplatesDep = Annotated[Jinja2Templates, Depends(get_templates)]
 CurrentDep = Annotated[CurrentSession, Depends(get_current)]
+ServicesDep = Annotated[Services, Depends(get_services)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MfaDep = Annotated[MfaService, Depends(get_mfa)]
+OperationsDep = Annotated[Operations, Depends(get_operations)]
 
 
 def safe_return_path(value: str | None) -> str:

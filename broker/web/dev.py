@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from broker.aws import emulator
 from broker.identity import Credentials
-from broker.web.deps import TemplatesDep
+from broker.web.deps import TemplatesDep, request_settings
 
 router = APIRouter(prefix="/dev", tags=["dev mode"], include_in_schema=False)
 FEDERATION_PATH = "/dev/federation"
@@ -50,7 +50,7 @@ async def federation(request: Request, templates: TemplatesDep) -> Response:
             )
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"Error": "Session must be JSON with sessionId, sessionKey, sessionToken"}, 400)
-        aws = request.app.state.broker.settings.aws
+        aws = request_settings(request).aws
         arn = await run_in_threadpool(emulator.caller_arn, aws, credentials)
         if arn is None:
             return JSONResponse({"Error": "The STS emulator does not know these credentials"}, 400)

@@ -150,7 +150,7 @@ async def credentials(
 def _sign_in(devices: Devices, request: Request, role: str, duration: str | None, ctx: Context) -> dict[str, Any]:
     detail: dict[str, Any] = {"proof": "mtls"}
     try:
-        ders, proof = presented_chain(request, devices.broker.settings.devices, detail)
+        ders, proof = presented_chain(request, devices.settings.devices, detail)
         device_request = DeviceRequest.of([role], duration)
     except BrokerError as exc:
         raise devices.deny(exc, ctx=ctx, detail=detail) from None

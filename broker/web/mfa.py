@@ -14,24 +14,25 @@ from fastapi import APIRouter, Depends, Form, Header, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from broker.errors import InvalidRequest
-from broker.federation import Broker, CurrentSession
+from broker.federation import CurrentSession
 from broker.identity import MfaLevel
 from broker.mfa.service import Holder
 from broker.mfa.webauthn import MAX_CREDENTIAL_JSON
 from broker.ratelimit import rate_limited
 from broker.web.deps import (
-    BrokerDep,
     ContextDep,
     CurrentDep,
+    MfaDep,
     TemplatesDep,
     check_csrf,
+    csrf_token,
+    request_settings,
     safe_return_path,
-    session_cookie,
 )
 
 router = APIRouter(tags=["mfa"])
 # Factor checks are limited per client address here; per principal, the database-backed lockout
-# (broker.mfa.lockout) answers first, with its backoff, across every broker process.
+# (mfa.lockout) answers first, with its backoff, across every broker process.
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -46,16 +47,14 @@ def _level(value: str | None) -> MfaLevel:
         raise InvalidRequest("Unknown MFA level.", reason="mfa.level_unknown") from None
 
 
-def _page(
-    request: Request, templates: Any, broker: Broker, current: CurrentSession, name: str, **context: Any
-) -> Response:
+def _page(request: Request, templates: Any, current: CurrentSession, name: str, **context: Any) -> Response:
     response: Response = templates.TemplateResponse(
         request,
         name,
         {
             "identity": current.identity,
-            "csrf": broker.csrf_token(session_cookie(request) or ""),
-            "dev": broker.settings.dev,
+            "csrf": csrf_token(request),
+            "dev": request_settings(request).dev,
             **context,
         },
         headers=NO_STORE,
@@ -64,15 +63,15 @@ def _page(
 
 
 @router.get("/mfa", response_class=HTMLResponse, summary="Your sign-in factors")
-def manage(request: Request, broker: BrokerDep, current: CurrentDep, templates: TemplatesDep) -> Response:
-    overview = broker.mfa.overview(current.principal_id)
-    return _page(request, templates, broker, current, "mfa.html", title="Sign-in factors", overview=overview)
+def manage(request: Request, mfa: MfaDep, current: CurrentDep, templates: TemplatesDep) -> Response:
+    overview = mfa.overview(current.principal_id)
+    return _page(request, templates, current, "mfa.html", title="Sign-in factors", overview=overview)
 
 
 @router.post("/mfa/totp", response_class=HTMLResponse, summary="Start adding an authenticator app")
 def totp_begin(
     request: Request,
-    broker: BrokerDep,
+    mfa: MfaDep,
     current: CurrentDep,
     ctx: ContextDep,
     templates: TemplatesDep,
@@ -80,10 +79,8 @@ def totp_begin(
     name: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
     check_csrf(request, csrf, event="mfa.enrol")
-    enrolment = broker.mfa.begin_totp(_holder(current), ctx, name=name)
-    return _page(
-        request, templates, broker, current, "mfa_totp.html", title="Add an authenticator app", enrolment=enrolment
-    )
+    enrolment = mfa.begin_totp(_holder(current), ctx, name=name)
+    return _page(request, templates, current, "mfa_totp.html", title="Add an authenticator app", enrolment=enrolment)
 
 
 @router.post(
@@ -94,7 +91,7 @@ def totp_begin(
 )
 def totp_confirm(
     request: Request,
-    broker: BrokerDep,
+    mfa: MfaDep,
     current: CurrentDep,
     ctx: ContextDep,
     templates: TemplatesDep,
@@ -103,12 +100,11 @@ def totp_confirm(
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
     check_csrf(request, csrf, event="mfa.enrol")
-    verified = broker.mfa.confirm_totp(_holder(current), ctx, factor_id=factor_id, code=code)
+    verified = mfa.confirm_totp(_holder(current), ctx, factor_id=factor_id, code=code)
     if verified.recovery_codes:
         return _page(
             request,
             templates,
-            broker,
             current,
             "mfa_recovery.html",
             title="Recovery codes",
@@ -120,47 +116,46 @@ def totp_confirm(
 @router.post("/mfa/recovery", response_class=HTMLResponse, summary="Replace your recovery codes")
 def recovery_regenerate(
     request: Request,
-    broker: BrokerDep,
+    mfa: MfaDep,
     current: CurrentDep,
     ctx: ContextDep,
     templates: TemplatesDep,
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
     check_csrf(request, csrf, event="mfa.enrol")
-    codes = broker.mfa.regenerate_recovery_codes(_holder(current), ctx)
-    return _page(request, templates, broker, current, "mfa_recovery.html", title="Recovery codes", codes=codes)
+    codes = mfa.regenerate_recovery_codes(_holder(current), ctx)
+    return _page(request, templates, current, "mfa_recovery.html", title="Recovery codes", codes=codes)
 
 
 @router.post("/mfa/factors/{factor_id}/remove", summary="Remove a factor")
 def remove(
     request: Request,
     factor_id: int,
-    broker: BrokerDep,
+    mfa: MfaDep,
     current: CurrentDep,
     ctx: ContextDep,
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
     check_csrf(request, csrf, event="mfa.remove")
-    broker.mfa.remove(_holder(current), ctx, factor_id=factor_id)
+    mfa.remove(_holder(current), ctx, factor_id=factor_id)
     return RedirectResponse("/mfa", status_code=303)
 
 
 @router.get("/mfa/verify", response_class=HTMLResponse, summary="Confirm with a factor (step-up)")
 def verify_page(
     request: Request,
-    broker: BrokerDep,
+    mfa: MfaDep,
     current: CurrentDep,
     templates: TemplatesDep,
     role: str | None = None,
     level: str | None = None,
 ) -> Response:
-    config = broker.settings.role(role) if role else None
+    config = request_settings(request).role(role) if role else None
     wanted = config.mfa if config else _level(level)
-    overview = broker.mfa.overview(current.principal_id)
+    overview = mfa.overview(current.principal_id)
     return _page(
         request,
         templates,
-        broker,
         current,
         "mfa_verify.html",
         title="Confirm it is you",
@@ -179,7 +174,7 @@ def verify_page(
 )
 def verify_totp(
     request: Request,
-    broker: BrokerDep,
+    mfa: MfaDep,
     current: CurrentDep,
     ctx: ContextDep,
     code: Annotated[str, Form(max_length=16)],
@@ -187,7 +182,7 @@ def verify_totp(
     next: Annotated[str, Form(max_length=2048)] = "/",
 ) -> Response:
     check_csrf(request, csrf, event="mfa.verify")
-    broker.mfa.verify_totp(_holder(current), ctx, code=code)
+    mfa.verify_totp(_holder(current), ctx, code=code)
     return RedirectResponse(safe_return_path(next), status_code=303)
 
 
@@ -196,7 +191,7 @@ def verify_totp(
 )
 def verify_recovery(
     request: Request,
-    broker: BrokerDep,
+    mfa: MfaDep,
     current: CurrentDep,
     ctx: ContextDep,
     code: Annotated[str, Form(max_length=64)],
@@ -204,7 +199,7 @@ def verify_recovery(
     next: Annotated[str, Form(max_length=2048)] = "/",
 ) -> Response:
     check_csrf(request, csrf, event="mfa.verify")
-    broker.mfa.verify_recovery(_holder(current), ctx, code=code)
+    mfa.verify_recovery(_holder(current), ctx, code=code)
     return RedirectResponse(safe_return_path(next), status_code=303)
 
 
@@ -237,11 +232,11 @@ CsrfHeader = Annotated[str, Header(alias="X-CSRF-Token", max_length=128)]
 # Plain ``def`` routes: FastAPI runs them in its thread pool, so their database work never blocks the event loop.
 @router.post("/api/mfa/webauthn/register/options", summary="WebAuthn registration options")
 def register_options(
-    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
+    request: Request, mfa: MfaDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
 ) -> Response:
     check_csrf(request, csrf, event="mfa.enrol")
     data = _json_body(body)
-    options = broker.mfa.begin_registration(_holder(current), ctx, name=str(data.get("name") or ""))
+    options = mfa.begin_registration(_holder(current), ctx, name=str(data.get("name") or ""))
     return JSONResponse(options, headers=NO_STORE)
 
 
@@ -251,20 +246,20 @@ def register_options(
     summary="WebAuthn registration result",
 )
 def register(
-    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
+    request: Request, mfa: MfaDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
 ) -> Response:
     check_csrf(request, csrf, event="mfa.enrol")
-    view = broker.mfa.finish_registration(_holder(current), ctx, payload=body.decode("utf-8", "replace"))
+    view = mfa.finish_registration(_holder(current), ctx, payload=body.decode("utf-8", "replace"))
     return JSONResponse({"id": view.id, "name": view.name, "level": view.level.label}, headers=NO_STORE)
 
 
 @router.post("/api/mfa/webauthn/authenticate/options", summary="WebAuthn authentication options")
 def authenticate_options(
-    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
+    request: Request, mfa: MfaDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
 ) -> Response:
     check_csrf(request, csrf, event="mfa.verify")
     data = _json_body(body)
-    options = broker.mfa.begin_authentication(_holder(current), ctx, level=_level(str(data.get("level") or "mfa")))
+    options = mfa.begin_authentication(_holder(current), ctx, level=_level(str(data.get("level") or "mfa")))
     return JSONResponse(options, headers=NO_STORE)
 
 
@@ -274,10 +269,10 @@ def authenticate_options(
     summary="WebAuthn authentication result (step-up)",
 )
 def authenticate(
-    request: Request, broker: BrokerDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
+    request: Request, mfa: MfaDep, current: CurrentDep, ctx: ContextDep, body: RawBody, csrf: CsrfHeader = ""
 ) -> Response:
     check_csrf(request, csrf, event="mfa.verify")
-    verified = broker.mfa.finish_authentication(_holder(current), ctx, payload=body.decode("utf-8", "replace"))
+    verified = mfa.finish_authentication(_holder(current), ctx, payload=body.decode("utf-8", "replace"))
     return JSONResponse({"mfa": verified.identity.mfa.level.label}, headers=NO_STORE)
 
 
@@ -285,14 +280,11 @@ def authenticate(
 
 
 @router.get("/mfa/reset/{token}", response_class=HTMLResponse, summary="Review an operator reset request")
-def reset_page(
-    request: Request, token: str, broker: BrokerDep, current: CurrentDep, templates: TemplatesDep
-) -> Response:
-    pending = broker.mfa.pending_reset(token)
+def reset_page(request: Request, token: str, mfa: MfaDep, current: CurrentDep, templates: TemplatesDep) -> Response:
+    pending = mfa.pending_reset(token)
     return _page(
         request,
         templates,
-        broker,
         current,
         "mfa_reset.html",
         title="Approve a factor reset",
@@ -305,14 +297,12 @@ def reset_page(
 def reset_approve(
     request: Request,
     token: str,
-    broker: BrokerDep,
+    mfa: MfaDep,
     current: CurrentDep,
     ctx: ContextDep,
     templates: TemplatesDep,
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
     check_csrf(request, csrf, event="mfa.reset")
-    target = broker.mfa.approve_reset(_holder(current), ctx, token=token)
-    return _page(
-        request, templates, broker, current, "mfa_reset.html", title="Factors reset", done=target, pending=None
-    )
+    target = mfa.approve_reset(_holder(current), ctx, token=token)
+    return _page(request, templates, current, "mfa_reset.html", title="Factors reset", done=target, pending=None)

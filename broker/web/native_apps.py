@@ -20,7 +20,15 @@ from broker.oauth.device import VERIFICATION_PATH
 from broker.oauth.grants import Params
 from broker.oauth.server import DEVICE_AUTHORIZATION_PATH, REVOCATION_PATH
 from broker.ratelimit import rate_limited
-from broker.web.deps import BrokerDep, ContextDep, TemplatesDep, check_csrf, session_cookie
+from broker.web.deps import (
+    BrokerDep,
+    ContextDep,
+    TemplatesDep,
+    check_csrf,
+    csrf_token,
+    request_settings,
+    session_cookie,
+)
 from broker.web.oauth import NO_STORE, OAuthDep, _form_items
 
 router = APIRouter(tags=["credential helper sign-in"])
@@ -61,10 +69,10 @@ def authorize(
         {
             "title": "Sign in the broker command line",
             "identity": current.identity,
-            "csrf": broker.csrf_token(session_cookie(request) or ""),
+            "csrf": csrf_token(request),
             "fields": authorization.hidden_fields(),
             "listener": authorization.listener,
-            "hours": broker.settings.oauth.cli.refresh_token_ttl_hours,
+            "hours": request_settings(request).oauth.cli.refresh_token_ttl_hours,
             "session_expires_at": current.expires_at,
         },
     )
@@ -130,9 +138,9 @@ def device_page(
         {
             "title": "Sign in the broker command line",
             "identity": current.identity,
-            "csrf": broker.csrf_token(session_cookie(request) or ""),
+            "csrf": csrf_token(request),
             "pending": pending,
-            "hours": broker.settings.oauth.cli.refresh_token_ttl_hours,
+            "hours": request_settings(request).oauth.cli.refresh_token_ttl_hours,
             "session_expires_at": current.expires_at,
         },
     )
@@ -167,7 +175,7 @@ def device_answer(
         {
             "title": "Command line signed in" if approve else "Sign-in denied",
             "identity": current.identity,
-            "csrf": broker.csrf_token(session_cookie(request) or ""),
+            "csrf": csrf_token(request),
             "done": "allowed" if approve else "denied",
         },
     )

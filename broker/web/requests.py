@@ -24,7 +24,7 @@ from broker.federation import CurrentSession
 from broker.operations import Operations
 from broker.revocation import Actor
 from broker.web.admin import OpsDep, get_operations
-from broker.web.deps import ContextDep, CurrentDep, TemplatesDep, check_csrf, session_cookie
+from broker.web.deps import ContextDep, CurrentDep, TemplatesDep, check_csrf, csrf_token
 
 router = APIRouter(tags=["portal"])
 
@@ -146,7 +146,7 @@ def requests_page(request: Request, ops: OpsDep, current: CurrentDep, templates:
         {
             "title": "Access requests",
             "identity": identity,
-            "csrf": ops.broker.csrf_token(session_cookie(request) or ""),
+            "csrf": csrf_token(request),
             "dev": ops.settings.dev,
             "requests_link": True,
             "mine": mine,

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from broker.ratelimit import limiter_of
 from broker.scim.service import Provisioning, ScimCall
-from broker.web.deps import ContextDep
+from broker.web.deps import ContextDep, request_settings
 
 router = APIRouter(prefix="/scim/v2", include_in_schema=False)
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -31,7 +31,7 @@ async def scim(request: Request, ctx: ContextDep, path: str = "") -> Response:
         await run_in_threadpool(lambda: limiter.hit("scim", per="ip", key=ctx.client_ip or "unknown", ctx=ctx))
     call = ScimCall(
         method=request.method,
-        base_url=f"{request.app.state.broker.settings.public_url}/scim/v2",
+        base_url=f"{request_settings(request).public_url}/scim/v2",
         path="/" + path,
         query=dict(request.query_params),
         headers=list(request.headers.items()),

@@ -27,13 +27,11 @@ from botocore.exceptions import ClientError
 from broker.audit import Context
 from broker.aws.revoke import POLICY_NAME, DenyStatement, compact, iso
 from broker.aws.sts import Sts
-from broker.federation import Broker
 from broker.identity import Channel, Credentials, Identity, MfaEvidence, MfaLevel
-from broker.operations import Operations, build_revoker
 from broker.revocation import Actor
+from broker.services import build_services
 from broker.settings import load_settings
 from broker.store import queries
-from broker.store.db import Database
 from tests.support.processes import moto_server
 
 ACCOUNT = "123456789012"
@@ -126,9 +124,8 @@ def test_revoking_a_person_denies_their_credentials(
     )
     config["aws"] = {**config["aws"], "sts_endpoint_url": endpoint}
     settings = load_settings(None, **config)
-    db = Database(settings.database_url)
-    broker = Broker(settings, db=db, sts=Sts(settings.aws))
-    ops = Operations(broker, revoker=build_revoker(broker))
+    services = build_services(settings, sts=Sts(settings.aws))
+    db, broker, ops = services.db, services.issuance, services.operations
     try:
         a = broker.issue(ALICE, role="deploy", channel=Channel.CLI, ctx=CTX)
         b = broker.issue(BOB, role="deploy", channel=Channel.CLI, ctx=CTX)
@@ -182,8 +179,8 @@ def test_revocation_refused_by_iam_is_recorded_not_hidden(
     config = make_config(roles=[{"name": "deploy", "role_arn": ROLE_ARN, "grant": [{"groups": ["engineering"]}]}])
     config["aws"] = {**config["aws"], "sts_endpoint_url": endpoint}
     settings = load_settings(None, **config)
-    db = Database(settings.database_url)
-    ops = Operations(Broker(settings, db=db, sts=Sts(settings.aws)), revoker=build_revoker_for(settings))
+    services = build_services(settings, sts=Sts(settings.aws))
+    db, ops = services.db, services.operations
     try:
         outcome = ops.revocations.revoke_role(Actor.operator("ops"), "deploy", reason="INC-8", ctx=CTX)
         assert outcome.aws_applied == []
@@ -193,12 +190,6 @@ def test_revocation_refused_by_iam_is_recorded_not_hidden(
             assert (event.outcome, event.reason) == ("partial", "aws_not_applied")
     finally:
         db.dispose()
-
-
-def build_revoker_for(settings: Any) -> Any:
-    from broker.aws.revoke import RoleRevoker
-
-    return RoleRevoker(settings.aws)
 
 
 # ---------------------------------------------------------------- pruning (pure)

@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 from broker.audit import Context
 from broker.aws.sts import Sts
-from broker.federation import Broker
 from broker.identity import MfaEvidence, MfaLevel
 from broker.mfa.service import Holder
+from broker.services import build_services
 from broker.settings import load_settings
 from broker.store.db import Database
 from broker.store.models import Principal, RefreshFamily
@@ -35,8 +35,8 @@ def test_an_operator_reset_ends_the_persons_sessions_and_cli_sign_ins(client: ht
     sign_in(client, running, "bob")
     assert client.get("/", headers=HTML).status_code == 200
     settings = load_settings(None, **running.config)
-    db = Database(running.db_url)
-    broker = Broker(settings, db=db, sts=Sts(settings.aws))
+    services = build_services(settings, sts=Sts(settings.aws))
+    db = services.db
     try:
         bob = principal_id(db, "bob")
         now = datetime.now(UTC)
@@ -55,15 +55,15 @@ def test_an_operator_reset_ends_the_persons_sessions_and_cli_sign_ins(client: ht
             )
         with httpx.Client(base_url=running.url, follow_redirects=False, timeout=30) as alice_browser:
             sign_in(alice_browser, running, "alice")
-        login = broker.local_connectors["breakglass"].authenticate(
+        login = services.broker.local_connectors["breakglass"].authenticate(
             "alice", PASSWORD, pyotp.TOTP(BREAK_GLASS_TOTP).now()
         )
         # The operator confirmed with a security key just now (the browser flow proves this for real).
         fresh = MfaEvidence(MfaLevel.PHISHING_RESISTANT, ("hwk",), datetime.now(UTC))
         operator = Holder(principal_id(db, "alice"), replace(login.identity, mfa=fresh), session_hmac="")
-        pending = broker.mfa.request_reset("bob@example.com", requested_by="pytest")
+        pending = services.mfa.request_reset("bob@example.com", requested_by="pytest")
         token = pending.url.rsplit("/", 1)[1]
-        assert broker.mfa.approve_reset(operator, Context(), token=token) == "bob@example.com"
+        assert services.mfa.approve_reset(operator, Context(), token=token) == "bob@example.com"
 
         # Bob's browser session and his CLI sign-in are over.
         assert client.get("/", headers={"Accept": "application/json"}).json()["error"] == "login_required"

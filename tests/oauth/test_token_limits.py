@@ -19,10 +19,8 @@ from broker.app import create_app
 from broker.audit import Context
 from broker.aws.sts import Sts
 from broker.errors import InvalidClient, RateLimited
-from broker.federation import Broker
-from broker.oauth.server import OAuthServer
-from broker.oauth.tokens import TokenService
 from broker.ratelimit import RateLimiter
+from broker.services import build_services
 from broker.settings import RateLimitSettings, Settings, load_settings
 from broker.store.db import Database
 from broker.store.models import AuditEvent
@@ -104,11 +102,13 @@ def test_failures_count_per_client_id_across_addresses(
     """Guesses at one client spread over many addresses still stop (the token endpoint, real client checks)."""
     settings = settings_for(make_config, cluster)
     db = Database(settings.database_url)
-    broker = Broker(settings, db=db, sts=Sts(settings.aws))
+    services = build_services(settings, sts=Sts(settings.aws))
+    services.db = db
     limiter = RateLimiter(
-        RateLimitSettings(limits={"token_failure.principal": "3/hour"}), keys=broker.keys, audit=broker.audit, db=db
+        RateLimitSettings(limits={"token_failure.principal": "3/hour"}), keys=services.keys, audit=services.audit, db=db
     )
-    oauth = OAuthServer(broker, tokens=TokenService(settings, db=db, keys=broker.keys), limits=limiter)
+    services.ratelimiter = limiter
+    oauth = services.oauth
     guess = "Basic " + base64.b64encode(b"gateway:guess").decode()
     items = [("grant_type", GRANT), ("subject_token", "x"), ("subject_token_type", TOKEN_TYPE_JWT)]
     try:

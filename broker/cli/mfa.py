@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from broker.cli.options import DEFAULT_CONFIG, ConfigOption, err, operator_services
+
 if TYPE_CHECKING:
     from broker.mfa.service import MfaService
 
 out = Console()
-err = Console(stderr=True)
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="BROKER_CONFIG", help="YAML configuration file.")]
 
 
 def register(app: typer.Typer, *, panel: str) -> None:
@@ -29,7 +29,7 @@ def register(app: typer.Typer, *, panel: str) -> None:
     @mfa_app.command("reset")
     def reset(
         principal: Annotated[str, typer.Option("--principal", help="Email, username, or store:subject.")],
-        config: ConfigOption = Path("config/broker.yaml"),
+        config: ConfigOption = DEFAULT_CONFIG,
     ) -> None:
         """Request removal of every factor and recovery code of a principal (approved in the browser)."""
         from broker.errors import BrokerError
@@ -48,7 +48,7 @@ def register(app: typer.Typer, *, panel: str) -> None:
         )
 
     @mfa_app.command("rotate-key")
-    def rotate_key(config: ConfigOption = Path("config/broker.yaml")) -> None:
+    def rotate_key(config: ConfigOption = DEFAULT_CONFIG) -> None:
         """Re-encrypt every TOTP secret under the first of mfa.encryption_keys (then drop the old keys)."""
         from broker.errors import BrokerError
 
@@ -69,14 +69,4 @@ def register(app: typer.Typer, *, panel: str) -> None:
 
 
 def _service(config: Path) -> MfaService:
-    from broker.audit import AuditTrail, utcnow
-    from broker.cli import _existing_database, _load
-    from broker.keys import Keys
-    from broker.mfa.service import MfaService
-    from broker.store.db import Database
-
-    settings = _load(config)
-    keys = Keys(settings.root_keys)
-    audit = AuditTrail(keys)
-    database = Database(_existing_database(settings, config))
-    return MfaService(settings, db=database, keys=keys, audit=audit, clock=utcnow)
+    return operator_services(config).mfa

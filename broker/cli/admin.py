@@ -11,34 +11,30 @@ People without database access use the admin API (``/api/v1/admin``) instead.
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
 import sys
-from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from broker.cli.options import (
+    DEFAULT_CONFIG,
+    AsOption,
+    ConfigOption,
+    JsonOption,
+    ReasonOption,
+    actor,
+    ctx,
+    err,
+    operator_services,
+    print_rows,
+    run,
+)
 from broker.terminal import print_table
 
-if TYPE_CHECKING:
-    from broker.operations import Operations
-    from broker.revocation import Actor
-
 out = Console()
-err = Console(stderr=True)
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="BROKER_CONFIG", help="YAML configuration file.")]
-AsOption = Annotated[
-    str | None,
-    typer.Option("--as", envvar="BROKER_OPERATOR", help="Operator name for the audit trail (default: login@host)."),
-]
-ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why (ticket or incident id); audited.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-DEFAULT_CONFIG = Path("config/broker.yaml")
 
 requests_app = typer.Typer(help="Just-in-time access requests: list, approve, deny.", no_args_is_help=True)
 revoke_app = typer.Typer(
@@ -49,7 +45,7 @@ sessions_app = typer.Typer(help="Broker sessions.", no_args_is_help=True)
 issuances_app = typer.Typer(help="Credentials the broker issued.", no_args_is_help=True)
 
 
-def register(app: typer.Typer, audit_app: typer.Typer, panel: str) -> None:
+def register(app: typer.Typer, panel: str) -> None:
     app.add_typer(requests_app, name="requests", rich_help_panel=panel)
     app.add_typer(revoke_app, name="revoke", rich_help_panel=panel)
     app.add_typer(principals_app, name="principals", rich_help_panel=panel)
@@ -57,62 +53,6 @@ def register(app: typer.Typer, audit_app: typer.Typer, panel: str) -> None:
     app.add_typer(issuances_app, name="issuances", rich_help_panel=panel)
     app.command("access-report", rich_help_panel=panel)(access_report)
     app.command("sweep", rich_help_panel=panel)(sweep)
-    audit_app.command("search")(audit_search)
-
-
-def _operations(config: Path) -> Operations:
-    from broker.aws.sts import Sts
-    from broker.cli import _existing_database, _load
-    from broker.federation import Broker
-    from broker.operations import Operations, build_revoker
-    from broker.store.db import Database
-
-    settings = _load(config)
-    database = Database(_existing_database(settings, config))
-    if settings.dev:
-        # Dev mode's IAM is the local emulator, which takes the placeholder key (broker.aws.emulator).
-        from broker.aws.emulator import use_emulator_keys
-
-        use_emulator_keys()
-    broker = Broker(settings, db=database, sts=Sts(settings.aws, web_identity_token=_no_token))
-    return Operations(broker, revoker=build_revoker(broker))
-
-
-def _no_token(_: Any) -> str:
-    raise RuntimeError("operator commands never call STS")
-
-
-def _actor(as_name: str | None) -> Actor:
-    from broker.revocation import Actor
-
-    return Actor.operator(as_name or f"{getpass.getuser()}@{socket.gethostname()}")
-
-
-def _ctx() -> Any:
-    from broker.audit import Context
-
-    return Context(user_agent="broker-cli", request_id=f"cli-{datetime.now().strftime('%Y%m%dT%H%M%S')}")
-
-
-def _run(action: Any) -> Any:
-    from broker.errors import BrokerError
-
-    try:
-        return action()
-    except BrokerError as exc:
-        # Printed literally: a message may quote config text or names with brackets.
-        err.print(f"{exc.code} ({exc.reason}): {exc.message}", style="red", markup=False, highlight=False)
-        raise typer.Exit(1) from None
-
-
-def _print(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
-    if as_json:
-        out.print_json(json.dumps(rows, default=str))
-        return
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*[str(row.get(c, "") if row.get(c) is not None else "") for c in columns])
-    print_table(out, table)
 
 
 # ---------------------------------------------------------------- requests
@@ -126,9 +66,9 @@ def requests_list(
     as_json: JsonOption = False,
 ) -> None:
     """List access requests, newest first."""
-    ops = _operations(config)
+    ops = operator_services(config).operations
     rows = ops.requests(status=status, role=role)
-    _print(
+    print_rows(
         rows, ["id", "principal", "role", "status", "duration_seconds", "reason", "expires_at", "decided_by"], as_json
     )
 
@@ -141,8 +81,8 @@ def requests_approve(
     as_name: AsOption = None,
 ) -> None:
     """Approve a pending request: the role is usable from now for the requested window."""
-    ops = _operations(config)
-    view = _run(lambda: ops.elevation.approve(_actor(as_name), request_id, note=note, ctx=_ctx()))
+    ops = operator_services(config).operations
+    view = run(lambda: ops.elevation.approve(actor(as_name), request_id, note=note, ctx=ctx()))
     out.print(f"[green]Approved[/green] request {view.id}: {view.principal} -> {view.role} until {view.grant_ends_at}")
 
 
@@ -154,8 +94,8 @@ def requests_deny(
     as_name: AsOption = None,
 ) -> None:
     """Deny a pending request."""
-    ops = _operations(config)
-    view = _run(lambda: ops.elevation.deny(_actor(as_name), request_id, note=note, ctx=_ctx()))
+    ops = operator_services(config).operations
+    view = run(lambda: ops.elevation.deny(actor(as_name), request_id, note=note, ctx=ctx()))
     out.print(f"Denied request {view.id} ({view.principal} -> {view.role}).")
 
 
@@ -175,8 +115,8 @@ def revoke_issuance(
     issuance_id: int, reason: ReasonOption, config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None
 ) -> None:
     """Revoke one issuance (and that person's older sessions of the same role: IAM cannot target one key)."""
-    ops = _operations(config)
-    _revoked(_run(lambda: ops.revocations.revoke_issuance(_actor(as_name), issuance_id, reason=reason, ctx=_ctx())))
+    ops = operator_services(config).operations
+    _revoked(run(lambda: ops.revocations.revoke_issuance(actor(as_name), issuance_id, reason=reason, ctx=ctx())))
 
 
 @revoke_app.command("principal")
@@ -188,11 +128,11 @@ def revoke_principal(
     as_name: AsOption = None,
 ) -> None:
     """Revoke every live credential of a person (email or username) and sign them out everywhere."""
-    ops = _operations(config)
+    ops = operator_services(config).operations
     _revoked(
-        _run(
+        run(
             lambda: ops.revocations.revoke_principal(
-                _actor(as_name), principal, reason=reason, ctx=_ctx(), role=role, sign_out=role is None
+                actor(as_name), principal, reason=reason, ctx=ctx(), role=role, sign_out=role is None
             )
         )
     )
@@ -203,14 +143,8 @@ def revoke_role(
     role: str, reason: ReasonOption, config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None
 ) -> None:
     """Revoke every live session of a role, whoever holds it."""
-    ops = _operations(config)
-    _revoked(_run(lambda: ops.revocations.revoke_role(_actor(as_name), role, reason=reason, ctx=_ctx())))
-
-
-def _device_revocations(ops: Operations) -> Any:
-    from broker.devices import DeviceRevocations
-
-    return DeviceRevocations(db=ops.db, audit=ops.audit, revocations=ops.revocations, clock=ops.clock)
+    ops = operator_services(config).operations
+    _revoked(run(lambda: ops.revocations.revoke_role(actor(as_name), role, reason=reason, ctx=ctx())))
 
 
 def _devices_revoked(result: dict[str, Any]) -> None:
@@ -232,10 +166,9 @@ def revoke_certificate(
     as_name: AsOption = None,
 ) -> None:
     """Refuse a device certificate from now on and end the live AWS sessions of the device it signed in as."""
-    ops = _operations(config)
-    revocations = _device_revocations(ops)
+    revocations = operator_services(config).device_revocations
     _devices_revoked(
-        _run(lambda: revocations.revoke_certificate(_actor(as_name), serial, issuer=issuer, reason=reason, ctx=_ctx()))
+        run(lambda: revocations.revoke_certificate(actor(as_name), serial, issuer=issuer, reason=reason, ctx=ctx()))
     )
 
 
@@ -247,9 +180,8 @@ def revoke_device(
     as_name: AsOption = None,
 ) -> None:
     """Refuse every certificate a device signed in with and end its live AWS sessions."""
-    ops = _operations(config)
-    revocations = _device_revocations(ops)
-    _devices_revoked(_run(lambda: revocations.revoke_device(_actor(as_name), principal, reason=reason, ctx=_ctx())))
+    revocations = operator_services(config).device_revocations
+    _devices_revoked(run(lambda: revocations.revoke_device(actor(as_name), principal, reason=reason, ctx=ctx())))
 
 
 # ---------------------------------------------------------------- principals, sessions, issuances
@@ -260,9 +192,9 @@ def principals_disable(
     principal: str, reason: ReasonOption, config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None
 ) -> None:
     """Disable a person: no new sign-ins, sessions ended, live credentials revoked in AWS."""
-    ops = _operations(config)
-    result = _run(
-        lambda: ops.revocations.set_disabled(_actor(as_name), principal, disabled=True, reason=reason, ctx=_ctx())
+    ops = operator_services(config).operations
+    result = run(
+        lambda: ops.revocations.set_disabled(actor(as_name), principal, disabled=True, reason=reason, ctx=ctx())
     )
     out.print_json(json.dumps(result))
 
@@ -272,9 +204,9 @@ def principals_enable(
     principal: str, reason: ReasonOption, config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None
 ) -> None:
     """Enable a disabled person again."""
-    ops = _operations(config)
-    result = _run(
-        lambda: ops.revocations.set_disabled(_actor(as_name), principal, disabled=False, reason=reason, ctx=_ctx())
+    ops = operator_services(config).operations
+    result = run(
+        lambda: ops.revocations.set_disabled(actor(as_name), principal, disabled=False, reason=reason, ctx=ctx())
     )
     out.print_json(json.dumps(result))
 
@@ -286,8 +218,8 @@ def sessions_list(
     as_json: JsonOption = False,
 ) -> None:
     """Live broker sessions."""
-    rows = _operations(config).sessions(principal=principal)
-    _print(rows, ["principal", "store", "created_at", "last_seen_at", "expires_at", "client_ip"], as_json)
+    rows = operator_services(config).operations.sessions(principal=principal)
+    print_rows(rows, ["principal", "store", "created_at", "last_seen_at", "expires_at", "client_ip"], as_json)
 
 
 @issuances_app.command("list")
@@ -300,40 +232,12 @@ def issuances_list(
     as_json: JsonOption = False,
 ) -> None:
     """Credentials issued, newest first (the AccessKeyId ties each to CloudTrail)."""
-    rows = _operations(config).issuances(principal=principal, role=role, live=live, limit=limit)
+    rows = operator_services(config).operations.issuances(principal=principal, role=role, live=live, limit=limit)
     columns = ["id", "source_identity", "role", "channel", "access_key_id", "issued_at", "expires_at", "revoked_at"]
-    _print(rows, columns, as_json)
+    print_rows(rows, columns, as_json)
 
 
 # ---------------------------------------------------------------- audit, report, worker
-
-
-def audit_search(
-    config: ConfigOption = DEFAULT_CONFIG,
-    event: Annotated[str | None, typer.Option(help="login, credentials, access_request, revocation, alert ...")] = None,
-    principal: Annotated[str | None, typer.Option()] = None,
-    outcome: Annotated[str | None, typer.Option(help="ok, denied, failed, raised ...")] = None,
-    reason: Annotated[str | None, typer.Option()] = None,
-    since: Annotated[datetime | None, typer.Option(help="ISO time, e.g. 2026-12-01T08:00:00+00:00")] = None,
-    limit: Annotated[int, typer.Option()] = 50,
-    as_json: JsonOption = False,
-    as_name: AsOption = None,
-) -> None:
-    """Search audit events, newest first (the search itself is audited)."""
-    ops = _operations(config)
-    if since is not None and since.tzinfo is None:
-        from datetime import UTC
-
-        since = since.replace(tzinfo=UTC)
-    filters = {"event": event, "principal": principal, "outcome": outcome, "reason": reason}
-    _run(lambda: ops.record_admin_read(_actor(as_name), "read_audit", _ctx(), {k: v for k, v in filters.items() if v}))
-    rows = ops.audit_events(event=event, principal=principal, outcome=outcome, reason=reason, since=since, limit=limit)
-    if as_json:
-        out.print_json(json.dumps(rows, default=str))
-        return
-    for row in rows:
-        row["detail"] = json.dumps(row["detail"], default=str)[:200]
-    _print(rows, ["seq", "occurred_at", "event", "outcome", "reason", "principal", "client_ip", "detail"], False)
 
 
 def access_report(
@@ -347,7 +251,7 @@ def access_report(
     if format not in {"table", "csv", "json"}:
         err.print("--format must be table, csv or json")
         raise typer.Exit(2)
-    report = _operations(config).report(days=days)
+    report = operator_services(config).operations.report(days=days)
     if format == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return
@@ -382,5 +286,5 @@ def access_report(
 
 def sweep(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """One pass of the background worker: expire requests, end grants (revoking), alerts, webhooks."""
-    result = _run(lambda: _operations(config).run_once())
+    result = run(lambda: operator_services(config).operations.run_once())
     out.print_json(json.dumps(result))

@@ -5,20 +5,15 @@ Thin wiring: the logic, and the expand/contract rule, live in ``broker.store.mig
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
+
+from broker.cli.options import DEFAULT_CONFIG, ConfigOption, err, out
 
 if TYPE_CHECKING:
     from broker.settings import Settings
     from broker.store.migrations import SchemaStatus
-
-out = Console()
-err = Console(stderr=True)
-DEFAULT_CONFIG = Path("config/broker.yaml")
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="BROKER_CONFIG", help="YAML configuration file.")]
 
 
 def register(db_app: typer.Typer) -> None:
@@ -58,7 +53,7 @@ def db_upgrade(
     Against a database a newer release migrated, it changes nothing and says what to do: exit 0 when the newer
     migrations only expanded the schema (this release serves it), 1 when they contracted it.
     """
-    from broker.cli import _load
+    from broker.cli.options import load_config as _load
     from broker.errors import BrokerError, SchemaMismatch
     from broker.store import migrations
 
@@ -80,7 +75,8 @@ def db_downgrade(
 
     Where a migration cannot be undone it says so, changes nothing and exits 1: restore the backup instead.
     """
-    from broker.cli import _existing_database, _load
+    from broker.cli.options import existing_database as _existing_database
+    from broker.cli.options import load_config as _load
     from broker.errors import BrokerError, SchemaMismatch
     from broker.store import migrations
 
@@ -97,7 +93,8 @@ def db_downgrade(
 
 def db_current(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Print the database's revision (id and file name) against this release's newest, and what to do."""
-    from broker.cli import _existing_database, _load
+    from broker.cli.options import existing_database as _existing_database
+    from broker.cli.options import load_config as _load
     from broker.errors import BrokerError
     from broker.store import migrations
 

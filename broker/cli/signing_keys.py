@@ -11,19 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from broker.cli.options import DEFAULT_CONFIG, ConfigOption, err, out
 from broker.terminal import print_table
 
 if TYPE_CHECKING:
-    from broker.oauth.tokens import TokenService
-    from broker.settings import Settings
+    from broker.services import Services
 
-out = Console()
-err = Console(stderr=True)
-DEFAULT_CONFIG = Path("config/broker.yaml")
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="BROKER_CONFIG", help="YAML configuration file.")]
 signing_keys_app = typer.Typer(
     help="The broker's token-signing keys, published at /jwks.json: list them, rotate now.", no_args_is_help=True
 )
@@ -33,15 +28,10 @@ def register(app: typer.Typer, panel: str) -> None:
     app.add_typer(signing_keys_app, name="signing-keys", rich_help_panel=panel)
 
 
-def _service(config: Path) -> tuple[Settings, TokenService]:
-    from broker.cli import _existing_database, _load
-    from broker.keys import Keys
-    from broker.oauth.tokens import TokenService
-    from broker.store.db import Database
+def _services(config: Path) -> Services:
+    from broker.cli.options import operator_services
 
-    settings = _load(config)
-    database = Database(_existing_database(settings, config))
-    return settings, TokenService(settings, db=database, keys=Keys(settings.secret_key))
+    return operator_services(config)
 
 
 def _when(value: object) -> str:
@@ -54,7 +44,7 @@ def signing_keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the stored keys, newest first: current (signs), retired (still in /jwks.json until publish-until)."""
-    _, tokens = _service(config)
+    tokens = _services(config).tokens
     rows = [
         {
             "kid": k.kid,
@@ -96,16 +86,12 @@ def signing_keys_rotate(
     --revoke it leaves /jwks.json at once and the broker refuses its tokens at once. Running broker processes
     sign with the new key within oauth.tokens.key_cache_seconds.
     """
-    from broker.admin_cli import _actor, _ctx
-    from broker.audit import AuditTrail
+    from broker.cli.options import actor, ctx
     from broker.errors import BrokerError
-    from broker.keys import Keys
 
-    settings, tokens = _service(config)
+    services = _services(config)
     try:
-        done = tokens.rotate_now(
-            revoke=revoke, audit=AuditTrail(Keys(settings.secret_key)), actor=_actor(as_name).name, ctx=_ctx()
-        )
+        done = services.tokens.rotate_now(revoke=revoke, audit=services.audit, actor=actor(as_name).name, ctx=ctx())
     except BrokerError as exc:
         err.print(f"{exc.code} ({exc.reason}): {exc.message}", markup=False, highlight=False)
         raise typer.Exit(1) from None
@@ -127,7 +113,7 @@ def signing_keys_rotate(
         )
     out.print(
         f"Running broker processes switch within oauth.tokens.key_cache_seconds "
-        f"({settings.oauth.tokens.key_cache_seconds} s).",
+        f"({services.settings.oauth.tokens.key_cache_seconds} s).",
         markup=False,
         highlight=False,
     )

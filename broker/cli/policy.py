@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from broker.cli.options import DEFAULT_CONFIG, ConfigOption, load_config
+
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 policy_app = typer.Typer(help="Simulate the grant rules: why a role is (not) available.", no_args_is_help=True)
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="BROKER_CONFIG", help="YAML configuration file.")]
 
 
 def register(app: typer.Typer, panel: str) -> None:
@@ -71,7 +71,7 @@ def render(explanations: list[dict[str, Any]], *, identity: dict[str, Any]) -> l
 def explain(
     store: Annotated[str, typer.Option(help="Identity store (or workload issuer) name the identity comes from.")],
     subject: Annotated[str, typer.Option(help="The identity's subject (OIDC sub, SAML NameID, username).")],
-    config: ConfigOption = Path("config/broker.yaml"),
+    config: ConfigOption = DEFAULT_CONFIG,
     role: Annotated[str | None, typer.Option(help="Explain only this role.")] = None,
     username: Annotated[str | None, typer.Option(help="Username [default: the subject].")] = None,
     email: Annotated[str | None, typer.Option()] = None,
@@ -90,12 +90,11 @@ def explain(
     No database and no AWS call: the answer comes from the configuration. Approved just-in-time requests are
     not read, so a role with `requires_request` shows `request_required`.
     """
-    from broker.cli import _load
     from broker.identity import Channel, MfaLevel
     from broker.policy import explain as run_explain
     from broker.policy import simulated_identity
 
-    settings = _load(config)
+    settings = load_config(config)
     try:
         level = MfaLevel.parse(mfa)
         chosen_channel = Channel(channel)

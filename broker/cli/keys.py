@@ -6,18 +6,15 @@ Only the command-line wiring lives here; heavy imports happen inside the command
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from broker.cli.options import DEFAULT_CONFIG, ConfigOption, err, out
 
 if TYPE_CHECKING:
     from broker.keyring import Keyring
-
-out = Console()
-err = Console(stderr=True)
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", envvar="BROKER_CONFIG", help="YAML configuration file.")]
 
 
 def register(app: typer.Typer, *, panel: str) -> None:
@@ -28,7 +25,7 @@ def register(app: typer.Typer, *, panel: str) -> None:
     app.add_typer(keys_app, name="keys", rich_help_panel=panel)
 
     @keys_app.command("status")
-    def status(config: ConfigOption = Path("config/broker.yaml")) -> None:
+    def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
         """Show what is stored under which key; exit 1 if the configured keys cannot read something."""
         keyring = _keyring(config)
         report = keyring.report()
@@ -65,7 +62,7 @@ def register(app: typer.Typer, *, panel: str) -> None:
             )
 
     @keys_app.command("re-encrypt")
-    def re_encrypt(config: ConfigOption = Path("config/broker.yaml")) -> None:
+    def re_encrypt(config: ConfigOption = DEFAULT_CONFIG) -> None:
         """Re-encrypt signing keys and TOTP secrets, and re-seal the audit trail, under the newest keys."""
         from broker.errors import BrokerError
 
@@ -83,7 +80,8 @@ def register(app: typer.Typer, *, panel: str) -> None:
 
 
 def _keyring(config: Path) -> Keyring:
-    from broker.cli import _existing_database, _load
+    from broker.cli.options import existing_database as _existing_database
+    from broker.cli.options import load_config as _load
     from broker.keyring import Keyring
     from broker.keys import Keys
     from broker.store.db import Database

@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 
 from broker.aws.sts import Sts
 from broker.cli import app
-from broker.federation import Broker
-from broker.operations import Operations
+from broker.services import build_services
 from broker.settings import load_settings
 from broker.store import queries
 from broker.store.db import Database
@@ -31,8 +30,8 @@ def config_file(make_config: Callable[..., dict[str, Any]], tmp_path: Path) -> P
 
 def pending_request(config_file: Path) -> tuple[int, Database]:
     settings = load_settings(config_file)
-    db = Database(settings.database_url)
-    ops = Operations(Broker(settings, db=db, sts=Sts(settings.aws)))
+    services = build_services(settings, sts=Sts(settings.aws))
+    db, ops = services.db, services.operations
     view = ops.elevation.request(ALICE, role="prod-admin", reason="INC-7", duration_seconds=900, ctx=CTX)
     return view.id, db
 
