@@ -21,6 +21,7 @@ from broker.operations import Operations, build_revoker
 from broker.ratelimit import RateLimiter
 from broker.sealer import build_sealer
 from broker.settings import OidcStoreConfig, Settings
+from broker.signin.use_case import SignIn
 from broker.store.db import Database
 from broker.web import admin, devices, discovery, errors, health, ldap, mfa, oauth, oidc, portal, requests, saml
 from broker.web.hardening import ObserveRequests, RequestLimits
@@ -48,6 +49,19 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
     # Abuse limits (broker/ratelimit.py): in-process counters, or shared through Redis across processes.
     ratelimiter = RateLimiter(settings.rate_limits, keys=broker.keys, audit=broker.audit, db=db)
     oauth_server = OAuthServer(broker, tokens=tokens, limits=ratelimiter)
+    # Browser sign-in with every identity store (broker/signin).
+    signin = SignIn(
+        db=db,
+        audit=broker.audit,
+        keys=broker.keys,
+        clock=lambda: broker.clock(),
+        sessions=broker.sessions,
+        connectors=broker.connector_registry,
+        roles=settings.roles,
+        discovery=broker.discovery,
+        limiter=ratelimiter,
+        console=broker.console_url,
+    )
     # Seals the audit trail in the background and publishes signed digests (broker/sealer.py).
     sealer = build_sealer(broker.audit, db, settings.audit)
     # SCIM provisioning (broker/scim): IdPs create and retire people and groups; deprovisioning revokes.
@@ -92,6 +106,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> FastAPI:
         redoc_url=None,
     )
     app.state.broker = broker
+    app.state.signin = signin
     app.state.oauth = oauth_server
     app.state.operations = operations
     app.state.ratelimiter = ratelimiter

@@ -18,7 +18,7 @@ hardened parse of the same bytes, before the library runs:
 * the NameID is one text node: a comment or processing instruction inside it is refused, because canonical
   XML drops comments from the signed form and naive readers truncate at them.
 
-InResponseTo binding and the replay guard need the database, so :mod:`broker.saml_signin` does them with the
+InResponseTo binding and the replay guard need the database, so :mod:`broker.signin.saml` does them with the
 :class:`CheckedResponse` returned here. Attributes are read only by :meth:`SamlConnector.identity`, after all
 of that passed.
 """

@@ -34,7 +34,8 @@ from broker.errors import (
     InvalidRequest,
     UnsupportedResponseType,
 )
-from broker.federation import Broker, CurrentSession
+from broker.federation import Broker
+from broker.signin.sessions import CurrentSession
 from broker.identity import Identity
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params

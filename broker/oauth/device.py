@@ -31,7 +31,8 @@ from broker.errors import (
     ServiceUnavailable,
     SlowDown,
 )
-from broker.federation import Broker, CurrentSession
+from broker.federation import Broker
+from broker.signin.sessions import CurrentSession
 from broker.identity import Identity
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params

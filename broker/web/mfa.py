@@ -14,20 +14,14 @@ from fastapi import APIRouter, Depends, Form, Header, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from broker.errors import InvalidRequest
-from broker.federation import Broker, CurrentSession
+from broker.federation import Broker
+from broker.signin.sessions import CurrentSession
 from broker.identity import MfaLevel
 from broker.mfa.service import Holder
 from broker.mfa.webauthn import MAX_CREDENTIAL_JSON
 from broker.ratelimit import rate_limited
-from broker.web.deps import (
-    BrokerDep,
-    ContextDep,
-    CurrentDep,
-    TemplatesDep,
-    check_csrf,
-    safe_return_path,
-    session_cookie,
-)
+from broker.web.cookies import session_cookie
+from broker.web.deps import BrokerDep, ContextDep, CurrentDep, TemplatesDep, check_csrf, safe_return_path
 
 router = APIRouter(tags=["mfa"])
 # Factor checks are limited per client address here; per principal, the database-backed lockout
