@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from broker.identity import Identity, MfaLevel
 
 if TYPE_CHECKING:
-    from broker.connectors.saml import AuthnRedirect, CheckedResponse
+    from broker.connectors.saml import AuthnRedirect
     from broker.connectors.saml_logout import SamlLogout, SessionRef
+    from broker.connectors.saml_response import CheckedResponse
 
 
 class Connector(Protocol):

@@ -35,11 +35,11 @@ from broker.errors import (
     UnsupportedResponseType,
 )
 from broker.federation import Broker
-from broker.signin.sessions import CurrentSession
 from broker.identity import Identity
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
 from broker.oauth.refresh import CHANNEL, CLI_CLIENT_ID, CliSessions, iso
+from broker.signin.sessions import CurrentSession
 from broker.store import queries
 from broker.store.models import AuthorizationCode
 

@@ -32,11 +32,11 @@ from broker.errors import (
     SlowDown,
 )
 from broker.federation import Broker
-from broker.signin.sessions import CurrentSession
 from broker.identity import Identity
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
 from broker.oauth.refresh import CHANNEL, CliSessions, Started, check_cli_client, iso
+from broker.signin.sessions import CurrentSession
 from broker.store import queries
 from broker.store.models import DeviceAuthorization
 

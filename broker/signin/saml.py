@@ -18,11 +18,12 @@ from urllib.parse import urlencode
 
 from broker.audit import AuditTrail, Clock, Context
 from broker.connectors.registry import Connectors
-from broker.connectors.saml import SamlConnector, SamlRejected
+from broker.connectors.saml import SamlConnector
 from broker.connectors.saml_logout import LogoutRejected, SessionRef
+from broker.connectors.saml_response import SamlRejected
 from broker.errors import AccessDenied, BrokerError, MfaRequired, NotFound
 from broker.identity import Identity, MfaLevel
-from self.keys import Keys
+from broker.keys import Keys
 from broker.logs import get_logger
 from broker.policy import visible_roles
 from broker.settings import RoleConfig
@@ -229,7 +230,7 @@ class SamlSignIn:
         """Audit a refusal made at the edge (oversized or malformed message) and return it to raise."""
         connector = self.connector(store)
         detail = {"idp": connector.idp_entity_id, "saml_error": getattr(error, "library_error", None)}
-        return self.self.audit.deny(self.self.db, error, event=event, store=store, ctx=ctx, detail=detail)
+        return self.audit.deny(self.db, error, event=event, store=store, ctx=ctx, detail=detail)
 
     # ------------------------------------------------------------ single logout (profiles 4.4)
 

@@ -119,9 +119,7 @@ class SignIn:
         connector = self.connectors.local_store(store)
         return self._password(connector, username, password, totp, ctx, previous_session=previous_session)
 
-    def ldap(
-        self, store: str, username: str, password: str, ctx: Context, *, previous_session: str | None
-    ) -> SignedIn:
+    def ldap(self, store: str, username: str, password: str, ctx: Context, *, previous_session: str | None) -> SignedIn:
         """Password sign-in against a directory; its session's MFA level is ``none``."""
         connector = self.connectors.ldap_store(store)
         return self._password(connector, username, password, "", ctx, previous_session=previous_session)

@@ -12,8 +12,8 @@ from fastapi.templating import Jinja2Templates
 from broker.audit import Context
 from broker.errors import CsrfFailed, LoginRequired
 from broker.federation import Broker
-from broker.signin.sessions import CurrentSession
 from broker.identity import Identity
+from broker.signin.sessions import CurrentSession
 from broker.signin.use_case import SignIn
 from broker.web.cookies import BROWSER_COOKIE, session_cookie
 

@@ -15,11 +15,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from broker.errors import InvalidRequest
 from broker.federation import Broker
-from broker.signin.sessions import CurrentSession
 from broker.identity import MfaLevel
 from broker.mfa.service import Holder
 from broker.mfa.webauthn import MAX_CREDENTIAL_JSON
 from broker.ratelimit import rate_limited
+from broker.signin.sessions import CurrentSession
 from broker.web.cookies import session_cookie
 from broker.web.deps import BrokerDep, ContextDep, CurrentDep, TemplatesDep, check_csrf, safe_return_path
 

@@ -15,12 +15,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from broker.errors import LoginRequired
 from broker.federation import Broker
-from broker.signin.sessions import CurrentSession
 from broker.oauth.authorization_code import AUTHORIZE_PARAMS, AUTHORIZE_PATH, ErrorRedirect
 from broker.oauth.device import VERIFICATION_PATH
 from broker.oauth.grants import Params
 from broker.oauth.server import DEVICE_AUTHORIZATION_PATH, REVOCATION_PATH
 from broker.ratelimit import rate_limited
+from broker.signin.sessions import CurrentSession
 from broker.web.cookies import session_cookie
 from broker.web.deps import BrokerDep, ContextDep, TemplatesDep, check_csrf
 from broker.web.oauth import NO_STORE, OAuthDep, _form_items

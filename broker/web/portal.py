@@ -9,10 +9,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from broker.audit import Context
 from broker.federation import RoleView
 from broker.identity import Channel, Identity
 from broker.ratelimit import rate_limited
 from broker.signin.use_case import SignIn
+from broker.web import discovery
 from broker.web.cookies import (
     browser_id,
     clear_session_cookie,
@@ -29,7 +31,6 @@ from broker.web.deps import (
     check_csrf,
     safe_return_path,
 )
-from broker.web import discovery
 from broker.web.requests import portal_context
 
 router = APIRouter(tags=["portal"])
@@ -54,7 +55,9 @@ def login_page(
     browser = browser_id(request)
     stores = signin.connectors.ordered
     if len(stores) == 1 and stores[0].kind != "local":
-        response: Response = RedirectResponse(f"{signin.connectors.start_path(stores[0])}?next={quote(safe_return_path(next))}", 303)
+        response: Response = RedirectResponse(
+            f"{signin.connectors.start_path(stores[0])}?next={quote(safe_return_path(next))}", 303
+        )
     else:
         response = templates.TemplateResponse(
             request,

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
-from broker.connectors.saml import MAX_FORM_BYTES
 from broker.connectors.saml_logout import MAX_QUERY_CHARS, LogoutRejected
+from broker.connectors.saml_response import MAX_FORM_BYTES
 from broker.errors import InvalidRequest, PayloadTooLarge
 from broker.identity import MfaLevel
 from broker.ratelimit import rate_limited
