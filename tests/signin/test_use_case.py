@@ -165,7 +165,8 @@ def test_password_guessing_is_limited_per_account(rig: Rig) -> None:
         local(rig, password="wrong")
     assert refused.value.code == "rate_limited"
     with rig.db.transaction() as session:
-        assert [e.reason for e in queries.search_audit_events(session, event="ratelimit")] == ["rate_limited.login.principal"]
+        limited = queries.search_audit_events(session, event="ratelimit")
+        assert [(e.principal, e.reason) for e in limited] == [("alice", "rate_limited.login.principal")]
 
 
 def test_a_disabled_person_gets_no_session(rig: Rig) -> None:
