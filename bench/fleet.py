@@ -343,7 +343,7 @@ def start_sign_ins(database_url: str, secret_key: str, count: int) -> list[tuple
     from pydantic import SecretStr
 
     from broker.keys import Keys
-    from broker.saml_signin import LOGIN_REQUEST_TTL
+    from broker.signin.saml import LOGIN_REQUEST_TTL
     from broker.store import queries
     from broker.store.db import Database
 

@@ -38,6 +38,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow, services: Services 
     broker = services.broker
     oauth_server = services.oauth
     provisioning = services.provisioning
+    # Browser sign-in with every identity store (broker/signin).
+    signin = services.signin
     metrics = services.metrics
     # What the on-call sees: latency of the database, audit appends and seals, the rate limiter's storage,
     # certificate expiry (broker/monitoring.py).
@@ -85,6 +87,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow, services: Services 
     app.state.services = services
     # Sign-in and the browser session (``broker.federation``), for the sign-in routes.
     app.state.broker = broker
+    app.state.signin = signin
     app.state.oauth = oauth_server
     app.state.operations = operations
     app.state.ratelimiter = services.ratelimiter

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from broker.scim.service import Provisioning
     from broker.sealer import Sealer
     from broker.settings import Settings
+    from broker.signin.use_case import SignIn
     from broker.store.db import Database
 
 
@@ -168,7 +169,7 @@ class Services:
 
     @cached_property
     def broker(self) -> Broker:
-        """Sign-in and the browser session."""
+        """The connectors, the browser session and the portal's view of roles."""
         from broker.federation import Broker
 
         return Broker(
@@ -180,6 +181,25 @@ class Services:
             mfa=self.mfa,
             directory=self.directory,
             clock=self.clock,
+        )
+
+    @cached_property
+    def signin(self) -> SignIn:
+        """Browser sign-in with every identity store (``broker.signin``)."""
+        from broker.signin.use_case import SignIn
+
+        broker = self.broker
+        return SignIn(
+            db=self.db,
+            audit=self.audit,
+            keys=self.keys,
+            clock=self.clock,
+            sessions=broker.sessions,
+            connectors=broker.connector_registry,
+            roles=self.settings.roles,
+            discovery=broker.discovery,
+            limiter=self.ratelimiter,
+            console=broker.console_url,
         )
 
     @cached_property

@@ -23,7 +23,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +33,7 @@ import ldap
 import ldap.dn
 import ldap.filter
 
+from broker.connectors.base import PasswordLogin
 from broker.errors import AuthenticationFailed, BrokerError, ServiceUnavailable
 from broker.identity import Identity, MfaEvidence, MfaLevel
 from broker.settings import LdapStoreConfig
@@ -140,6 +141,21 @@ class LdapConnector:
     @property
     def display_name(self) -> str:
         return self.config.display_name
+
+    @property
+    def audit_detail(self) -> Mapping[str, object]:
+        return {"protocol": "ldap"}
+
+    def account_key(self, username: str) -> str:
+        return username.strip().casefold()
+
+    def audit_principal(self, username: str) -> str | None:
+        return audit_name(username)
+
+    def login(self, username: str, password: str, otp: str, *, now: float) -> PasswordLogin:
+        """:meth:`authenticate` (a directory holds no second factor: ``otp`` is not used). The session's MFA
+        level is ``none``: roles that need more ask for the broker's own factors (``/mfa/verify``)."""
+        return PasswordLogin(self.authenticate(username, password, now=now))
 
     @property
     def start_path(self) -> str:

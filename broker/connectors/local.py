@@ -7,13 +7,15 @@ that the caller can refuse its reuse through the shared replay guard.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from broker.errors import AuthenticationFailed
+from broker.connectors.base import OneTime, PasswordLogin
+from broker.errors import TOTP_REPLAY_MESSAGE, AuthenticationFailed
 from broker.identity import Identity, MfaEvidence, MfaLevel
 from broker.mfa import totp
 from broker.settings import LocalAccount, LocalStoreConfig
@@ -50,6 +52,27 @@ class LocalConnector:
     @property
     def display_name(self) -> str:
         return self._config.display_name
+
+    @property
+    def audit_detail(self) -> Mapping[str, object]:
+        return {"break_glass": True}
+
+    def account_key(self, username: str) -> str:
+        return username
+
+    def audit_principal(self, username: str) -> str | None:
+        return username[:256]
+
+    def login(self, username: str, password: str, otp: str, *, now: float) -> PasswordLogin:
+        """:meth:`authenticate`, with the accepted TOTP step to spend once (RFC 6238 section 5.2)."""
+        login = self.authenticate(username, password, otp, now=now)
+        one_time = OneTime(
+            kind="totp",
+            key=f"{self.name}:{username}:{login.totp_step}",
+            ttl_seconds=TOTP_STEP_SECONDS * 4,
+            message=TOTP_REPLAY_MESSAGE,
+        )
+        return PasswordLogin(login.identity, one_time)
 
     def _totp_step(self, account: LocalAccount, code: str, now: float) -> int | None:
         # One step either side is accepted for clock drift (RFC 6238 section 5.2), as for enrolled factors.

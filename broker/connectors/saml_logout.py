@@ -10,7 +10,7 @@ module is strict first, on its own bounded decode of the same message:
 * Issuer is required and exactly the IdP's entity id (the library accepts a message without one);
 * Destination is required and exactly this SLO URL (the library accepts none, or a prefix);
 * IssueInstant is no older than ``max_assertion_age_seconds`` (plus skew), so an old message cannot be replayed
-  later; :mod:`broker.saml_signin` also records every LogoutRequest ID as used.
+  later; :mod:`broker.signin.saml` also records every LogoutRequest ID as used.
 """
 
 from __future__ import annotations

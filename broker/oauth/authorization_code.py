@@ -34,13 +34,13 @@ from broker.errors import (
     InvalidRequest,
     UnsupportedResponseType,
 )
-from broker.federation import CurrentSession
 from broker.identity import Identity
 from broker.keys import Keys
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
 from broker.oauth.refresh import CHANNEL, CLI_CLIENT_ID, CliSessions, iso
 from broker.settings import CliSettings
+from broker.signin.sessions import CurrentSession
 from broker.store import queries
 from broker.store.db import Database
 from broker.store.models import AuthorizationCode

@@ -31,13 +31,13 @@ from broker.errors import (
     ServiceUnavailable,
     SlowDown,
 )
-from broker.federation import CurrentSession
 from broker.identity import Identity
 from broker.keys import Keys
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
 from broker.oauth.refresh import CHANNEL, CliSessions, Started, check_cli_client, iso
 from broker.settings import CliSettings
+from broker.signin.sessions import CurrentSession
 from broker.store import queries
 from broker.store.db import Database
 from broker.store.models import DeviceAuthorization

@@ -10,14 +10,16 @@ from fastapi.templating import Jinja2Templates
 
 from broker.audit import Context
 from broker.errors import CsrfFailed, LoginRequired
-from broker.federation import Broker, CurrentSession
+from broker.federation import Broker
 from broker.identity import Identity
 from broker.mfa.service import MfaService
 from broker.operations import Operations
 from broker.services import Services
 from broker.settings import Settings
+from broker.signin.sessions import CurrentSession
+from broker.signin.use_case import SignIn
+from broker.web.cookies import BROWSER_COOKIE, session_cookie
 
-BROWSER_COOKIE = "broker_browser"
 # Paths a sign-in may return to. Anything else (other hosts, scheme-relative URLs, unknown paths) goes to
 # the portal: no open redirect. ``/oauth2/authorize`` comes back with its query (the credential helper's
 # request), which that endpoint validates again and shows on a consent page before any redirect.
@@ -68,6 +70,11 @@ def csrf_token(request: Request) -> str:
     return _broker(request).csrf_token(session_cookie(request) or "")
 
 
+async def get_signin(request: Request) -> SignIn:
+    signin: SignIn = request.app.state.signin
+    return signin
+
+
 async def get_templates(request: Request) -> Jinja2Templates:
     templates: Jinja2Templates = request.app.state.templates
     return templates
@@ -85,11 +92,6 @@ async def get_context(request: Request) -> Context:
     return request_context(request)
 
 
-def session_cookie(request: Request) -> str | None:
-    broker = _broker(request)
-    return request.cookies.get(broker.settings.session.cookie_name)
-
-
 def get_current(request: Request) -> CurrentSession:
     broker = _broker(request)
     current = broker.current_session(session_cookie(request))
@@ -99,6 +101,7 @@ def get_current(request: Request) -> CurrentSession:
 
 
 BrokerDep = Annotated[Broker, Depends(get_broker)]
+SignInDep = Annotated[SignIn, Depends(get_signin)]
 ContextDep = Annotated[Context, Depends(get_context)]
 TemplatesDep = Annotated[Jinja2Templates, Depends(get_templates)]
 CurrentDep = Annotated[CurrentSession, Depends(get_current)]

@@ -19,6 +19,7 @@ from broker.errors import (
     ServiceUnavailable,
 )
 from broker.logs import get_logger
+from broker.web.cookies import session_cookie
 
 log = get_logger("broker.web")
 _API_PREFIXES = ("/api/", "/oauth2/", "/healthz", "/readyz", "/.well-known/", "/jwks", "/scim/")
@@ -36,7 +37,7 @@ def _signed_in(request: Request) -> bool:
     """Whether the error page may offer "Back to your roles": a live session, not merely a cookie."""
     if getattr(request.state, "principal", None) is not None:
         return True
-    cookie = request.cookies.get(request.app.state.broker.settings.session.cookie_name)
+    cookie = session_cookie(request)
     if not cookie:
         return False
     try:

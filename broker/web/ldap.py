@@ -14,34 +14,20 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from broker.connectors.ldap import LdapConnector, audit_name
-from broker.errors import BrokerError, NotFound
-from broker.federation import Broker
-from broker.ratelimit import limiter_of, rate_limited
-from broker.web.deps import (
-    BrokerDep,
-    ContextDep,
-    TemplatesDep,
-    check_csrf,
-    safe_return_path,
-    session_cookie,
-)
+from broker.errors import BrokerError
+from broker.ratelimit import rate_limited
+from broker.signin.use_case import SignIn
+from broker.web.cookies import browser_id, session_cookie, set_browser_cookie, set_session_cookie
+from broker.web.deps import ContextDep, SignInDep, TemplatesDep, check_csrf, safe_return_path
 from broker.web.errors import wants_html
-from broker.web.portal import browser_id, set_browser_cookie, set_session_cookie
 
 router = APIRouter(tags=["directory sign-in"])
-
-
-def _connector(broker: Broker, store: str) -> LdapConnector:
-    connector = broker.ldap_connectors.get(store)
-    if connector is None:
-        raise NotFound("There is no such sign-in option.")
-    return connector
 
 
 def _form(
     request: Request,
     templates: TemplatesDep,
-    broker: Broker,
+    signin: SignIn,
     connector: LdapConnector,
     *,
     next_path: str,
@@ -59,10 +45,10 @@ def _form(
             "title": f"Sign in with {connector.display_name}",
             "store": connector,
             "next": next_path,
-            "csrf": broker.csrf_token(browser),
+            "csrf": signin.sessions.csrf_token(browser),
             "username": username,
             "error": error,
-            "others": len(broker.sign_in_options()) > 1,
+            "others": len(signin.connectors.ordered) > 1,
         },
         status_code=error.status if error is not None else 200,
         headers=headers,
@@ -75,15 +61,15 @@ def _form(
 def ldap_form(
     request: Request,
     store: str,
-    broker: BrokerDep,
+    signin: SignInDep,
     templates: TemplatesDep,
     next: Annotated[str | None, Query(max_length=2048)] = None,
     login_hint: Annotated[str | None, Query(max_length=254)] = None,
 ) -> Response:
-    connector = _connector(broker, store)
+    connector = signin.connectors.ldap_store(store)
     # The discovered address fills the username only where the directory accepts addresses as usernames.
     prefill = login_hint if login_hint and login_hint.isprintable() and connector.takes_addresses else ""
-    return _form(request, templates, broker, connector, next_path=safe_return_path(next), username=prefill)
+    return _form(request, templates, signin, connector, next_path=safe_return_path(next), username=prefill)
 
 
 @router.post(
@@ -94,7 +80,7 @@ def ldap_form(
 def ldap_login(
     request: Request,
     store: str,
-    broker: BrokerDep,
+    signin: SignInDep,
     ctx: ContextDep,
     templates: TemplatesDep,
     username: Annotated[str, Form(max_length=256)] = "",
@@ -102,20 +88,16 @@ def ldap_login(
     csrf: Annotated[str, Form(max_length=128)] = "",
     next: Annotated[str, Form(max_length=2048)] = "/",
 ) -> Response:
-    connector = _connector(broker, store)
+    connector = signin.connectors.ldap_store(store)
     check_csrf(request, csrf, event="login", pre_login=True, principal=audit_name(username), store=store)
     try:
-        limiter = limiter_of(request)
-        if limiter is not None:
-            key = f"{store}:{username.strip().casefold()}"
-            limiter.hit("login", per="principal", key=key, ctx=ctx, principal=audit_name(username), store=store)
-        signed_in = broker.login_ldap(store, username, password, ctx, previous_session=session_cookie(request))
+        signed_in = signin.ldap(store, username, password, ctx, previous_session=session_cookie(request))
     except BrokerError as exc:
         if not wants_html(request):
             raise
         request.state.outcome = exc.reason
         return _form(
-            request, templates, broker, connector, next_path=safe_return_path(next), username=username, error=exc
+            request, templates, signin, connector, next_path=safe_return_path(next), username=username, error=exc
         )
     request.state.principal = signed_in.identity.principal
     response = RedirectResponse(safe_return_path(next), status_code=303)

@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, Form, Header, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from broker.errors import InvalidRequest
-from broker.federation import CurrentSession
 from broker.identity import MfaLevel
 from broker.mfa.service import Holder
 from broker.mfa.webauthn import MAX_CREDENTIAL_JSON
 from broker.ratelimit import rate_limited
+from broker.signin.sessions import CurrentSession
 from broker.web.deps import (
     ContextDep,
     CurrentDep,

@@ -14,12 +14,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from broker.errors import LoginRequired
-from broker.federation import Broker, CurrentSession
+from broker.federation import Broker
 from broker.oauth.authorization_code import AUTHORIZE_PARAMS, AUTHORIZE_PATH, ErrorRedirect
 from broker.oauth.device import VERIFICATION_PATH
 from broker.oauth.grants import Params
 from broker.oauth.server import DEVICE_AUTHORIZATION_PATH, REVOCATION_PATH
 from broker.ratelimit import rate_limited
+from broker.signin.sessions import CurrentSession
+from broker.web.cookies import session_cookie
 from broker.web.deps import (
     BrokerDep,
     ContextDep,
@@ -27,7 +29,6 @@ from broker.web.deps import (
     check_csrf,
     csrf_token,
     request_settings,
-    session_cookie,
 )
 from broker.web.oauth import NO_STORE, OAuthDep, _form_items
 

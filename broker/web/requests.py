@@ -20,9 +20,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from broker.audit import Context
 from broker.elevation import RequestView
 from broker.errors import InvalidRequest
-from broker.federation import CurrentSession
 from broker.operations import Operations
 from broker.revocation import Actor
+from broker.signin.sessions import CurrentSession
 from broker.web.admin import OpsDep, get_operations
 from broker.web.deps import ContextDep, CurrentDep, TemplatesDep, check_csrf, csrf_token
 

@@ -2,14 +2,12 @@
 SingleLogoutService (HTTP-Redirect binding) for the IdP's LogoutRequest and its answer to the broker's.
 
 The ACS reads the form body itself, capped, so an oversized message is refused before anything parses it.
-The browser that started a sign-in is recognised at the ACS by a dedicated binding cookie: the IdP's form
-POST is a cross-site request, on which browsers do not send ``SameSite=Lax`` cookies, so this one is
-``SameSite=None; Secure`` (``Lax`` only for plain-HTTP development, where ``None`` is refused by browsers).
+The browser that started a sign-in is recognised at the ACS by a dedicated binding cookie
+(:mod:`broker.web.cookies`). The use case is :mod:`broker.signin.saml`.
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 from urllib.parse import parse_qs
 
@@ -17,21 +15,29 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
-from broker.connectors.saml import MAX_FORM_BYTES
 from broker.connectors.saml_logout import MAX_QUERY_CHARS, LogoutRejected
+from broker.connectors.saml_response import MAX_FORM_BYTES
 from broker.errors import InvalidRequest, PayloadTooLarge
 from broker.identity import MfaLevel
 from broker.ratelimit import rate_limited
-from broker.saml_signin import LOGIN_REQUEST_TTL, SamlSignIn
-from broker.web.deps import BrokerDep, ContextDep, TemplatesDep, safe_return_path, session_cookie
-from broker.web.portal import set_session_cookie
+from broker.signin.saml import LOGIN_REQUEST_TTL, SamlSignIn
+from broker.signin.use_case import SignIn
+from broker.web.cookies import (
+    BINDING_COOKIE,
+    BINDING_PATH,
+    binding_id,
+    session_cookie,
+    set_binding_cookie,
+    set_session_cookie,
+)
+from broker.web.deps import ContextDep, TemplatesDep, safe_return_path
 
 router = APIRouter(tags=["saml"])
-BINDING_COOKIE = "broker_saml"
 
 
-async def get_saml(broker: BrokerDep) -> SamlSignIn:
-    return SamlSignIn(broker)
+async def get_saml(request: Request) -> SamlSignIn:
+    signin: SignIn = request.app.state.signin
+    return signin.saml
 
 
 SamlDep = Annotated[SamlSignIn, Depends(get_saml)]
@@ -50,22 +56,13 @@ def saml_login(
     level: Annotated[str, Query(pattern="^(none|mfa|phishing_resistant)$")] = "none",
     login_hint: Annotated[str | None, Query(max_length=254)] = None,
 ) -> Response:
-    binding = request.cookies.get(BINDING_COOKIE) or secrets.token_urlsafe(24)
+    binding = binding_id(request)
     hint = login_hint if login_hint and login_hint.isprintable() else None
     url = saml.start(
         store, binding=binding, next_path=safe_return_path(next), level=MfaLevel.parse(level), login_hint=hint
     )
     response = RedirectResponse(url, status_code=303)
-    secure = saml.broker.settings.session.cookie_secure
-    response.set_cookie(
-        BINDING_COOKIE,
-        binding,
-        httponly=True,
-        secure=secure,
-        samesite="none" if secure else "lax",
-        path="/saml/",
-        max_age=int(LOGIN_REQUEST_TTL.total_seconds()),
-    )
+    set_binding_cookie(response, request, binding, max_age=int(LOGIN_REQUEST_TTL.total_seconds()))
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -122,7 +119,7 @@ async def saml_acs(request: Request, store: str, saml: SamlDep, ctx: ContextDep,
             },
         )
     set_session_cookie(response, request, finished.signed_in.session_id)
-    response.delete_cookie(BINDING_COOKIE, path="/saml/")
+    response.delete_cookie(BINDING_COOKIE, path=BINDING_PATH)
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -11,18 +11,25 @@ browser started.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlencode
 
-from broker.audit import Context
-from broker.connectors.saml import SamlConnector, SamlRejected
+from broker.audit import AuditTrail, Clock, Context
+from broker.connectors.registry import Connectors
+from broker.connectors.saml import SamlConnector
 from broker.connectors.saml_logout import LogoutRejected, SessionRef
-from broker.errors import BrokerError, MfaRequired, NotFound
-from broker.federation import Broker, SignedIn
+from broker.connectors.saml_response import SamlRejected
+from broker.errors import AccessDenied, BrokerError, MfaRequired, NotFound
 from broker.identity import Identity, MfaLevel
+from broker.keys import Keys
 from broker.logs import get_logger
+from broker.policy import visible_roles
+from broker.settings import RoleConfig
+from broker.signin.sessions import MAX_SESSION_ID_CHARS, Sessions, SignedIn
 from broker.store import queries
+from broker.store.db import Database
 from broker.store.models import LoginRequest
 
 log = get_logger("broker.saml")
@@ -43,16 +50,29 @@ class SamlFinished:
 
 
 class SamlSignIn:
-    """SP-initiated (and, where enabled, IdP-initiated) SAML sign-in on top of the broker's use cases."""
+    """SP-initiated (and, where enabled, IdP-initiated) SAML sign-in, and single logout."""
 
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        *,
+        db: Database,
+        audit: AuditTrail,
+        keys: Keys,
+        clock: Clock,
+        sessions: Sessions,
+        connectors: Connectors,
+        roles: Sequence[RoleConfig],
+    ) -> None:
+        self.db = db
+        self.audit = audit
+        self.keys = keys
+        self.clock = clock
+        self.sessions = sessions
+        self.connectors = connectors
+        self.roles = roles
 
     def connector(self, store: str) -> SamlConnector:
-        connector = self.broker.saml_connectors.get(store)
-        if connector is None:
-            raise NotFound("There is no such SAML sign-in option.")
-        return connector
+        return self.connectors.saml_store(store)
 
     def start(
         self,
@@ -68,15 +88,14 @@ class SamlSignIn:
         ``binding`` is the browser's SAML binding cookie value; only its HMAC is stored. ``login_hint`` is the
         address home realm discovery was given (sent only to IdPs configured with ``subject_hint``).
         """
-        broker = self.broker
         redirect = self.connector(store).authn_request(level=level, login_hint=login_hint)
-        now = broker.clock()
-        with broker.db.transaction() as session:
+        now = self.clock()
+        with self.db.transaction() as session:
             queries.save_login_request(
                 session,
-                state_hmac=broker.keys.mac("saml-request", f"{store}\n{redirect.request_id}"),
+                state_hmac=self.keys.mac("saml-request", f"{store}\n{redirect.request_id}"),
                 store=store,
-                browser_hmac=broker.keys.mac("saml-binding", binding),
+                browser_hmac=self.keys.mac("saml-binding", binding),
                 data={"next": next_path, "level": level.label},
                 now=now,
                 expires_at=now + LOGIN_REQUEST_TTL,
@@ -94,15 +113,14 @@ class SamlSignIn:
         ctx: Context,
     ) -> SamlFinished:
         """Consume a POST-binding response; return the new session and where to go, or raise (audited)."""
-        broker = self.broker
         connector = self.connector(store)
         audit = {"event": "login", "store": store, "ctx": ctx}
-        now = broker.clock()
+        now = self.clock()
         try:
             checked = connector.check(saml_response, now=now)
         except BrokerError as exc:
             refused = {"idp": connector.idp_entity_id, "saml_error": getattr(exc, "library_error", None)}
-            raise broker.audit.deny(broker.db, exc, **audit, detail=refused) from None
+            raise self.audit.deny(self.db, exc, **audit, detail=refused) from None
         detail: dict[str, object] = {
             "idp": checked.issuer,
             "assertion_id": checked.assertion_id,  # stored as a keyed HMAC (audit._SECRET_WORDS)
@@ -112,18 +130,18 @@ class SamlSignIn:
             # One transaction spends the assertion ID (refused until it would have expired anyway, by every
             # broker process sharing this database) and takes the sign-in it answers; both stay spent even
             # when a check below refuses the response.
-            with broker.db.transaction() as session:
+            with self.db.transaction() as session:
                 queries.consume_once(
                     session,
                     kind="saml_assertion",
-                    key_hmac=broker.keys.macs("saml-assertion", f"{checked.issuer}\n{checked.assertion_id}"),
+                    key_hmac=self.keys.macs("saml-assertion", f"{checked.issuer}\n{checked.assertion_id}"),
                     expires_at=checked.replay_until,
                     savepoint=False,  # a replay abandons the transaction before anything else is in it
                 )
                 started = (
                     queries.take_login_request(
                         session,
-                        state_hmac=broker.keys.mac("saml-request", f"{connector.name}\n{checked.in_response_to}"),
+                        state_hmac=self.keys.mac("saml-request", f"{connector.name}\n{checked.in_response_to}"),
                     )
                     if checked.in_response_to is not None
                     else None
@@ -138,7 +156,7 @@ class SamlSignIn:
             identity = connector.identity(checked)
         except BrokerError as exc:
             detail["saml_error"] = getattr(exc, "library_error", None)
-            raise broker.audit.deny(broker.db, exc, **audit, detail=detail) from None
+            raise self.audit.deny(self.db, exc, **audit, detail=detail) from None
         absent, present = connector.attribute_report(checked)
         if absent:
             # Signed in, but without what the store maps (often urn:oid: names against short ones): say so.
@@ -146,27 +164,32 @@ class SamlSignIn:
             log.warning(
                 "saml attributes absent", store=store, principal=identity.principal, absent=absent, present=present
             )
-        signed_in = broker.start_session(
+        signed_in = self.sessions.start(
             identity, ctx, previous_session=previous_session, detail={**detail, "protocol": "saml"}
         )
         if connector.logout is not None:
             self._remember_for_logout(connector, signed_in.session_id, connector.session_ref(checked))
-        if not absent or broker.roles_for(identity):
+        if not absent or self._has_roles(identity):
             return SamlFinished(signed_in, next_path)
         return SamlFinished(signed_in, next_path, tuple(absent), tuple(present))
 
+    def _has_roles(self, identity: Identity) -> bool:
+        try:
+            return bool(visible_roles(self.sessions.provisioned(identity), self.roles))
+        except AccessDenied:
+            return False
+
     def _remember_for_logout(self, connector: SamlConnector, session_id: str, ref: SessionRef) -> None:
-        broker = self.broker
-        now = broker.clock()
-        with broker.db.transaction() as session:
+        now = self.clock()
+        with self.db.transaction() as session:
             queries.save_saml_session(
                 session,
-                session_hmac=broker.session_hmac(session_id),
+                session_hmac=self.sessions.hmac(session_id),
                 store=connector.name,
-                name_id_hmac=broker.keys.mac("saml-nameid", f"{connector.name}\n{ref.name_id}"),
+                name_id_hmac=self.keys.mac("saml-nameid", f"{connector.name}\n{ref.name_id}"),
                 logout=ref.to_json(),
                 now=now,
-                expires_at=now + timedelta(hours=broker.settings.session.absolute_timeout_hours),
+                expires_at=now + timedelta(hours=self.sessions.settings.absolute_timeout_hours),
             )
 
     def _bind(
@@ -181,7 +204,6 @@ class SamlSignIn:
 
         ``row`` is the sign-in in flight that ``in_response_to`` named, already taken (deleted) by the caller.
         """
-        broker = self.broker
         if in_response_to is None:
             if not connector.allow_idp_initiated:
                 raise SamlRejected(
@@ -194,9 +216,9 @@ class SamlSignIn:
             raise SamlRejected(
                 "saml.in_response_to_unknown", library_error="InResponseTo names no sign-in in flight here"
             )
-        if row.expires_at <= broker.clock():
+        if row.expires_at <= self.clock():
             raise SamlRejected("saml.request_expired", "The sign-in took too long. Start it again.")
-        if not binding or not broker.keys.verify("saml-binding", binding, row.browser_hmac):
+        if not binding or not self.keys.verify("saml-binding", binding, row.browser_hmac):
             raise SamlRejected(
                 "saml.browser_mismatch",
                 "This sign-in was started in another browser. Start it again here.",
@@ -208,7 +230,7 @@ class SamlSignIn:
         """Audit a refusal made at the edge (oversized or malformed message) and return it to raise."""
         connector = self.connector(store)
         detail = {"idp": connector.idp_entity_id, "saml_error": getattr(error, "library_error", None)}
-        return self.broker.audit.deny(self.broker.db, error, event=event, store=store, ctx=ctx, detail=detail)
+        return self.audit.deny(self.db, error, event=event, store=store, ctx=ctx, detail=detail)
 
     # ------------------------------------------------------------ single logout (profiles 4.4)
 
@@ -219,31 +241,30 @@ class SamlSignIn:
         With single logout, that is the IdP with a signed LogoutRequest (its ID remembered for the answer);
         without, the signed-out page, told that the IdP's own session is still alive.
         """
-        broker = self.broker
-        if not session_id or len(session_id) > 128:
+        if not session_id or len(session_id) > MAX_SESSION_ID_CHARS:
             return None
-        id_hmac = broker.session_hmac(session_id)
-        with broker.db.transaction() as session:
+        id_hmac = self.sessions.hmac(session_id)
+        with self.db.transaction() as session:
             row = queries.get_session(session, id_hmac=id_hmac)
             store = None if row is None else Identity.from_json(row.identity).store
             saml_row = queries.take_saml_session(session, session_hmac=id_hmac)
-        connector = broker.saml_connectors.get(store or "")
+        connector = self.connectors.saml.get(store or "")
         if connector is None:
             return None
-        broker.logout(session_id, ctx)
+        self.sessions.end(session_id, ctx)
         logout = connector.logout
         if logout is None or not logout.idp_supports_slo or saml_row is None:
             return "/signed-out?" + urlencode({"store": connector.name, "idp_session": "kept"})
         redirect = logout.request(SessionRef.from_json(saml_row.logout), relay_state="/signed-out")
-        now = broker.clock()
-        with broker.db.transaction() as session:
+        now = self.clock()
+        with self.db.transaction() as session:
             queries.save_login_request(
                 session,
-                state_hmac=broker.keys.mac("saml-logout", f"{connector.name}\n{redirect.message_id}"),
+                state_hmac=self.keys.mac("saml-logout", f"{connector.name}\n{redirect.message_id}"),
                 store=connector.name,
                 # Not bound to a browser: the session it concerns has already ended, so the answer can only
                 # confirm the IdP's side (and is checked for signature, issuer and InResponseTo).
-                browser_hmac=broker.keys.mac("saml-logout", "-"),
+                browser_hmac=self.keys.mac("saml-logout", "-"),
                 data={"kind": "logout"},
                 now=now,
                 expires_at=now + LOGIN_REQUEST_TTL,
@@ -256,31 +277,30 @@ class SamlSignIn:
         Returns where the browser goes next: the IdP with a signed LogoutResponse, or the signed-out page.
         Every refusal is audited once.
         """
-        broker = self.broker
         connector = self.connector(store)
         audit = {"event": "logout", "store": store, "ctx": ctx}
         try:
             logout = connector.logout
             if logout is None:
                 raise NotFound("Single logout is not configured for this sign-in option.", reason="saml.slo_disabled")
-            now = broker.clock()
+            now = self.clock()
             if "SAMLRequest" in query and "SAMLResponse" not in query:
                 incoming = logout.check_request(query, raw_query, now=now)
-                with broker.db.transaction() as session:
+                with self.db.transaction() as session:
                     queries.consume_once(
                         session,
                         kind="saml_logout",
-                        key_hmac=broker.keys.macs("saml-logout-request", f"{store}\n{incoming.request_id}"),
+                        key_hmac=self.keys.macs("saml-logout-request", f"{store}\n{incoming.request_id}"),
                         expires_at=incoming.not_on_or_after,
                     )
                     ended = queries.end_saml_sessions(
                         session,
                         store=store,
-                        name_id_hmac=broker.keys.mac("saml-nameid", f"{store}\n{incoming.name_id}"),
+                        name_id_hmac=self.keys.mac("saml-nameid", f"{store}\n{incoming.name_id}"),
                         session_indexes=incoming.session_indexes,
                     )
                     for identity in ended:
-                        broker.audit.append(
+                        self.audit.append(
                             session,
                             event="logout",
                             outcome="ok",
@@ -292,9 +312,9 @@ class SamlSignIn:
                 return incoming.response_url
             if "SAMLResponse" in query and "SAMLRequest" not in query:
                 in_response_to = logout.response_in_response_to(query, now=now)
-                with broker.db.transaction() as session:
+                with self.db.transaction() as session:
                     row = queries.take_login_request(
-                        session, state_hmac=broker.keys.mac("saml-logout", f"{store}\n{in_response_to}")
+                        session, state_hmac=self.keys.mac("saml-logout", f"{store}\n{in_response_to}")
                     )
                 if row is None or row.store != store or row.expires_at <= now:
                     raise LogoutRejected(
@@ -306,4 +326,4 @@ class SamlSignIn:
             raise LogoutRejected("saml.logout_malformed", library_error="not exactly one of SAMLRequest, SAMLResponse")
         except BrokerError as exc:
             detail = {"idp": connector.idp_entity_id, "saml_error": getattr(exc, "library_error", None)}
-            raise broker.audit.deny(broker.db, exc, **audit, detail=detail) from None
+            raise self.audit.deny(self.db, exc, **audit, detail=detail) from None
