@@ -46,7 +46,8 @@ def _stored_key_problems(settings: Settings) -> list[str]:
     from broker.errors import BrokerError
     from broker.keyring import Keyring
     from broker.keys import Keys
-    from broker.store.db import Database, existing_schema_problem, is_ready
+    from broker.store.db import Database, existing_schema_problem
+    from broker.store.migrations import is_ready
 
     if existing_schema_problem(settings.database_url) is not None:
         return []

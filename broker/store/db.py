@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -161,23 +161,6 @@ def head_revisions() -> set[str]:
 def current_revisions(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         return set(MigrationContext.configure(conn).get_current_heads())
-
-
-def is_ready(db: Database) -> tuple[bool, str]:
-    """Readiness: the database answers and this release serves its schema (``broker.store.migrations``).
-
-    During a rolling upgrade the migration Job runs first, so the old release sees a revision it does not know:
-    it stays ready when the newer migrations only expanded the schema, rather than take every old replica out
-    of the load balancer, and is not ready once they contracted it.
-    """
-    from broker.store.migrations import readiness
-
-    try:
-        with db.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-            return readiness(conn)
-    except SQLAlchemyError:
-        return False, "database unreachable"
 
 
 def existing_schema_problem(url: str) -> str | None:

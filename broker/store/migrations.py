@@ -22,11 +22,11 @@ from alembic import command
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, delete, insert, inspect, select
+from sqlalchemy import Connection, delete, insert, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.errors import SchemaMismatch, ServiceUnavailable
-from broker.store.db import alembic_config, make_engine
+from broker.store.db import Database, alembic_config, make_engine
 from broker.store.models import SchemaCompatibility
 
 HEAD = "heads"
@@ -268,3 +268,18 @@ def readiness(connection: Connection) -> tuple[bool, str]:
             f"`broker db downgrade --to {' '.join(state.heads)}` with it"
         )
     return False, f"schema at {list(state.current)}, migrations at {list(state.heads)}: run `broker db upgrade`"
+
+
+def is_ready(db: Database) -> tuple[bool, str]:
+    """Readiness: the database answers and this release serves its schema (``broker.store.migrations``).
+
+    During a rolling upgrade the migration Job runs first, so the old release sees a revision it does not know:
+    it stays ready when the newer migrations only expanded the schema, rather than take every old replica out
+    of the load balancer, and is not ready once they contracted it.
+    """
+    try:
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            return readiness(conn)
+    except SQLAlchemyError:
+        return False, "database unreachable"

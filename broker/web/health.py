@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from broker.errors import ServiceUnavailable
-from broker.store.db import is_ready
+from broker.store.migrations import is_ready
 from broker.web.deps import ServicesDep
 
 if TYPE_CHECKING:

@@ -116,7 +116,7 @@ def test_a_newer_expand_only_schema_is_served(db_url: str) -> None:
     assert "serves it as it is: nothing to do" in message
     assert f"run the newer release's `broker db downgrade --to {HEAD}`" in message
     database = Database(db_url)
-    ready, detail = store_db.is_ready(database)
+    ready, detail = migrations.is_ready(database)
     database.dispose()
     assert ready and "only expanded since 0007_audit_segments" in detail
 
@@ -133,7 +133,7 @@ def test_a_contracted_newer_schema_is_refused(db_url: str) -> None:
         assert "contracted the schema, so this release cannot serve it" in info.value.message
         assert f"the newer release's `broker db downgrade --to {HEAD}`" in info.value.message
     database = Database(db_url)
-    ready, detail = store_db.is_ready(database)
+    ready, detail = migrations.is_ready(database)
     database.dispose()
     assert not ready and "contracted past this release" in detail
 

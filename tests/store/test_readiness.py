@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
-from broker.store.db import Database, is_ready
+from broker.store.db import Database
+from broker.store.migrations import is_ready
 
 
 @pytest.fixture(autouse=True)
