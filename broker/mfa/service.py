@@ -15,8 +15,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from broker.audit import AuditTrail, Clock, Context
 from broker.errors import (
     TOTP_REPLAY_MESSAGE,
@@ -37,7 +35,7 @@ from broker.mfa.crypto import SecretBox
 from broker.policy import rule_matches
 from broker.settings import Settings
 from broker.store import queries
-from broker.store.db import Database
+from broker.store.db import Database, Session
 from broker.store.models import MfaFactor
 
 TOTP, WEBAUTHN, RECOVERY = "totp", "webauthn", "recovery_code"
@@ -268,7 +266,8 @@ class MfaService:
         self._require_manage(holder, ctx, "totp.begin")
         with self.db.transaction() as session:
             queries.delete_pending_totp(session, principal_id=holder.principal_id)
-            row = MfaFactor(
+            row = queries.add_mfa_factor(
+                session,
                 principal_id=holder.principal_id,
                 kind=TOTP,
                 name=name,
@@ -277,7 +276,7 @@ class MfaService:
                 sign_count=0,
                 user_verified=False,
             )
-            if not queries.add_mfa_factor(session, factor=row):
+            if row is None:
                 raise InvalidRequest(
                     "You already have a factor with this name. Choose another.", reason="mfa.name_taken"
                 )
@@ -458,7 +457,8 @@ class MfaService:
                 self.db, exc, event="mfa.enrol", identity=holder.identity, ctx=ctx, detail={"method": WEBAUTHN}
             ) from None
         with self.db.transaction() as session:
-            row = MfaFactor(
+            row = queries.add_mfa_factor(
+                session,
                 principal_id=holder.principal_id,
                 kind=WEBAUTHN,
                 name=str(data["name"]),
@@ -469,8 +469,7 @@ class MfaService:
                 sign_count=new.sign_count,
                 user_verified=new.user_verified,
             )
-            added = queries.add_mfa_factor(session, factor=row)
-            if added:
+            if row is not None:
                 self.audit.append(
                     session,
                     event="mfa.enrol",
@@ -481,7 +480,7 @@ class MfaService:
                     detail={"name": row.name, "user_verified": new.user_verified, "factor_id": row.id},
                 )
                 view = FactorView(row.id, row.kind, row.name, row.created_at, None, _level_of(row))
-        if not added:
+        if row is None:
             error = InvalidRequest(
                 "This security key, or a factor with this name, is registered already.",
                 reason="webauthn.already_registered",
@@ -675,9 +674,8 @@ class MfaService:
             for row in queries.list_totp_factors(session):
                 if row.secret_encrypted and self.box.needs_rotation(row.secret_encrypted):
                     context = self._context(row.principal_id)
-                    row.secret_encrypted = self.box.seal(
-                        self.box.open(row.secret_encrypted, context=context), context=context
-                    )
+                    resealed = self.box.seal(self.box.open(row.secret_encrypted, context=context), context=context)
+                    queries.set_factor_secret(session, factor_id=row.id, secret_encrypted=resealed)
                     changed += 1
             self.audit.append(
                 session,

@@ -40,7 +40,6 @@ from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
 from broker.oauth.refresh import CHANNEL, CLI_CLIENT_ID, CliSessions, iso
 from broker.store import queries
-from broker.store.models import AuthorizationCode
 
 GRANT_TYPE = "authorization_code"
 AUTHORIZE_PATH = "/oauth2/authorize"
@@ -170,16 +169,14 @@ class AuthorizationFlow:
         with self.broker.db.transaction() as session:
             queries.add_authorization_code(
                 session,
-                row=AuthorizationCode(
-                    code_hmac=self.broker.keys.mac("authorization-code", code),
-                    client_id=CLI_CLIENT_ID,
-                    redirect_uri=request.redirect_uri,
-                    code_challenge=request.code_challenge,
-                    identity=current.identity.to_json(),
-                    session_expires_at=current.expires_at,
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=self.broker.settings.oauth.cli.authorization_code_ttl_seconds),
-                ),
+                code_hmac=self.broker.keys.mac("authorization-code", code),
+                client_id=CLI_CLIENT_ID,
+                redirect_uri=request.redirect_uri,
+                code_challenge=request.code_challenge,
+                identity=current.identity.to_json(),
+                session_expires_at=current.expires_at,
+                created_at=now,
+                expires_at=now + timedelta(seconds=self.broker.settings.oauth.cli.authorization_code_ttl_seconds),
             )
             self.broker.audit.append(
                 session,

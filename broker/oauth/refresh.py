@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from broker.audit import Context
 from broker.errors import BrokerError, InvalidClient, InvalidGrant, InvalidRequest, InvalidToken
 from broker.federation import Broker
@@ -33,7 +31,7 @@ from broker.oauth.grants import Params
 from broker.oauth.tokens import TokenService
 from broker.settings import CliSettings
 from broker.store import queries
-from broker.store.models import RefreshFamily
+from broker.store.db import Session
 
 CLI_CLIENT_ID = "broker-cli"
 API_PATH = "/api/v1"
@@ -99,7 +97,9 @@ class CliSessions:
         if principal.disabled:
             raise InvalidGrant("This account is disabled.", reason="principal_disabled")
         token = REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
-        family = RefreshFamily(
+        family = queries.create_refresh_family(
+            session,
+            token_hmac=self._mac(token),
             id=str(uuid.uuid4()),
             principal_id=principal.id,
             client_id=CLI_CLIENT_ID,
@@ -109,7 +109,6 @@ class CliSessions:
             expires_at=expires,
             client_ip=ctx.client_ip,
         )
-        queries.create_refresh_family(session, family=family, token_hmac=self._mac(token))
         return Started(family.id, expires, token)
 
     def token_response(

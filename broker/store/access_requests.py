@@ -5,7 +5,7 @@ Keyword-only functions taking the SQLAlchemy session; callers own transactions."
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -118,3 +118,26 @@ def end_access_requests_of(session: Session, *, principal_id: int, now: datetime
         .values(status="cancelled", decided_at=now, decision_note="deprovisioned")
     )
     return _changed(granted) + _changed(pending)
+
+
+def approve_request(session: Session, *, row: AccessRequestRow, now: datetime) -> None:
+    """Open the request's window: from now for the duration it asked for."""
+    row.status, row.grant_starts_at = "approved", now
+    row.grant_ends_at = now + timedelta(seconds=row.duration_seconds)
+
+
+def close_request(session: Session, *, row: AccessRequestRow, status: str) -> None:
+    """End a pending request without a window: ``denied``, ``cancelled`` or ``expired``."""
+    row.status = status
+
+
+def end_grant(session: Session, *, row: AccessRequestRow, now: datetime, cut_short: bool = False) -> None:
+    """Close an approved window; ``cut_short`` also moves its end to now (cancelled before it ran out)."""
+    row.status, row.ended_at = "ended", now
+    if cut_short:
+        row.grant_ends_at = now
+
+
+def record_decision(session: Session, *, row: AccessRequestRow, by: str, now: datetime, note: str | None) -> None:
+    """Who answered the request, when, and the note they gave (None when empty)."""
+    row.decided_by, row.decided_at, row.decision_note = by, now, note

@@ -4,7 +4,7 @@ Keyword-only functions taking the SQLAlchemy session; callers own transactions."
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -29,6 +29,17 @@ def insert_audit_event(session: Session, *, values: dict[str, Any]) -> int:
     return int(seq)
 
 
+def append_audit_event(
+    session: Session, *, fields: dict[str, Any], mac: Callable[[AuditEvent], str], inserted: Sequence[str]
+) -> AuditEvent:
+    """Build an event from ``fields``, give it its keyed ``mac`` and insert the ``inserted`` columns with one
+    statement (:func:`insert_audit_event`). The returned row carries its ``seq`` and is not in the session."""
+    row = AuditEvent(**fields)
+    row.mac = mac(row)
+    row.seq = insert_audit_event(session, values={name: getattr(row, name) for name in inserted})
+    return row
+
+
 def try_lock_audit_sealer(session: Session) -> bool:
     """Elect this transaction as the only sealer until it ends.
 
@@ -49,8 +60,30 @@ def get_audit_segment(session: Session, *, number: int) -> AuditSegment | None:
     return session.get(AuditSegment, number)
 
 
-def add_audit_segment(session: Session, *, segment: AuditSegment) -> None:
+def add_audit_segment(
+    session: Session,
+    *,
+    number: int,
+    count: int,
+    prev_hash: str,
+    hash: str,
+    sealed_at: datetime,
+    seal: Callable[[AuditSegment], str],
+) -> AuditSegment:
+    """Add a sealed segment; ``seal`` computes its keyed seal from the row's fields."""
+    segment = AuditSegment(number=number, count=count, prev_hash=prev_hash, hash=hash, sealed_at=sealed_at)
+    segment.seal = seal(segment)
     session.add(segment)
+    session.flush()
+    return segment
+
+
+def seal_legacy_segment(
+    session: Session, *, segment: AuditSegment, hash: str, sealed_at: datetime, seal: Callable[[AuditSegment], str]
+) -> None:
+    """Seal segment 0 as the migration left it (its ``count`` stays what the old head row named)."""
+    segment.hash, segment.sealed_at = hash, sealed_at
+    segment.seal = seal(segment)
     session.flush()
 
 
@@ -146,11 +179,11 @@ def latest_audit_digest(session: Session) -> AuditDigest | None:
     return session.scalars(select(AuditDigest).order_by(AuditDigest.number.desc()).limit(1)).first()
 
 
-def add_audit_digest(session: Session, *, digest: AuditDigest) -> bool:
+def add_audit_digest(session: Session, *, number: int, segment: int, created_at: datetime, token: str) -> bool:
     """Record a new digest; False if another process recorded that number first."""
     try:
         with session.begin_nested():
-            session.add(digest)
+            session.add(AuditDigest(number=number, segment=segment, created_at=created_at, token=token))
     except IntegrityError:
         return False
     return True

@@ -44,3 +44,22 @@ def list_deliveries(session: Session, *, status: str | None = None, limit: int =
 
 def get_delivery(session: Session, *, delivery_id: int) -> WebhookDelivery | None:
     return session.get(WebhookDelivery, delivery_id)
+
+
+def lease_delivery(session: Session, *, row: WebhookDelivery, until: datetime) -> None:
+    """Count an attempt and push the next one out to ``until``, so no other process sends it meanwhile."""
+    row.attempts += 1
+    row.next_attempt_at = until
+
+
+def mark_delivered(session: Session, *, row: WebhookDelivery, now: datetime) -> None:
+    row.status, row.delivered_at, row.last_error = "delivered", now, None
+
+
+def record_delivery_failure(session: Session, *, row: WebhookDelivery, error: str, retry_at: datetime | None) -> None:
+    """Keep the error; retry at ``retry_at``, or give up (``failed``) when it is None."""
+    row.last_error = error
+    if retry_at is None:
+        row.status = "failed"
+    else:
+        row.next_attempt_at = retry_at

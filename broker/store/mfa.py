@@ -19,14 +19,16 @@ from broker.store.models import (
 )
 
 
-def add_mfa_factor(session: Session, *, factor: MfaFactor) -> bool:
-    """Insert a factor; False if the name (per principal) or the WebAuthn credential id is already taken."""
+def add_mfa_factor(session: Session, **fields: Any) -> MfaFactor | None:
+    """Insert a factor built from ``fields``; None if the name (per principal) or the WebAuthn credential id is
+    already taken."""
+    factor = MfaFactor(**fields)
     try:
         with session.begin_nested():
             session.add(factor)
     except IntegrityError:
-        return False
-    return True
+        return None
+    return factor
 
 
 def list_mfa_factors(session: Session, *, principal_id: int, confirmed_only: bool = True) -> Sequence[MfaFactor]:
@@ -140,3 +142,8 @@ def delete_mfa_state(session: Session, *, principal_id: int) -> int:
     session.execute(delete(MfaRecoveryCode).where(MfaRecoveryCode.principal_id == principal_id))
     result = session.execute(delete(MfaFactor).where(MfaFactor.principal_id == principal_id))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def set_factor_secret(session: Session, *, factor_id: int, secret_encrypted: str) -> None:
+    """Store a factor's secret re-encrypted (under a new key); the factor is otherwise unchanged."""
+    session.execute(update(MfaFactor).where(MfaFactor.id == factor_id).values(secret_encrypted=secret_encrypted))

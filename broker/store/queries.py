@@ -1,26 +1,31 @@
-"""Every store function under its old name, re-exported from the modules that own them.
+"""Every store function under its older name, re-exported from the modules that own them.
 
 New code imports the owning module (``broker.store.principals``, ``broker.store.tokens`` ...); this module keeps
-the older ``queries.<name>`` spelling working."""
+the ``queries.<name>`` spelling working for code not yet moved over."""
 
 from __future__ import annotations
 
 from broker.store.access_requests import (
+    approve_request,
+    close_request,
     create_access_request,
     due_grants,
     due_requests,
     end_access_requests_of,
+    end_grant,
     get_access_request,
     list_access_requests,
     list_revocations,
     open_grants,
     open_grants_for,
+    record_decision,
     record_revocation,
 )
 from broker.store.audit_trail import (
     AUDIT_SEALER_LOCK,
     add_audit_digest,
     add_audit_segment,
+    append_audit_event,
     count_audit_events,
     duplicate_audit_event_ids,
     get_audit_segment,
@@ -33,6 +38,7 @@ from broker.store.audit_trail import (
     latest_audit_segment,
     mark_audit_digest_published,
     seal_audit_events,
+    seal_legacy_segment,
     search_audit_events,
     try_lock_audit_sealer,
     unpublished_audit_digests,
@@ -42,7 +48,10 @@ from broker.store.deliveries import (
     due_deliveries,
     enqueue_delivery,
     get_delivery,
+    lease_delivery,
     list_deliveries,
+    mark_delivered,
+    record_delivery_failure,
 )
 from broker.store.device_certificates import (
     block_certificate_serial,
@@ -72,6 +81,7 @@ from broker.store.mfa import (
     list_totp_factors,
     lock_mfa_lockout,
     replace_recovery_codes,
+    set_factor_secret,
     use_recovery_code,
     used_mfa_factor,
 )
@@ -161,8 +171,11 @@ __all__ = [
     "add_scim_row",
     "add_signing_key",
     "advance_sign_count",
+    "append_audit_event",
+    "approve_request",
     "block_certificate_serial",
     "certificate_revoked",
+    "close_request",
     "consume_authorization_code",
     "consume_once",
     "count_audit_events",
@@ -183,6 +196,7 @@ __all__ = [
     "due_requests",
     "duplicate_audit_event_ids",
     "end_access_requests_of",
+    "end_grant",
     "end_saml_sessions",
     "enqueue_delivery",
     "find_certificates",
@@ -214,6 +228,7 @@ __all__ = [
     "latest_audit_digest",
     "latest_audit_segment",
     "latest_signing_key",
+    "lease_delivery",
     "link_authorization_code",
     "link_scim_user",
     "list_access_requests",
@@ -227,6 +242,7 @@ __all__ = [
     "list_totp_factors",
     "lock_mfa_lockout",
     "mark_audit_digest_published",
+    "mark_delivered",
     "mark_issuances_revoked",
     "move_device_authorization",
     "open_grants",
@@ -238,6 +254,8 @@ __all__ = [
     "purge_cli_sign_ins",
     "purge_expired",
     "record_certificate_use",
+    "record_decision",
+    "record_delivery_failure",
     "record_device_poll",
     "record_revocation",
     "remember_network",
@@ -254,7 +272,9 @@ __all__ = [
     "scim_groups_of",
     "scim_members",
     "seal_audit_events",
+    "seal_legacy_segment",
     "search_audit_events",
+    "set_factor_secret",
     "set_principal_disabled",
     "set_scim_members",
     "take_login_request",

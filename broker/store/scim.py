@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -81,19 +82,25 @@ def page_scim_rows(session: Session, *, model: type[ScimRow], store: str, offset
     return rows
 
 
-def add_scim_row(session: Session, *, row: ScimRow) -> bool:
-    """Insert a user or group; False when its userName or displayName is already taken in its store."""
+def add_scim_row(session: Session, *, model: type[ScimRow], **fields: Any) -> ScimRow | None:
+    """Insert a user or group built from ``fields``; None when its userName or displayName is already taken in
+    its store."""
+    row = model(**fields)
     try:
         with session.begin_nested():
             session.add(row)
             session.flush()
     except IntegrityError:
-        return False
-    return True
+        return None
+    return row
 
 
-def save_scim_row(session: Session, *, row: ScimRow) -> bool:
-    """Flush changes to a user or group; False when the new userName or displayName is already taken."""
+def save_scim_row(session: Session, *, row: ScimRow, **fields: Any) -> bool:
+    """Change a user or group to ``fields`` and move it to its next version; False (and the row as stored)
+    when the new userName or displayName is already taken."""
+    for name, value in fields.items():
+        setattr(row, name, value)
+    row.version += 1
     try:
         with session.begin_nested():
             session.flush()

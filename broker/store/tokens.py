@@ -23,11 +23,12 @@ def _changed(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def add_device_authorization(session: Session, *, row: DeviceAuthorization) -> bool:
-    """Insert a device authorization; False if its user code collides with a live one (unique in the DB)."""
+def add_device_authorization(session: Session, **fields: Any) -> bool:
+    """Insert a device authorization built from ``fields``; False if its user code collides with a live one
+    (unique in the database)."""
     try:
         with session.begin_nested():
-            session.add(row)
+            session.add(DeviceAuthorization(**fields))
     except IntegrityError:
         return False
     return True
@@ -68,8 +69,9 @@ def move_device_authorization(
     return _changed(result) == 1
 
 
-def add_authorization_code(session: Session, *, row: AuthorizationCode) -> None:
-    session.add(row)
+def add_authorization_code(session: Session, **fields: Any) -> None:
+    """Insert an authorization code built from ``fields`` (keyed by the HMAC of the code)."""
+    session.add(AuthorizationCode(**fields))
 
 
 def get_authorization_code(session: Session, *, code_hmac: str) -> AuthorizationCode | None:
@@ -96,11 +98,14 @@ def link_authorization_code(session: Session, *, code_hmac: str, family_id: str)
     )
 
 
-def create_refresh_family(session: Session, *, family: RefreshFamily, token_hmac: str) -> None:
+def create_refresh_family(session: Session, *, token_hmac: str, **fields: Any) -> RefreshFamily:
+    """A new CLI sign-in built from ``fields``, with its first refresh token (generation 0)."""
+    family = RefreshFamily(**fields)
     session.add(family)
     session.flush()
     session.add(RefreshToken(token_hmac=token_hmac, family_id=family.id, generation=0, created_at=family.created_at))
     session.flush()
+    return family
 
 
 def get_refresh_token(session: Session, *, token_hmac: str) -> tuple[RefreshToken, RefreshFamily] | None:
