@@ -98,11 +98,12 @@ def add_scim_row(session: Session, *, model: type[ScimRow], **fields: Any) -> Sc
 def save_scim_row(session: Session, *, row: ScimRow, **fields: Any) -> bool:
     """Change a user or group to ``fields`` and move it to its next version; False (and the row as stored)
     when the new userName or displayName is already taken."""
-    for name, value in fields.items():
-        setattr(row, name, value)
-    row.version += 1
     try:
+        # Changed inside the savepoint: starting one flushes pending changes, and a taken name must fail in it.
         with session.begin_nested():
+            for name, value in fields.items():
+                setattr(row, name, value)
+            row.version += 1
             session.flush()
     except IntegrityError:
         session.refresh(row)
