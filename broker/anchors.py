@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_pem_public_key,
 )
-from sqlalchemy.orm import Session
 
 from broker import jose
 from broker.audit import GENESIS, Clock, VerifyResult, entry_hash, public_root, utcnow
@@ -35,8 +34,7 @@ from broker.errors import AnchorUnavailable
 from broker.logs import get_logger
 from broker.settings import AuditAnchorSettings
 from broker.store import queries
-from broker.store.db import Database
-from broker.store.models import AuditDigest
+from broker.store.db import Database, Session
 
 FORMAT = "broker-audit-digest/1"
 # RFC 9864's fully specified name for EdDSA over Ed25519.
@@ -202,8 +200,8 @@ class Anchors:
         }
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         token = jose.sign_bytes({"alg": ALGORITHM, "kid": self._kid, "typ": "JWS"}, body, self._key)
-        digest = AuditDigest(number=number, segment=head.number, created_at=now, token=token)
-        return number if queries.add_audit_digest(session, digest=digest) else None
+        added = queries.add_audit_digest(session, number=number, segment=head.number, created_at=now, token=token)
+        return number if added else None
 
 
 def read_payload(token: str) -> dict[str, Any]:

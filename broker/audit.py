@@ -35,13 +35,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
-from sqlalchemy.orm import Session
-
 from broker.errors import AuditUnavailable, BrokerError, KeysUnusable, ServiceUnavailable
 from broker.identity import Identity
 from broker.keys import Keys
-from broker.store import queries
-from broker.store.db import Database
+from broker.store import audit_trail, queries
+from broker.store.db import Database, Session
 from broker.store.models import AuditEvent, AuditSegment
 
 GENESIS = "0" * 64
@@ -298,7 +296,7 @@ class AuditTrail:
         side, and the sealer orders them later.
         """
         ctx = ctx or Context()
-        row = AuditEvent(
+        fields = dict(
             event_id=str(uuid.uuid4()),
             occurred_at=self._clock(),
             event=event,
@@ -313,9 +311,7 @@ class AuditTrail:
             writer=self.writer,
             key_id=self.key_id,
         )
-        row.mac = self.event_mac(row)
-        values = {name: getattr(row, name) for name in _INSERTED}
-        row.seq = queries.insert_audit_event(session, values=values)
+        row = audit_trail.append_audit_event(session, fields=fields, mac=self.event_mac, inserted=_INSERTED)
         for observer in self.observers:
             try:
                 observer(row)
@@ -370,11 +366,16 @@ class AuditTrail:
             now = self._clock()
             zero = queries.get_audit_segment(session, number=0)
             if zero is None:
-                zero = AuditSegment(
-                    number=0, count=0, prev_hash=GENESIS, hash=GENESIS, sealed_at=now, key_id=self.key_id
+                zero = audit_trail.add_audit_segment(
+                    session,
+                    number=0,
+                    count=0,
+                    prev_hash=GENESIS,
+                    hash=GENESIS,
+                    sealed_at=now,
+                    seal=self.segment_seal,
+                    key_id=self.key_id,
                 )
-                zero.seal = self.segment_seal(zero)
-                queries.add_audit_segment(session, segment=zero)
             elif zero.seal is None:
                 self._seal_legacy(session, zero, now)
             head = queries.latest_audit_segment(session)
@@ -389,16 +390,16 @@ class AuditTrail:
                     chain = self.chain(chain, row, self.key_id)
                     placements.append({"seq": row.seq, "segment": number, "position": position, "chain": chain})
                 queries.seal_audit_events(session, placements=placements)
-                segment = AuditSegment(
+                segment = audit_trail.add_audit_segment(
+                    session,
                     number=number,
                     count=len(rows),
                     prev_hash=head.hash,
                     hash=chain,
                     sealed_at=now,
+                    seal=self.segment_seal,
                     key_id=self.key_id,
                 )
-                segment.seal = self.segment_seal(segment)
-                queries.add_audit_segment(session, segment=segment)
                 head, sealed = segment, sealed + len(rows)
                 if len(rows) < batch:
                     break
@@ -412,9 +413,9 @@ class AuditTrail:
             placements.append({"seq": row.seq, "segment": 0, "position": row.position, "chain": chain})
         queries.seal_audit_events(session, placements=placements)
         # ``count`` stays what the old head row named, so a tail deleted before the upgrade is still reported.
-        zero.hash, zero.sealed_at, zero.key_id = chain, now, self.key_id
-        zero.seal = self.segment_seal(zero)
-        session.flush()
+        audit_trail.seal_legacy_segment(
+            session, segment=zero, hash=chain, sealed_at=now, seal=self.segment_seal, key_id=self.key_id
+        )
 
     def reseal(self, db: Database) -> int:
         """Re-key the whole trail under the newest key: every event MAC, chain value and segment seal.

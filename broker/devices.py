@@ -39,8 +39,7 @@ from broker.store import queries
 from broker.store.db import Database
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
+    from broker.store.db import Session
     from broker.store.models import DeviceCertificate
 
 # The broker's own token type URI for AWS credentials, as in the token exchange response.

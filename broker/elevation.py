@@ -23,13 +23,12 @@ from broker.identity import Identity
 from broker.policy import ActiveGrant, grants
 from broker.revocation import Actor, Revocations
 from broker.settings import STS_MIN_DURATION, RoleConfig, Settings
-from broker.store import queries
+from broker.store import access_requests, queries
 from broker.store.db import Database
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from broker.notify import Notifier
+    from broker.store.db import Session
     from broker.store.models import AccessRequestRow
 
 MAX_REASON_CHARS = 1000
@@ -263,7 +262,7 @@ class Elevation:
                 else:
                     self._check_approver(actor, row, config, names=_names_of(session, row.principal_id))
                 if action == "cancel" and row.status == "approved":
-                    row.status, row.ended_at, row.grant_ends_at = "ended", now, now
+                    access_requests.end_grant(session, row=row, now=now, cut_short=True)
                     ended_principal = row.principal
                     outcome_reason = "cancelled_by_requester"
                 elif row.status != "pending":
@@ -271,18 +270,17 @@ class Elevation:
                 elif row.expires_at <= now:
                     raise InvalidRequest("This request has expired.", reason="request_expired")
                 elif action == "approve":
-                    row.status, row.grant_starts_at = "approved", now
-                    row.grant_ends_at = now + timedelta(seconds=row.duration_seconds)
+                    access_requests.approve_request(session, row=row, now=now)
                     outcome_reason = "approved"
                 elif action == "deny":
-                    row.status = "denied"
+                    access_requests.close_request(session, row=row, status="denied")
                     outcome_reason = "denied"
                 else:
-                    row.status = "cancelled"
+                    access_requests.close_request(session, row=row, status="cancelled")
                     outcome_reason = "cancelled"
                 if action != "cancel":
-                    row.decided_by, row.decided_at = actor.name, now
-                    row.decision_note = (note or "").strip()[:MAX_REASON_CHARS] or None
+                    note = (note or "").strip()[:MAX_REASON_CHARS] or None
+                    access_requests.record_decision(session, row=row, by=actor.name, now=now, note=note)
                 detail = {
                     "request_id": row.id,
                     "requester": row.principal,
@@ -358,7 +356,7 @@ class Elevation:
         expired = 0
         with self.db.transaction() as session:
             for row in queries.due_requests(session, now=now):
-                row.status = "expired"
+                access_requests.close_request(session, row=row, status="expired")
                 expired += 1
                 detail = {"request_id": row.id, "requester": row.principal, "role": row.role_name}
                 self.audit.append(
@@ -377,7 +375,7 @@ class Elevation:
                     detail,
                 )
             for row in queries.due_grants(session, now=now):
-                row.status, row.ended_at = "ended", now
+                access_requests.end_grant(session, row=row, now=now)
                 ended.append((row.id, row.principal, row.role_name))
                 self.audit.append(
                     session,

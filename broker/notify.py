@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from broker.audit import AuditTrail, Clock
 from broker.http import HttpClient, HttpPolicy, UpstreamTooLarge, UpstreamUnavailable
 from broker.settings import NotificationSettings
-from broker.store import queries
+from broker.store import deliveries, queries
 from broker.store.db import Database
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from broker.store.db import Session
 
 # Receivers answer within the timeout or the attempt counts as failed; responses are never read beyond this.
 MAX_ERROR_CHARS = 300
@@ -63,8 +63,7 @@ class Notifier:
         with self.db.transaction() as session:
             claimed = []
             for row in queries.due_deliveries(session, now=now, limit=limit):
-                row.attempts += 1
-                row.next_attempt_at = now + lease
+                deliveries.lease_delivery(session, row=row, until=now + lease)
                 claimed.append((row.id, row.kind, row.attempts, dict(row.payload)))
         if not claimed:
             return 0
@@ -79,12 +78,11 @@ class Notifier:
                 if delivery is None:
                     continue
                 if error is None:
-                    delivery.status, delivery.delivered_at, delivery.last_error = "delivered", self.clock(), None
+                    deliveries.mark_delivered(session, row=delivery, now=self.clock())
                     sent += 1
                     continue
-                delivery.last_error = error
                 if attempts >= self.settings.max_attempts:
-                    delivery.status = "failed"
+                    deliveries.record_delivery_failure(session, row=delivery, error=error, retry_at=None)
                     # Audited with the status change: a notification that never arrived is on record.
                     self.audit.append(
                         session,
@@ -95,7 +93,8 @@ class Notifier:
                     )
                 else:
                     backoff = self.settings.retry_base_seconds * 2 ** (attempts - 1)
-                    delivery.next_attempt_at = self.clock() + timedelta(seconds=backoff)
+                    retry_at = self.clock() + timedelta(seconds=backoff)
+                    deliveries.record_delivery_failure(session, row=delivery, error=error, retry_at=retry_at)
         return sent
 
     @staticmethod

@@ -43,7 +43,6 @@ from broker.settings import CliSettings
 from broker.signin.sessions import CurrentSession
 from broker.store import queries
 from broker.store.db import Database
-from broker.store.models import AuthorizationCode
 
 GRANT_TYPE = "authorization_code"
 AUTHORIZE_PATH = "/oauth2/authorize"
@@ -188,16 +187,14 @@ class AuthorizationFlow:
         with self.db.transaction() as session:
             queries.add_authorization_code(
                 session,
-                row=AuthorizationCode(
-                    code_hmac=self.keys.mac("authorization-code", code),
-                    client_id=CLI_CLIENT_ID,
-                    redirect_uri=request.redirect_uri,
-                    code_challenge=request.code_challenge,
-                    identity=current.identity.to_json(),
-                    session_expires_at=current.expires_at,
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=self.config.authorization_code_ttl_seconds),
-                ),
+                code_hmac=self.keys.mac("authorization-code", code),
+                client_id=CLI_CLIENT_ID,
+                redirect_uri=request.redirect_uri,
+                code_challenge=request.code_challenge,
+                identity=current.identity.to_json(),
+                session_expires_at=current.expires_at,
+                created_at=now,
+                expires_at=now + timedelta(seconds=self.config.authorization_code_ttl_seconds),
             )
             self.audit.append(
                 session,

@@ -116,7 +116,7 @@ class DeviceFlow:
         device_code = secrets.token_urlsafe(32)
         for _ in range(5):  # a user-code collision with a live code is rare; draw again
             user_code = "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(USER_CODE_LENGTH))
-            row = DeviceAuthorization(
+            row = dict(
                 device_code_hmac=self.keys.mac("device-code", device_code),
                 user_code_hmac=self._user_code_hmac(user_code),
                 client_id=params.get("client_id") or "",
@@ -128,7 +128,7 @@ class DeviceFlow:
                 requester_agent=ctx.user_agent,
             )
             with self.db.transaction() as session:
-                if queries.add_device_authorization(session, row=row):
+                if queries.add_device_authorization(session, **row):
                     break
         else:
             raise ServiceUnavailable(reason="device_user_code_exhausted")

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
-from sqlalchemy.orm import Session
-
 from broker.audit import AuditTrail, Clock, Context
 from broker.errors import BrokerError, InvalidClient, InvalidGrant, InvalidRequest, InvalidToken
 from broker.identity import Channel, Identity
@@ -33,8 +31,7 @@ from broker.oauth.grants import Params
 from broker.oauth.tokens import TokenService
 from broker.settings import CliSettings
 from broker.store import queries
-from broker.store.db import Database
-from broker.store.models import RefreshFamily
+from broker.store.db import Database, Session
 
 CLI_CLIENT_ID = "broker-cli"
 API_PATH = "/api/v1"
@@ -125,7 +122,10 @@ class CliSessions:
         if principal.disabled:
             raise InvalidGrant("This account is disabled.", reason="principal_disabled")
         token = REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
-        family = RefreshFamily(
+        family = queries.create_refresh_family(
+            session,
+            token_hmac=self._mac(token),
+            key_id=self.keys.current_id,
             id=str(uuid.uuid4()),
             principal_id=principal.id,
             client_id=CLI_CLIENT_ID,
@@ -135,7 +135,6 @@ class CliSessions:
             expires_at=expires,
             client_ip=ctx.client_ip,
         )
-        queries.create_refresh_family(session, family=family, token_hmac=self._mac(token), key_id=self.keys.current_id)
         return Started(family.id, expires, token)
 
     def token_response(

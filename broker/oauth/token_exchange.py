@@ -52,7 +52,7 @@ from broker.store import queries
 from broker.store.db import Database
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from broker.store.db import Session
 
 GRANT_TYPE = TOKEN_EXCHANGE_GRANT
 # The broker's own token type URI for AWS credentials (RFC 8693 section 3 lets an implementation define

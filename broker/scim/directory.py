@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from sqlalchemy.orm import Session
-
 from broker.errors import AccessDenied
 from broker.identity import Identity
 from broker.settings import ScimClientConfig, ScimSettings
 from broker.store import queries
+from broker.store.db import Session
 from broker.store.models import Principal, ScimUser
 
 

@@ -36,14 +36,13 @@ from scim2_models import (
 from scim2_models.path import CompareOperator, Comparison
 from scim2_server.storage import ScimStorage, SearchPage
 from scim2_server.utils import parametrize
-from sqlalchemy.orm import Session
 
 from broker.audit import AuditTrail, Context
 from broker.scim.directory import fold, principals_of
 from broker.scim.resources import GROUP, USER
 from broker.settings import ScimClientConfig
 from broker.store import queries
-from broker.store.db import Database
+from broker.store.db import Database, Session
 from broker.store.models import ScimGroup, ScimUser
 
 # Attributes never kept in a stored document: server-assigned (id, meta), derived from memberships (groups,
@@ -223,17 +222,17 @@ class ProvisioningStorage(ScimStorage):
     def create(self, resource_type: ResourceType, resource: Resource[Any]) -> Resource[Any]:
         now = self.clock()
         if resource_type.name == USER:
-            user = ScimUser(id=str(uuid.uuid4()), client=self.client.name, store=self.store, created_at=now, version=1)
-            self._fill_user(user, resource, now)
-            if not queries.add_scim_row(self.session, row=user):
-                raise UniquenessException(detail=f"userName {user.user_name!r} is already provisioned")
+            values = self._user_values(resource, now)
+            user = queries.add_scim_row(self.session, model=ScimUser, **self._new_row(now), **values)
+            if not isinstance(user, ScimUser):
+                raise UniquenessException(detail=f"userName {values['user_name']!r} is already provisioned")
             self._record("user_created", user.id, {"userName": user.user_name, "active": user.active})
             return self._users([user])[0]
-        group = ScimGroup(id=str(uuid.uuid4()), client=self.client.name, store=self.store, created_at=now, version=1)
-        self._fill_group(group, resource, now)
+        values = self._group_values(resource, now)
         members = self._members(resource)
-        if not queries.add_scim_row(self.session, row=group):
-            raise UniquenessException(detail=f"displayName {group.display_name!r} is already provisioned")
+        group = queries.add_scim_row(self.session, model=ScimGroup, **self._new_row(now), **values)
+        if not isinstance(group, ScimGroup):
+            raise UniquenessException(detail=f"displayName {values['display_name']!r} is already provisioned")
         queries.set_scim_members(self.session, group_id=group.id, members=members)
         added = self._user_names(sorted(members))
         self._record("group_created", group.id, {"displayName": group.display_name, "added": added})
@@ -254,10 +253,9 @@ class ProvisioningStorage(ScimStorage):
                 raise NotFoundException(detail=f"User {resource_id!r} not found")
             _check_version(user, expected_version)
             was_active, old_name = user.active, user.user_name
-            self._fill_user(user, resource, now)
-            user.version += 1
-            if not queries.save_scim_row(self.session, row=user):
-                raise UniquenessException(detail=f"userName {user.user_name!r} is already provisioned")
+            values = self._user_values(resource, now)
+            if not queries.save_scim_row(self.session, row=user, **values):
+                raise UniquenessException(detail=f"userName {values['user_name']!r} is already provisioned")
             reason = "user_updated"
             if was_active and not user.active:
                 reason = "user_deactivated"
@@ -278,10 +276,9 @@ class ProvisioningStorage(ScimStorage):
         old_name = group.display_name
         # Members first: their lookup flushes the session, which must not yet hold the new displayName.
         members = self._members(resource)
-        self._fill_group(group, resource, now)
-        group.version += 1
-        if not queries.save_scim_row(self.session, row=group):
-            raise UniquenessException(detail=f"displayName {group.display_name!r} is already provisioned")
+        values = self._group_values(resource, now)
+        if not queries.save_scim_row(self.session, row=group, **values):
+            raise UniquenessException(detail=f"displayName {values['display_name']!r} is already provisioned")
         queries.set_scim_members(self.session, group_id=group.id, members=members)
         added, removed = set(members) - old_members, old_members - set(members)
         detail: dict[str, Any] = {
@@ -315,28 +312,42 @@ class ProvisioningStorage(ScimStorage):
 
     # ------------------------------------------------------------ helpers
 
-    def _fill_user(self, user: ScimUser, resource: Resource[Any], now: datetime) -> None:
-        document = _document(resource)
-        user.user_name = str(document["userName"])
-        user.user_name_key = fold(user.user_name)
-        user.external_id = document.get("externalId")
-        user.email_key = _primary_email(document)
-        # RFC 7643 section 4.1.1: "active" is optional; a person the client does not say is inactive is active.
-        user.active = document.get("active") is not False
-        user.document = document
-        user.updated_at = now
+    def _new_row(self, now: datetime) -> dict[str, Any]:
+        return {
+            "id": str(uuid.uuid4()),
+            "client": self.client.name,
+            "store": self.store,
+            "created_at": now,
+            "version": 1,
+        }
 
-    def _fill_group(self, group: ScimGroup, resource: Resource[Any], now: datetime) -> None:
+    def _user_values(self, resource: Resource[Any], now: datetime) -> dict[str, Any]:
+        document = _document(resource)
+        user_name = str(document["userName"])
+        return {
+            "user_name": user_name,
+            "user_name_key": fold(user_name),
+            "external_id": document.get("externalId"),
+            "email_key": _primary_email(document),
+            # RFC 7643 section 4.1.1: "active" is optional; a person the client does not say is inactive is active.
+            "active": document.get("active") is not False,
+            "document": document,
+            "updated_at": now,
+        }
+
+    def _group_values(self, resource: Resource[Any], now: datetime) -> dict[str, Any]:
         document = _document(resource)
         name = document.get("displayName")
         if not isinstance(name, str) or not name.strip():
             raise InvalidValueException(detail="A group needs a displayName")
         self._check_group_allowed(name)
-        group.display_name = name
-        group.display_name_key = fold(name)
-        group.external_id = document.get("externalId")
-        group.document = document
-        group.updated_at = now
+        return {
+            "display_name": name,
+            "display_name_key": fold(name),
+            "external_id": document.get("externalId"),
+            "document": document,
+            "updated_at": now,
+        }
 
     def _check_group_allowed(self, name: str) -> None:
         allowed = {fold(g) for g in self.client.allowed_groups}

@@ -16,7 +16,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session as Session  # the type the rest of the broker annotates sessions with
+from sqlalchemy.orm import sessionmaker
 
 from broker.errors import ServiceUnavailable
 

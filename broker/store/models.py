@@ -1,4 +1,9 @@
-"""SQLAlchemy 2 typed models. Anything that must happen once is unique in the database, not in Python."""
+"""SQLAlchemy 2 typed models. Anything that must happen once is unique in the database, not in Python.
+
+Longer than most modules on purpose: it is the whole schema in one place, one short class per table, the way
+Alembic compares it against the migrations (``migrations/env.py`` imports ``Base`` from here). Splitting it by
+table would scatter the constraints a reviewer checks together (what is unique, what cascades).
+"""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -18,6 +18,8 @@ from broker.connectors.local import hash_password
 from broker.settings import load_settings
 from broker.store.db import Database
 from broker.store.models import AuditEvent
+from tests.support.clock import MovableClock
+from tests.support.config import break_glass_account, break_glass_store
 from tests.support.portal import csrf_from, login_local
 from tests.support.processes import LiveServer, free_port
 
@@ -27,42 +29,15 @@ PASSWORD_HASH = hash_password(PASSWORD)
 HTML = {"Accept": "text/html"}
 
 
-@dataclass
-class MovableClock:
-    """Real time plus an offset the test moves forward (lockout windows, freshness, TOTP steps)."""
-
-    offset: timedelta = field(default_factory=timedelta)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, **kwargs: float) -> None:
-        self.offset += timedelta(**kwargs)
-
-
 def mfa_config(make_config: Callable[..., dict[str, Any]], **overrides: Any) -> dict[str, Any]:
     config = make_config(
         identity_stores=[
-            {
-                "type": "local",
-                "name": "breakglass",
-                "accounts": [
-                    {
-                        "username": "alice",
-                        "password_hash": PASSWORD_HASH,
-                        "totp_secret": BREAK_GLASS_TOTP,
-                        "email": "alice@example.com",
-                        "groups": ["engineering", "admins"],
-                    },
-                    {
-                        "username": "bob",
-                        "password_hash": PASSWORD_HASH,
-                        "totp_secret": BREAK_GLASS_TOTP,
-                        "email": "bob@example.com",
-                        "groups": ["engineering"],
-                    },
-                ],
-            }
+            break_glass_store(
+                break_glass_account(
+                    "alice", password_hash=PASSWORD_HASH, totp_secret=BREAK_GLASS_TOTP, groups=["engineering", "admins"]
+                ),
+                break_glass_account("bob", password_hash=PASSWORD_HASH, totp_secret=BREAK_GLASS_TOTP),
+            )
         ],
         # Members of admins may approve an operator reset (with a fresh phishing-resistant sign-in).
         mfa={"operators": [{"groups": ["admins"]}]},

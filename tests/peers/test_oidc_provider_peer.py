@@ -19,7 +19,8 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from tests.support.oidc_provider import LoginError, OidcProvider, free_port, login_over_http
+from tests.support.oidc_provider import LoginError, OidcProvider, login_over_http
+from tests.support.processes import free_port
 
 RP_REDIRECT = "http://127.0.0.1:9/callback"  # never contacted: login_over_http stops before it
 RP_POST_LOGOUT = "http://127.0.0.1:9/signed-out"

@@ -20,10 +20,12 @@ import pytest
 from cryptography import x509
 from lxml import etree
 from onelogin.saml2.authn_request import OneLogin_Saml2_Authn_Request
+from onelogin.saml2.errors import OneLogin_Saml2_ValidationError
 from onelogin.saml2.idp_metadata_parser import OneLogin_Saml2_IdPMetadataParser
 from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
+from onelogin.saml2.xmlparser import DTDForbidden, EntitiesForbidden
 
 from tests.support import saml_mutations as mut
 from tests.support.saml_idp import (
@@ -91,7 +93,12 @@ def onelogin_settings(
 
 
 def sp_validate(
-    idp: SamlIdp, xml: str, *, request_id: str | None = REQUEST_ID, **settings_kw: Any
+    idp: SamlIdp,
+    xml: str,
+    *,
+    request_id: str | None = REQUEST_ID,
+    raise_exceptions: bool = False,
+    **settings_kw: Any,
 ) -> OneLogin_Saml2_Response:
     """Run python3-saml's strict validation of ``xml`` as posted to SP_ACS_URL."""
     settings = onelogin_settings(idp.entity_id, idp.sso_url, idp.cert_base64, **settings_kw)
@@ -104,15 +111,34 @@ def sp_validate(
         "script_name": "/saml/acs",
         "post_data": {"SAMLResponse": b64},
     }
-    response.valid = response.is_valid(request_data, request_id=request_id)
+    response.valid = response.is_valid(request_data, request_id=request_id, raise_exceptions=raise_exceptions)
     return response
 
 
+_VALIDATION_CODES = {
+    value: name
+    for name, value in vars(OneLogin_Saml2_ValidationError).items()
+    if name.isupper() and isinstance(value, int)
+}
+
+
 def accepted(idp: SamlIdp, xml: str, **kw: Any) -> bool:
+    """python3-saml's strict validation accepts ``xml`` (any refusal makes the calling test fail)."""
+    return bool(sp_validate(idp, xml, raise_exceptions=True, **kw).valid)
+
+
+def refusal(idp: SamlIdp, xml: str, **kw: Any) -> str:
+    """Why python3-saml's strict validation refuses ``xml``: the name of its validation error code (e.g.
+    ``WRONG_AUDIENCE``), or the parser's exception name (``DTDForbidden``, ``EntitiesForbidden``,
+    ``XMLSyntaxError``) for a document refused before validation. Accepting it fails the test,
+    and so does any other exception (a crash is not a refusal)."""
     try:
-        return bool(sp_validate(idp, xml, **kw).valid)
-    except Exception:  # python3-saml raises on some malformed inputs (e.g. DTDs)
-        return False
+        sp_validate(idp, xml, raise_exceptions=True, **kw)
+    except OneLogin_Saml2_ValidationError as exc:
+        return _VALIDATION_CODES[exc.code]
+    except (DTDForbidden, EntitiesForbidden, etree.XMLSyntaxError) as exc:
+        return type(exc).__name__
+    raise AssertionError("python3-saml accepted the response")
 
 
 def parse(xml: str) -> etree._Element:
@@ -269,7 +295,7 @@ def test_clock_override_is_valid_then_and_expired_later(idp: SamlIdp, monkeypatc
     resp = sp_validate(idp, xml)
     assert resp.valid, resp.get_error()
     monkeypatch.setattr(OneLogin_Saml2_Utils, "now", staticmethod(lambda: int(issued.timestamp()) + 600))
-    assert not accepted(idp, xml)
+    assert refusal(idp, xml) == "ASSERTION_EXPIRED"
 
 
 def test_explicit_validity_window(idp: SamlIdp) -> None:
@@ -277,30 +303,30 @@ def test_explicit_validity_window(idp: SamlIdp) -> None:
     expired = idp.make_response(
         name_id="bob@corp.example", in_response_to=REQUEST_ID, not_on_or_after=now - dt.timedelta(minutes=10)
     )
-    assert not accepted(idp, expired)
+    assert refusal(idp, expired) == "ASSERTION_EXPIRED"
     future = idp.make_response(
         name_id="bob@corp.example", in_response_to=REQUEST_ID, not_before=now + dt.timedelta(hours=1)
     )
-    assert not accepted(idp, future)
+    assert refusal(idp, future) == "ASSERTION_TOO_EARLY"
 
 
 @pytest.mark.parametrize(
-    "override",
+    ("override", "expected"),
     [
-        {"audience": "https://other-sp.test/metadata"},
-        {"destination": "https://other-sp.test/acs"},
-        {"recipient": "https://other-sp.test/acs"},
-        {"issuer": "https://impostor.test/idp"},
-        {"in_response_to": "_some-other-request"},
+        ({"audience": "https://other-sp.test/metadata"}, "WRONG_AUDIENCE"),
+        ({"destination": "https://other-sp.test/acs"}, "WRONG_DESTINATION"),
+        ({"recipient": "https://other-sp.test/acs"}, "WRONG_SUBJECTCONFIRMATION"),
+        ({"issuer": "https://impostor.test/idp"}, "WRONG_ISSUER"),
+        ({"in_response_to": "_some-other-request"}, "WRONG_INRESPONSETO"),
     ],
 )
-def test_wrong_party_overrides_are_signed_but_rejected(idp: SamlIdp, override: dict[str, str]) -> None:
+def test_wrong_party_overrides_are_signed_but_rejected(idp: SamlIdp, override: dict[str, str], expected: str) -> None:
     kwargs: dict[str, Any] = {"name_id": "alice@corp.example", "in_response_to": REQUEST_ID, **override}
     xml = idp.make_response(**kwargs)
     root = parse(xml)
     assert xmlsec1_verify(xml, idp.cert_pem, root.find("saml:Assertion", NS).get("ID"))
     assert next(iter(override.values())) in xml
-    assert not accepted(idp, xml)
+    assert refusal(idp, xml) == expected
 
 
 def test_sha1_response_from_the_idp_is_rejected_as_deprecated(idp: SamlIdp) -> None:
@@ -424,7 +450,7 @@ def test_unsatisfiable_context_gets_no_authn_context_status(server: SamlIdpServe
     xml = base64.b64decode(parse_page(reply.text).forms[0]["inputs"]["SAMLResponse"]["value"]).decode()
     assert "urn:oasis:names:tc:SAML:2.0:status:NoAuthnContext" in xml
     assert parse(xml).find("saml:Assertion", NS) is None
-    assert not accepted(server.idp, xml, request_id=request_id)
+    assert refusal(server.idp, xml, request_id=request_id) == "STATUS_CODE_IS_NOT_SUCCESS"
 
 
 def test_server_serves_metadata_and_rejects_garbage(server: SamlIdpServer) -> None:
@@ -450,7 +476,7 @@ def test_assertion_signed_only_is_valid_when_only_assertions_must_be_signed(idp:
     assert root.find("ds:Signature", NS) is None
     assert root.find("saml:Assertion/ds:Signature", NS) is not None
     assert accepted(idp, xml)
-    assert not accepted(idp, xml, want_messages_signed=True)
+    assert refusal(idp, xml, want_messages_signed=True) == "NO_SIGNED_MESSAGE"
 
 
 @pytest.mark.parametrize("xsw", [mut.xsw1, mut.xsw2])
@@ -466,7 +492,7 @@ def test_response_xsw_keeps_signed_original_and_adds_evil(idp: SamlIdp, signed_x
     original.remove(original.find("ds:Signature", NS))
     assert c14n(hidden) == c14n(original)  # the signed content, byte for byte
     assert ref_uri(signature) == "#" + original.get("ID")
-    assert not accepted(idp, xml, want_messages_signed=True)
+    assert refusal(idp, xml, want_messages_signed=True) == "WRONG_NUMBER_OF_ASSERTIONS"
 
 
 @pytest.mark.parametrize("xsw", [mut.xsw3, mut.xsw4, mut.xsw5, mut.xsw6, mut.xsw7, mut.xsw8])
@@ -493,14 +519,14 @@ def test_assertion_xsw_variants(idp: SamlIdp, assertion_only_xml: str, xsw: Any)
         assert first.find("ds:Signature/saml:Assertion", NS).get("ID") == original_id
     if xsw is mut.xsw8:
         assert first.find("ds:Signature/ds:Object/saml:Assertion", NS).get("ID") == original_id
-    assert not accepted(idp, xml)
+    assert refusal(idp, xml) == "WRONG_NUMBER_OF_ASSERTIONS"
 
 
 def test_strip_signatures(idp: SamlIdp, signed_xml: str) -> None:
     xml = mut.strip_signatures(signed_xml)
     assert parse(xml).find(".//ds:Signature", NS) is None
     assert mut.name_ids(xml) == ["alice@corp.example"]
-    assert not accepted(idp, xml, want_assertions_signed=False)
+    assert refusal(idp, xml, want_assertions_signed=False) == "NO_SIGNATURE_FOUND"
 
 
 def test_remove_assertion_signature_keeps_a_valid_response_signature(idp: SamlIdp, signed_xml: str) -> None:
@@ -508,7 +534,7 @@ def test_remove_assertion_signature_keeps_a_valid_response_signature(idp: SamlId
     root = parse(xml)
     assert root.find("saml:Assertion/ds:Signature", NS) is None
     assert xmlsec1_verify(xml, idp.cert_pem, root.get("ID"))
-    assert not accepted(idp, xml)  # wantAssertionsSigned
+    assert refusal(idp, xml) == "NO_SIGNED_ASSERTION"  # wantAssertionsSigned
     assert accepted(idp, xml, want_assertions_signed=False, want_messages_signed=True)
 
 
@@ -525,7 +551,7 @@ def test_reference_other_element(idp: SamlIdp, signed_xml: str) -> None:
     assert assertion.findtext("saml:Subject/saml:NameID", None, NS) == mut.EVIL_NAME_ID
     assert ref_uri(assertion.find("ds:Signature", NS)) == "#_decoy_assertion_ID" != "#" + assertion.get("ID")
     assert xmlsec1_verify(xml, idp.cert_pem, assertion.get("ID"))  # cryptographically valid
-    assert not accepted(idp, xml)
+    assert refusal(idp, xml) == "WRONG_NUMBER_OF_ASSERTIONS"
 
 
 def test_duplicate_ids(idp: SamlIdp, assertion_only_xml: str) -> None:
@@ -533,7 +559,7 @@ def test_duplicate_ids(idp: SamlIdp, assertion_only_xml: str) -> None:
     ids = [a.get("ID") for a in parse(xml).findall("saml:Assertion", NS)]
     assert len(ids) == 2 and ids[0] == ids[1]
     assert mut.name_ids(xml) == [mut.EVIL_NAME_ID, "alice@corp.example"]
-    assert not accepted(idp, xml)
+    assert refusal(idp, xml) == "WRONG_NUMBER_OF_ASSERTIONS"
 
 
 def test_foreign_key_signature(idp: SamlIdp, signed_xml: str) -> None:
@@ -545,7 +571,7 @@ def test_foreign_key_signature(idp: SamlIdp, signed_xml: str) -> None:
     assert xmlsec1_verify(xml, attacker_cert, root.get("ID"))
     assert not xmlsec1_verify(xml, idp.cert_pem, root.get("ID"))
     assert mut.name_ids(xml) == [mut.EVIL_NAME_ID]
-    assert not accepted(idp, xml)
+    assert refusal(idp, xml) == "INVALID_SIGNATURE"
     # Default: a generated look-alike key.
     assert mut.name_ids(mut.foreign_key_signature(signed_xml)) == [mut.EVIL_NAME_ID]
 
@@ -557,7 +583,7 @@ def test_sha1_signature_mutation(idp: SamlIdp, signed_xml: str) -> None:
     assert {m.get("Algorithm") for m in root.iter(f"{{{NS['ds']}}}DigestMethod")} == {DIGEST_SHA1}
     assert xmlsec1_verify(xml, idp.cert_pem, root.get("ID"))
     assert xmlsec1_verify(xml, idp.cert_pem, root.find("saml:Assertion", NS).get("ID"))
-    assert not accepted(idp, xml)
+    assert refusal(idp, xml) == "DEPRECATED_SIGNATURE_METHOD"
 
 
 @pytest.mark.parametrize("resign_with_real_key", [False, True])
@@ -580,14 +606,14 @@ def test_xxe_doctype(idp: SamlIdp, signed_xml: str) -> None:
     xml = mut.xxe_doctype(signed_xml)
     assert xml.startswith('<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>')
     assert "&e;" in xml and "root:" not in xml
-    assert not accepted(idp, xml)
+    assert refusal(idp, xml) == "DTDForbidden"
 
 
 def test_billion_laughs(idp: SamlIdp, signed_xml: str) -> None:
     xml = mut.billion_laughs(signed_xml)
     assert xml.startswith("<!DOCTYPE lolz [") and '<!ENTITY lol9 "&lol8;' in xml and "&lol9;" in xml
     assert len(xml) < len(signed_xml) + 2000  # the bomb is in the expansion, not the bytes
-    assert not accepted(idp, xml)
+    assert refusal(idp, xml) == "XMLSyntaxError"
 
 
 def test_two_assertions_each_validly_signed(idp: SamlIdp, signed_xml: str) -> None:
@@ -598,7 +624,7 @@ def test_two_assertions_each_validly_signed(idp: SamlIdp, signed_xml: str) -> No
     assert all(xmlsec1_verify(xml, idp.cert_pem, a.get("ID")) for a in assertions)
     assert xmlsec1_verify(xml, idp.cert_pem, root.get("ID"))
     assert mut.name_ids(xml) == ["alice@corp.example", mut.EVIL_NAME_ID]
-    assert not accepted(idp, xml)
+    assert refusal(idp, xml) == "WRONG_NUMBER_OF_ASSERTIONS"
 
 
 def test_oversized_response_is_over_1mb_and_still_signed(idp: SamlIdp, signed_xml: str) -> None:

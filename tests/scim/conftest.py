@@ -21,7 +21,8 @@ import pytest
 from broker.app import create_app
 from broker.scim.service import token_hash
 from broker.settings import load_settings
-from tests.support.cli_broker import PASSWORD, TOTP_SECRET, MovableClock, local_store
+from tests.support.cli_broker import PASSWORD, TOTP_SECRET, local_store
+from tests.support.clock import MovableClock
 from tests.support.portal import csrf_from, login_local
 from tests.support.processes import LiveServer, free_port
 from tests.support.records import Records

@@ -19,7 +19,7 @@ from scim2_models import Context, PatchOp
 
 from broker.store import queries
 from broker.store.db import Database
-from broker.store.models import AccessRequestRow, MfaFactor, RefreshFamily
+from broker.store.models import AccessRequestRow
 from tests.scim.conftest import GROUP_SCHEMA as GROUP
 from tests.scim.conftest import USER_SCHEMA as USER
 from tests.scim.conftest import ScimBroker
@@ -135,11 +135,10 @@ def test_deactivation_ends_everything_at_once(scim_broker: ScimBroker, idp: Sync
         # A CLI sign-in of hers (a refresh-token family), as `broker login` leaves one.
         now = scim_broker.clock()
         with db.transaction() as session:
-            family = RefreshFamily(
-                id="f" * 36, principal_id=pid, client_id="broker-cli", grant_type="device_code", identity={},
-                created_at=now, expires_at=now + timedelta(hours=8),
+            queries.create_refresh_family(
+                session, token_hmac="0" * 64, id="f" * 36, principal_id=pid, client_id="broker-cli",
+                grant_type="device_code", identity={}, created_at=now, expires_at=now + timedelta(hours=8),
             )  # fmt: skip
-            queries.create_refresh_family(session, family=family, token_hmac="0" * 64)
         after = scim_broker.last_seq()
         deactivate(idp, alice)
 
@@ -185,9 +184,7 @@ def test_recreated_user_inherits_nothing(scim_broker: ScimBroker, idp: SyncSCIMC
                 duration_seconds=3600, status="approved", created_at=now, expires_at=now + timedelta(hours=1),
                 grant_starts_at=now, grant_ends_at=now + timedelta(hours=1),
             )  # fmt: skip
-            queries.add_mfa_factor(
-                session, factor=MfaFactor(principal_id=pid, kind="totp", name="phone", created_at=now)
-            )
+            queries.add_mfa_factor(session, principal_id=pid, kind="totp", name="phone", created_at=now)
 
         idp.delete(model(idp, "User"), alice.id)
         again = idp.create(model(idp, "User")(user_name="alice", active=True))

@@ -12,7 +12,6 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -21,6 +20,8 @@ import pyotp
 from broker.app import create_app
 from broker.connectors.local import hash_password
 from broker.settings import load_settings
+from tests.support.clock import MovableClock
+from tests.support.config import break_glass_account, break_glass_store
 from tests.support.portal import login_local
 from tests.support.processes import LiveServer, free_port
 from tests.support.records import Records
@@ -32,30 +33,10 @@ _HIDDEN = re.compile(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)">')
 
 
 def local_store() -> dict[str, Any]:
-    return {
-        "type": "local",
-        "name": "breakglass",
-        "accounts": [
-            {
-                "username": "alice",
-                "password_hash": PASSWORD_HASH,
-                "totp_secret": TOTP_SECRET,
-                "email": "alice@example.com",
-                "groups": ["engineering", "admins"],
-            }
-        ],
-    }
-
-
-@dataclass
-class MovableClock:
-    offset: timedelta = field(default_factory=timedelta)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
+    account = break_glass_account(
+        "alice", password_hash=PASSWORD_HASH, totp_secret=TOTP_SECRET, groups=["engineering", "admins"]
+    )
+    return break_glass_store(account)
 
 
 @dataclass

@@ -63,7 +63,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -76,20 +75,11 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
 
+from tests.support.processes import free_port
+
 PEER_DIR = Path(__file__).resolve().parent.parent / "peers" / "oidc"
 PROVIDER_SCRIPT = PEER_DIR / "provider.mjs"
 READY_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now.
-
-    There is an unavoidable race between closing the probe socket and the peer
-    binding the port; in practice the kernel does not hand it out again that fast.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ensure_node_modules() -> None:

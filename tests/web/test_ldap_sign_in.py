@@ -17,7 +17,8 @@ import pytest
 
 from broker.app import create_app
 from broker.settings import load_settings
-from tests.mfa.conftest import HTML, MovableClock, enrol_totp, post_form
+from tests.mfa.conftest import HTML, enrol_totp, post_form
+from tests.support.clock import MovableClock
 from tests.support.portal import csrf_from, env_credentials
 from tests.support.processes import LiveServer, free_port
 from tests.support.records import Records
