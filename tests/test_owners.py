@@ -54,22 +54,6 @@ PENDING: dict[tuple[str, str], str] = {
     ("cryptography", "monitoring.py"): "certificate expiry dates: connectors/x509.py",
     ("cryptography", "connectors/saml.py"): "IdP certificate parsing: connectors/x509.py",
     ("limits", "settings/service.py"): "rate strings validated through ratelimit.py",
-    # ORM code is moving into store/ (queries by concern); these still import SQLAlchemy directly.
-    **{
-        ("sqlalchemy", path): "ORM rows and queries: broker/store/"
-        for path in (
-            "audit.py",
-            "anchors.py",
-            "devices.py",
-            "elevation.py",
-            "notify.py",
-            "mfa/service.py",
-            "oauth/refresh.py",
-            "oauth/token_exchange.py",
-            "scim/directory.py",
-            "scim/storage.py",
-        )
-    },
 }
 
 
