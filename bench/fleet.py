@@ -259,7 +259,7 @@ def issuance_phase(args: argparse.Namespace, workdir: Path) -> Phase:
 def cli_access_token(config_path: Path) -> str:
     """A CLI sign-in made as the device flow would at its end: a refresh family and its access token."""
     from broker.app import create_app
-    from broker.audit import Context
+    from broker.context import Context
     from broker.identity import Identity, MfaEvidence, MfaLevel
     from broker.settings import load_settings
 

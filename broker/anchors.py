@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from broker import jose
-from broker.audit import GENESIS, Clock, VerifyResult, entry_hash, public_root, utcnow
+from broker.audit import GENESIS, VerifyResult, entry_hash, public_root
+from broker.context import Clock, utcnow
 from broker.errors import AnchorUnavailable
 from broker.logs import get_logger
 from broker.settings import AuditAnchorSettings

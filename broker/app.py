@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from broker.audit import Clock, utcnow
+from broker.context import Clock, utcnow
 from broker.monitoring import instrument, process_ended
 from broker.services import Services, build_services
 from broker.settings import OidcStoreConfig, Settings

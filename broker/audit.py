@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
+from broker.context import Clock, Context, utcnow
 from broker.errors import AuditUnavailable, BrokerError, KeysUnusable, ServiceUnavailable
 from broker.identity import Identity
 from broker.keys import Keys
@@ -68,12 +69,6 @@ _INSERTED = (
     "mac",
     "key_id",
 )
-
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def canonical(fields: Mapping[str, Any]) -> str:
@@ -165,15 +160,6 @@ class VerifyResult:
         if self.event_id:
             parts.append(f"event_id {self.event_id}")
         return ", ".join(parts) or "the trail"
-
-
-@dataclass(frozen=True)
-class Context:
-    """Who is asking and from where; passed from the edge into every use case for audit."""
-
-    client_ip: str | None = None
-    user_agent: str | None = None
-    request_id: str | None = None
 
 
 class AuditTrail:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from broker.audit import AuditTrail, Clock, Context
+from broker.audit import AuditTrail
 from broker.connectors.x509 import (
     CertificateFacts,
     VerifiedCertificate,
@@ -28,6 +28,7 @@ from broker.connectors.x509 import (
     parse_chain,
     refuse,
 )
+from broker.context import Clock, Context
 from broker.errors import BrokerError, InvalidRequest, InvalidTarget, NotFound
 from broker.http import HttpClient
 from broker.identity import Channel

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from broker.audit import AuditTrail, Clock, Context
+from broker.audit import AuditTrail
+from broker.context import Clock, Context
 from broker.errors import AccessDenied, BrokerError, InvalidRequest, MfaRequired, NotFound
 from broker.identity import Identity
 from broker.policy import ActiveGrant, grants

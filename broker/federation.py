@@ -8,9 +8,10 @@ issuance row and audit event have committed together (fail closed).
 
 from __future__ import annotations
 
-from broker.audit import AuditTrail, Clock, Context, utcnow
+from broker.audit import AuditTrail
 from broker.connectors.base import Connector
 from broker.connectors.registry import build_connectors
+from broker.context import Clock, Context, utcnow
 from broker.discovery import Discovery
 from broker.identity import Channel, Identity
 from broker.issuance import Issuance, Issued

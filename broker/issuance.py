@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from broker.audit import AuditTrail, Clock, Context
+from broker.audit import AuditTrail
 from broker.aws import console
 from broker.aws.sts import AssumeRoleRequest, Sts
+from broker.context import Clock, Context
 from broker.errors import AccessDenied, AuditUnavailable, BrokerError, MfaRequired, NotFound, ServiceUnavailable
 from broker.identity import Channel, Credentials, Identity
 from broker.policy import AccessRequest, ActiveGrant, Decision, decide, effective_duration, mfa_shortfall, visible_roles

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from broker.audit import AuditTrail, Clock, utcnow
+from broker.audit import AuditTrail
+from broker.context import Clock, utcnow
 from broker.encryption import Undecryptable
 from broker.errors import KeysUnusable
 from broker.keys import Keys

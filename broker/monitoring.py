@@ -47,8 +47,9 @@ from typing import Any
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
-from broker.audit import AuditTrail, Clock
+from broker.audit import AuditTrail
 from broker.aws.sts import AssumeRoleRequest, Sts
+from broker.context import Clock
 from broker.errors import BrokerError
 from broker.identity import Credentials
 from broker.ratelimit import RateLimiter

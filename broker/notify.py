@@ -15,7 +15,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from broker.audit import AuditTrail, Clock
+from broker.audit import AuditTrail
+from broker.context import Clock
 from broker.http import HttpClient, HttpPolicy, UpstreamTooLarge, UpstreamUnavailable
 from broker.settings import NotificationSettings
 from broker.store import deliveries, queries

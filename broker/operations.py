@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from broker.audit import AuditTrail, Clock, Context, export_jsonl
+from broker.audit import AuditTrail, export_jsonl
 from broker.aws.revoke import RoleRevoker
+from broker.context import Clock, Context
 from broker.elevation import Elevation, RequestView
 from broker.errors import AccessDenied, BrokerError, MfaRequired
 from broker.identity import Identity

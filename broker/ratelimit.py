@@ -39,7 +39,8 @@ from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-from broker.audit import AuditTrail, Context
+from broker.audit import AuditTrail
+from broker.context import Context
 from broker.errors import RateLimited
 from broker.keys import Keys
 from broker.logs import get_logger

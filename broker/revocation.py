@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from broker.audit import AuditTrail, Clock, Context
+from broker.audit import AuditTrail
+from broker.context import Clock, Context
 from broker.errors import BrokerError, InvalidRequest, NotFound
 from broker.identity import Identity
 from broker.settings import Settings

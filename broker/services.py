@@ -20,9 +20,10 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from broker.audit import AuditTrail, Clock
+    from broker.audit import AuditTrail
     from broker.aws.revoke import RoleRevoker
     from broker.aws.sts import Sts
+    from broker.context import Clock
     from broker.devices import DeviceRevocations
     from broker.federation import Broker
     from broker.issuance import Issuance, Provisioned
@@ -46,7 +47,7 @@ class Services:
 
     def __init__(self, settings: Settings, *, clock: Clock | None = None, sts: Sts | None = None) -> None:
         if clock is None:
-            from broker.audit import utcnow
+            from broker.context import utcnow
 
             clock = utcnow
         self.settings = settings

@@ -16,9 +16,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from broker.audit import Context
 from broker.aws.revoke import POLICY_NAME
 from broker.aws.sts import Sts
+from broker.context import Context
 from broker.errors import AccessDenied, InvalidRequest, MfaRequired
 from broker.identity import Channel, Identity, MfaEvidence, MfaLevel
 from broker.operations import Operations

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from broker.audit import Context
 from broker.aws.sts import Sts
+from broker.context import Context
 from broker.errors import AccessDenied
 from broker.identity import Channel, Identity, MfaEvidence, MfaLevel
 from broker.services import Services, build_services

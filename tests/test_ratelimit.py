@@ -9,7 +9,8 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from broker.audit import AuditTrail, Context
+from broker.audit import AuditTrail
+from broker.context import Context
 from broker.errors import RateLimited
 from broker.keys import Keys
 from broker.ratelimit import DEFAULT_LIMITS, RateLimiter

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from broker.audit import utcnow
+from broker.context import utcnow
 from broker.services import build_services
 from broker.settings import load_settings
 from tests.conftest import base_config

@@ -21,7 +21,7 @@ from rich.table import Table
 from broker.terminal import print_table
 
 if TYPE_CHECKING:
-    from broker.audit import Context
+    from broker.context import Context
     from broker.revocation import Actor
     from broker.services import Services
     from broker.settings import Settings
@@ -113,7 +113,7 @@ def actor(as_name: str | None) -> Actor:
 
 
 def ctx() -> Context:
-    from broker.audit import Context
+    from broker.context import Context
 
     return Context(user_agent="broker-cli", request_id=f"cli-{datetime.now().strftime('%Y%m%dT%H%M%S')}")
 

@@ -6,7 +6,7 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from broker.audit import Context
+from broker.context import Context
 from broker.errors import (
     AccessDenied,
     BrokerError,

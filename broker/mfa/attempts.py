@@ -12,7 +12,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from broker.audit import AuditTrail, Clock, Context
+from broker.audit import AuditTrail
+from broker.context import Clock, Context
 from broker.errors import (
     TOTP_REPLAY_MESSAGE,
     AuthenticationFailed,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.audit import Context
+from broker.context import Context
 from broker.errors import (
     AuthenticationFailed,
     NotFound,

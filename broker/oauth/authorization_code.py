@@ -26,7 +26,8 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from broker.audit import AuditTrail, Clock, Context
+from broker.audit import AuditTrail
+from broker.context import Clock, Context
 from broker.errors import (
     AuthorizationDeclined,
     BrokerError,

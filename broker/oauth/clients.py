@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from urllib.parse import unquote_plus
 
 from broker import jose
-from broker.audit import Clock, utcnow
+from broker.context import Clock, utcnow
 from broker.errors import InvalidClient, InvalidRequest, ServiceUnavailable
 from broker.http import HttpClient
 from broker.settings import OAuthClientConfig, OAuthSettings

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.audit import AuditTrail, Clock, Context
+from broker.audit import AuditTrail
+from broker.context import Clock, Context
 from broker.errors import (
     AuthorizationDeclined,
     AuthorizationPending,

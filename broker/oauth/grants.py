@@ -13,7 +13,8 @@ from datetime import timedelta
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote_plus
 
-from broker.audit import AuditTrail, Clock, Context, utcnow
+from broker.audit import AuditTrail
+from broker.context import Clock, Context, utcnow
 from broker.errors import (
     AuthorizationPending,
     BrokerError,

@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from broker import jose
-from broker.audit import Clock, Context
 from broker.connectors.x509 import CertificateFacts, leaf_facts, refuse
+from broker.context import Clock, Context
 from broker.devices import DeviceRequest, Devices
 from broker.errors import BrokerError, InvalidGrant, InvalidRequest, ReplayDetected
 from broker.keys import Keys

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
-from broker.audit import AuditTrail, Clock, Context
+from broker.audit import AuditTrail
+from broker.context import Clock, Context
 from broker.errors import BrokerError, InvalidClient, InvalidGrant, InvalidRequest, InvalidToken
 from broker.identity import Channel, Identity
 from broker.keys import Keys

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.audit import AuditTrail, Clock
+from broker.audit import AuditTrail
+from broker.context import Clock
 from broker.devices import Devices
 from broker.http import HttpClient
 from broker.issuance import Issuance

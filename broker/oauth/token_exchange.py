@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from broker.audit import AuditTrail, Clock, Context
+from broker.audit import AuditTrail
+from broker.context import Clock, Context
 from broker.errors import (
     AuditUnavailable,
     BrokerError,

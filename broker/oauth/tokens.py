@@ -10,7 +10,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey, import_key
 
-from broker.audit import Clock, utcnow
+from broker.context import Clock, utcnow
 from broker.encryption import Cipher, Undecryptable
 - ``broker signing-keys rotate`` rotates now (:meth:`TokenService.rotate_now`); with ``--revoke`` the old key
   leaves the JWKS at once and the broker refuses its tokens at once (each verification asks the key table).
@@ -31,7 +31,8 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey, import_key
 
-from broker.audit import AuditTrail, Clock, Context, utcnow
+from broker.audit import AuditTrail
+from broker.context import Clock, Context, utcnow
 from broker.encryption import Cipher, Undecryptable
 from broker.errors import InvalidRequest, ServiceUnavailable
 from broker.keys import Keys

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker import jose
-from broker.audit import Clock, utcnow
+from broker.context import Clock, utcnow
 from broker.errors import InvalidRequest, ServiceUnavailable
 from broker.http import HttpClient, HttpPolicy
 from broker.identity import Identity

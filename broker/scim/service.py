@@ -32,7 +32,8 @@ from scim2_server.requests import ScimRequest
 from scim2_server.routing import Operation, Target
 from scim2_server.service import ScimService
 
-from broker.audit import AuditTrail, Context
+from broker.audit import AuditTrail
+from broker.context import Context
 from broker.errors import (
     BrokerError,
     ScimConflict,

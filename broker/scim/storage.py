@@ -37,7 +37,8 @@ from scim2_models.path import CompareOperator, Comparison
 from scim2_server.storage import ScimStorage, SearchPage
 from scim2_server.utils import parametrize
 
-from broker.audit import AuditTrail, Context
+from broker.audit import AuditTrail
+from broker.context import Context
 from broker.scim.directory import fold, principals_of
 from broker.scim.resources import GROUP, USER
 from broker.settings import ScimClientConfig

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlencode
 
-from broker.audit import AuditTrail, Clock, Context
+from broker.audit import AuditTrail
 from broker.connectors.registry import Connectors
 from broker.connectors.saml import SamlConnector
 from broker.connectors.saml_logout import LogoutRejected, SessionRef
 from broker.connectors.saml_response import SamlRejected
+from broker.context import Clock, Context
 from broker.errors import AccessDenied, BrokerError, MfaRequired, NotFound
 from broker.identity import Identity, MfaLevel
 from broker.keys import Keys

@@ -15,10 +15,11 @@ from datetime import timedelta
 from typing import Protocol
 from urllib.parse import urlencode
 
-from broker.audit import AuditTrail, Clock, Context
+from broker.audit import AuditTrail
 from broker.connectors.base import PasswordConnector
 from broker.connectors.oidc import LOGIN_REQUEST_TTL_SECONDS
 from broker.connectors.registry import Connectors
+from broker.context import Clock, Context
 from broker.discovery import Discovery, domain_of
 from broker.errors import AuthenticationFailed, BrokerError, InvalidRequest, MfaRequired, ReplayDetected
 from broker.identity import Identity

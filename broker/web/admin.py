@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker.audit import Context
+from broker.context import Context
 from broker.errors import BrokerError, InvalidRequest
 from broker.operations import Operations
 from broker.ratelimit import rate_limited

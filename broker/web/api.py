@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from broker.audit import Context
+from broker.context import Context
 from broker.errors import BrokerError, InvalidRequest
 from broker.identity import Channel
 from broker.oauth.refresh import API_PATH, CliSignIn

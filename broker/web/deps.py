@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
-from broker.audit import Context
+from broker.context import Context
 from broker.errors import CsrfFailed, LoginRequired
 from broker.federation import Broker
 from broker.identity import Identity

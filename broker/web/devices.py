@@ -22,8 +22,8 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from broker.audit import Context
 from broker.connectors.x509 import pem_to_der, tcp_peer_allowed
+from broker.context import Context
 from broker.devices import DeviceRequest, Devices
 from broker.errors import AccessDenied, AuthenticationFailed, BrokerError, InvalidRequest, NotFound
 from broker.ratelimit import rate_limited

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from broker.audit import Context
+from broker.context import Context
 from broker.errors import BrokerError
 from broker.ratelimit import rate_limited
 from broker.signin.use_case import SignIn

@@ -9,7 +9,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from broker.audit import Context
+from broker.context import Context
 from broker.federation import RoleView
 from broker.identity import Channel, Identity
 from broker.ratelimit import rate_limited

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from broker.audit import Context
+from broker.context import Context
 from broker.elevation import RequestView
 from broker.errors import InvalidRequest
 from broker.operations import Operations

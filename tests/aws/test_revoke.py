@@ -24,9 +24,9 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from broker.audit import Context
 from broker.aws.revoke import POLICY_NAME, DenyStatement, compact, iso
 from broker.aws.sts import Sts
+from broker.context import Context
 from broker.identity import Channel, Credentials, Identity, MfaEvidence, MfaLevel
 from broker.revocation import Actor
 from broker.services import build_services

@@ -15,8 +15,8 @@ import httpx
 import pyotp
 from sqlalchemy import select
 
-from broker.audit import Context
 from broker.aws.sts import Sts
+from broker.context import Context
 from broker.identity import MfaEvidence, MfaLevel
 from broker.mfa.service import Holder
 from broker.services import build_services

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import select
 
 from broker.app import create_app
-from broker.audit import Context
 from broker.aws.sts import Sts
+from broker.context import Context
 from broker.errors import InvalidClient, RateLimited
 from broker.ratelimit import RateLimiter
 from broker.services import build_services

@@ -13,9 +13,9 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from broker.audit import Context
 from broker.aws.sts import Sts
 from broker.connectors.local import hash_password
+from broker.context import Context
 from broker.errors import (
     AccessDenied,
     AuthenticationFailed,
