@@ -44,7 +44,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow, services: Services 
     # What the on-call sees: latency of the database, audit appends and seals, the rate limiter's storage,
     # certificate expiry (broker/monitoring.py).
     saml_certificates = {name: connector.certificates for name, connector in broker.saml_connectors.items()}
-    instrument(
+    detach_metrics = instrument(
         metrics,
         db=db,
         audit=audit,
@@ -73,6 +73,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow, services: Services 
         operations.stop()
         sealer.stop()
         services.close()
+        detach_metrics()
         process_ended()
 
     api_docs = settings.dev if settings.server.api_docs is None else settings.server.api_docs

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,23 @@ DEFAULT_CONNECT_SECONDS = 5.0
 DEFAULT_READ_SECONDS = 10.0
 # Real discovery documents, key sets and CRLs are a few kB; a megabyte is generous and still bounded.
 DEFAULT_MAX_BYTES = 1024 * 1024
+
+# Who is told how long each outgoing call took: ``(peer, seconds, outcome)``. ``broker.monitoring`` listens
+# (the IdP, key-fetch and webhook latency and error metrics); the list is empty unless an app is serving.
+Observer = Callable[[str, float, str], None]
+_observers: list[Observer] = []
+
+
+def observe_calls(observer: Observer) -> Callable[[], None]:
+    """Tell ``observer`` about every outgoing call from now on; returns the function that stops it."""
+    _observers.append(observer)
+    return lambda: _observers.remove(observer) if observer in _observers else None
+
+
+def report_call(peer: str, seconds: float, outcome: str) -> None:
+    """Report one outgoing call (also for calls a library makes itself, such as Authlib's token request)."""
+    for observer in list(_observers):
+        observer(peer, seconds, outcome)
 
 
 class UpstreamUnavailable(ServiceUnavailable):
@@ -65,6 +83,8 @@ class HttpPolicy:
     # Read HTTP(S)_PROXY and SSL_CERT_FILE from the environment: only for peers an operator may reach through
     # a proxy (webhooks, the AWS console endpoint, an IdP); key fetches never do.
     trust_env: bool = False
+    # What kind of peer this is, for the latency and error metrics (``oidc``, ``jwks``, ``webhook`` ...).
+    peer: str = "other"
 
     def timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.read_seconds, connect=self.connect_seconds)
@@ -149,21 +169,28 @@ class HttpClient:
             if timeout is None
             else httpx.Timeout(timeout, connect=min(timeout, self.policy.connect_seconds))
         )
+        started, outcome = time.perf_counter(), "ok"
         try:
             with self._client.stream(
                 method, url, params=params, headers=headers, json=json_body, timeout=limit
             ) as response:
                 declared = response.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > cap:
+                    outcome = "too_large"
                     raise UpstreamTooLarge(reason="http.too_large")
                 body = bytearray()
                 for chunk in response.iter_bytes():
                     body += chunk
                     if len(body) > cap:
+                        outcome = "too_large"
                         raise UpstreamTooLarge(reason="http.too_large")
+                outcome = status_outcome(response.status_code)
                 return Response(response.status_code, bytes(body), dict(response.headers))
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(reason=f"http.{_kind(exc)}", failure=type(exc).__name__) from None
+            outcome = _kind(exc)
+            raise UpstreamUnavailable(reason=f"http.{outcome}", failure=type(exc).__name__) from None
+        finally:
+            report_call(self.policy.peer, time.perf_counter() - started, outcome)
 
     def get(
         self,
@@ -178,6 +205,11 @@ class HttpClient:
 
     def post_json(self, url: str, payload: Any, *, max_bytes: int | None = None) -> Response:
         return self.request("POST", url, json_body=payload, max_bytes=max_bytes)
+
+
+def status_outcome(status: int) -> str:
+    """``ok`` for an answer below 400, else its class (``status_4xx``, ``status_5xx``)."""
+    return "ok" if status < 400 else f"status_{status // 100}xx"
 
 
 def _kind(exc: httpx.HTTPError) -> str:

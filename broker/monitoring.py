@@ -37,7 +37,7 @@ import queue
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
@@ -51,6 +51,7 @@ from broker.audit import AuditTrail
 from broker.aws.sts import AssumeRoleRequest, Sts
 from broker.context import Clock
 from broker.errors import BrokerError
+from broker.http import observe_calls
 from broker.identity import Credentials
 from broker.ratelimit import RateLimiter
 from broker.sealer import Sealer
@@ -91,6 +92,16 @@ class Metrics:
             registry=r,
         )
         self.sts_errors = Counter("broker_sts_errors", "STS failures, by reason.", ["reason"], registry=r)
+        # Identity providers, key sets, CRLs, webhooks and the console endpoint (broker.http.observe_calls).
+        self.upstream_seconds = Histogram(
+            "broker_upstream_request_seconds",
+            "Latency of outgoing calls (IdP token and discovery, key sets, CRLs, webhooks), by peer and outcome.",
+            ["peer", "outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+            registry=r,
+        )
+        for peer in ("oidc", "oidc_token", "workload_jwks", "key_fetch", "webhook", "aws_console"):
+            self.upstream_seconds.labels(peer, "ok")  # exported from the start, so ratios and alerts see them
         for reason in ("sts_unavailable", "sts_throttled", "sts_access_denied", "sts_error"):
             self.sts_errors.labels(reason)  # exported at 0 from the start, so rate() and alerts see them
         self.mfa_failures = Counter("broker_mfa_failures", "Failed second factors.", registry=r)
@@ -421,8 +432,9 @@ def instrument(
     ratelimiter: RateLimiter,
     settings: Settings,
     saml_certificates: dict[str, list[str]],
-) -> None:
-    """Attach the metrics to what they measure (one call from the composition root)."""
+) -> Callable[[], None]:
+    """Attach the metrics to what they measure (one call from the composition root); returns the function
+    that detaches what is process-wide (the outgoing-call observer) when the app stops."""
     if path := os.environ.get(MULTIPROC_ENV):
         _sweep(path)  # a worker that was killed left its gauges behind; this one replaces it
     db.time_statements(metrics.db_seconds.observe)
@@ -431,6 +443,7 @@ def instrument(
     ratelimiter.on_storage.append(lambda falling_back: metrics.ratelimit_fallback.set(int(falling_back)))
     metrics.ratelimit_fallback.set(0)
     metrics.certificates(certificate_expiries(settings, saml_certificates))
+    return observe_calls(lambda peer, seconds, outcome: metrics.upstream_seconds.labels(peer, outcome).observe(seconds))
 
 
 def certificate_expiries(settings: Settings, saml_certificates: dict[str, list[str]]) -> dict[tuple[str, str], float]:

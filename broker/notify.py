@@ -69,7 +69,9 @@ class Notifier:
         if not claimed:
             return 0
         timeout = self.settings.timeout_seconds
-        policy = HttpPolicy(connect_seconds=timeout, read_seconds=timeout, max_bytes=MAX_RESPONSE_BYTES, trust_env=True)
+        policy = HttpPolicy(
+            connect_seconds=timeout, read_seconds=timeout, max_bytes=MAX_RESPONSE_BYTES, trust_env=True, peer="webhook"
+        )
         with HttpClient(policy) as client:
             outcomes = [(item, self._post(client, url.get_secret_value(), item[3])) for item in claimed]
         sent = 0

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from broker.errors import ServiceUnavailable, UpstreamError
-from broker.http import HttpClient, HttpPolicy, UpstreamTooLarge, UpstreamUnavailable
+from broker.http import HttpClient, HttpPolicy, UpstreamTooLarge, UpstreamUnavailable, observe_calls
 from tests.support.certificates import server_identity
 
 
@@ -158,3 +158,20 @@ def test_tls_is_verified_against_the_configured_bundle(tmp_path: Path) -> None:
             assert info.value.failure == "ConnectError"
         with HttpClient(HttpPolicy(connect_seconds=2, read_seconds=2, ca_bundle=str(ca_file))) as pinned:
             assert pinned.get(peer.url + "/small").body == b"x" * 100
+
+
+def test_every_call_is_reported_to_the_observers_with_its_peer_and_outcome(peer: Peer) -> None:
+    seen: list[tuple[str, str]] = []
+    stop = observe_calls(lambda name, seconds, outcome: seen.append((name, outcome)))
+    try:
+        with HttpClient(HttpPolicy(peer="jwks", connect_seconds=1, read_seconds=0.5, max_bytes=64 * 1024)) as client:
+            client.get(peer.url + "/small")
+            with pytest.raises(UpstreamTooLarge):
+                client.get(peer.url + "/big")
+            with pytest.raises(UpstreamUnavailable):
+                client.get(peer.url + "/slow")
+    finally:
+        stop()
+    with HttpClient(HttpPolicy(peer="jwks")) as client:
+        client.get(peer.url + "/small")  # after stop(): not reported
+    assert seen == [("jwks", "ok"), ("jwks", "too_large"), ("jwks", "timeout")]

@@ -47,7 +47,9 @@ def signin_url(
     }
     if session_duration is not None:
         params["SessionDuration"] = str(max(MIN_SESSION_SECONDS, min(session_duration, MAX_SESSION_SECONDS)))
-    policy = HttpPolicy(connect_seconds=timeout, read_seconds=timeout, max_bytes=MAX_RESPONSE_BYTES, trust_env=True)
+    policy = HttpPolicy(
+        connect_seconds=timeout, read_seconds=timeout, max_bytes=MAX_RESPONSE_BYTES, trust_env=True, peer="aws_console"
+    )
     try:
         with HttpClient(policy) as http:
             response = http.get(endpoint, params=params)

@@ -35,7 +35,7 @@ with warnings.catch_warnings():
     from authlib.integrations.httpx_client import OAuth2Client
 from broker import jose
 from broker.errors import AuthenticationFailed, BrokerError, MfaRequired, ServiceUnavailable
-from broker.http import TRANSPORT_ERRORS, HttpClient, HttpPolicy, UpstreamTooLarge, UpstreamUnavailable
+from broker.http import TRANSPORT_ERRORS, HttpClient, HttpPolicy, UpstreamTooLarge, UpstreamUnavailable, report_call
 from broker.identity import Identity, MfaEvidence, MfaLevel
 from broker.settings import MfaMapping, OidcStoreConfig
 
@@ -240,7 +240,7 @@ class OidcConnector:
         self._clock = clock
         timeout = config.timeout_seconds
         self._policy = HttpPolicy(
-            connect_seconds=timeout, read_seconds=timeout, max_bytes=MAX_DOCUMENT_BYTES, trust_env=True
+            connect_seconds=timeout, read_seconds=timeout, max_bytes=MAX_DOCUMENT_BYTES, trust_env=True, peer="oidc"
         )
         self._http = HttpClient(self._policy)
         self._metadata: ProviderMetadata | None = None
@@ -417,6 +417,8 @@ class OidcConnector:
         code = params.get("code")
         if not code:
             raise _refuse("code_missing")
+        # Authlib makes this request itself, so its latency is reported here (broker.http.report_call).
+        started, outcome = time.perf_counter(), "ok"
         try:
             with self._oauth_client() as client:
                 token = client.fetch_token(
@@ -427,13 +429,18 @@ class OidcConnector:
                     redirect_uri=self.redirect_uri,
                 )
         except OAuthError as exc:
+            outcome = "refused"
             raise _refuse(
                 "token_error", f"The identity provider did not accept the sign-in ({exc.error}). Start again."
             ) from None
         except TRANSPORT_ERRORS:
+            outcome = "unreachable"
             raise self._unreachable("token") from None
         except ValueError:
+            outcome = "invalid"
             raise _refuse("token_response_invalid") from None
+        finally:
+            report_call("oidc_token", time.perf_counter() - started, outcome)
         id_token = token.get("id_token")
         if not isinstance(id_token, str):
             raise _refuse("id_token_missing")

@@ -7,7 +7,7 @@ from typing import Any
 from broker.audit import AuditTrail
 from broker.context import Clock
 from broker.devices import Devices
-from broker.http import HttpClient
+from broker.http import HttpClient, HttpPolicy
 from broker.issuance import Issuance
 from broker.keys import Keys
 from broker.oauth.authorization_code import AUTHORIZE_PATH, AuthorizationCodeGrant, AuthorizationFlow
@@ -48,7 +48,7 @@ class OAuthServer:
         self.issuer = settings.public_url
         self.token_endpoint_url = settings.public_url + TOKEN_PATH
         # One HTTP client for key and CRL fetches: no redirects, no proxy variables, short timeouts per request.
-        self.http = HttpClient()
+        self.http = HttpClient(HttpPolicy(peer="key_fetch"))
         self.verifier = WorkloadVerifier(settings.oauth.workload_issuers, http=self.http, clock=clock)
         clients = ClientAuthenticator(
             settings.oauth,

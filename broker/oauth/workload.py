@@ -137,7 +137,7 @@ class WorkloadVerifier:
     ) -> None:
         self._owns_http = http is None
         # Never follow redirects, never read proxy settings from the environment for key fetches.
-        self._http = http or HttpClient(HttpPolicy(max_bytes=jose.MAX_JWKS_BYTES))
+        self._http = http or HttpClient(HttpPolicy(max_bytes=jose.MAX_JWKS_BYTES, peer="workload_jwks"))
         self._clock = clock
         self.issuers = {i.issuer: i for i in issuers}
         self.caches = {
