@@ -1,6 +1,6 @@
 """The OIDC connector on its own: configuration, MFA mapping, and the protocol against a real oidc-provider.
 
-The flow tests in ``tests/web/test_oidc_flow.py`` cover the hostile cases through the running broker; these
+The flow tests in ``tests/web/test_oidc.py`` cover the hostile cases through the running broker; these
 pin the connector's contracts (discovery, client authentication, userinfo, key rotation) directly.
 """
 

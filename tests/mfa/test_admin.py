@@ -2,7 +2,7 @@
 
 Bob is signed in over real HTTP (and has a CLI sign-in); the reset is approved through the use case by an
 operator whose identity carries a fresh phishing-resistant proof (the browser flow is in
-``test_browser_webauthn.py``).
+``test_webauthn.py``).
 """
 
 from __future__ import annotations
