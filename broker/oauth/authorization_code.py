@@ -26,8 +26,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from broker.audit import AuditTrail
-from broker.context import Clock, Context
+from broker.context import Context
 from broker.errors import (
     AuthorizationDeclined,
     BrokerError,
@@ -36,14 +35,11 @@ from broker.errors import (
     UnsupportedResponseType,
 )
 from broker.identity import Identity
-from broker.keys import Keys
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
-from broker.oauth.refresh import CHANNEL, CLI_CLIENT_ID, CliSessions, iso
-from broker.settings import CliSettings
+from broker.oauth.refresh import CHANNEL, CLI_CLIENT_ID, CliStep, iso
 from broker.signin.sessions import CurrentSession
 from broker.store import queries
-from broker.store.db import Database
 
 GRANT_TYPE = "authorization_code"
 AUTHORIZE_PATH = "/oauth2/authorize"
@@ -110,27 +106,8 @@ class AuthorizeRequest:
         return urlsplit(self.redirect_uri).netloc
 
 
-class AuthorizationFlow:
+class AuthorizationFlow(CliStep):
     """The authorization endpoint's checks, consent outcome, and code issuance."""
-
-    def __init__(
-        self,
-        sessions: CliSessions,
-        *,
-        config: CliSettings,
-        issuer: str,
-        db: Database,
-        audit: AuditTrail,
-        keys: Keys,
-        clock: Clock,
-    ) -> None:
-        self.config = config
-        self.issuer = issuer
-        self.db = db
-        self.audit = audit
-        self.keys = keys
-        self.clock = clock
-        self.sessions = sessions
 
     def _deny(self, error: BrokerError, ctx: Context, identity: Identity | None, detail: dict[str, Any]) -> BrokerError:
         return self.audit.deny(
@@ -218,30 +195,11 @@ class AuthorizationFlow:
         return self._error_redirect(request, error).location
 
 
-class AuthorizationCodeGrant:
+class AuthorizationCodeGrant(CliStep):
     """``grant_type=authorization_code`` with PKCE, for the public client ``broker-cli``."""
 
     grant_type = GRANT_TYPE
     public_client_id = CLI_CLIENT_ID
-
-    def __init__(
-        self,
-        sessions: CliSessions,
-        *,
-        config: CliSettings,
-        issuer: str,
-        db: Database,
-        audit: AuditTrail,
-        keys: Keys,
-        clock: Clock,
-    ) -> None:
-        self.config = config
-        self.issuer = issuer
-        self.db = db
-        self.audit = audit
-        self.keys = keys
-        self.clock = clock
-        self.sessions = sessions
 
     def handle(self, params: Params, client: AuthenticatedClient | None, ctx: Context) -> dict[str, Any]:
         identity: Identity | None = None

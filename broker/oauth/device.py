@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.audit import AuditTrail
-from broker.context import Clock, Context
+from broker.context import Context
 from broker.errors import (
     AuthorizationDeclined,
     AuthorizationPending,
@@ -33,14 +32,11 @@ from broker.errors import (
     SlowDown,
 )
 from broker.identity import Identity
-from broker.keys import Keys
 from broker.oauth.clients import AuthenticatedClient
 from broker.oauth.grants import Params
-from broker.oauth.refresh import CHANNEL, CliSessions, Started, check_cli_client, iso
-from broker.settings import CliSettings
+from broker.oauth.refresh import CHANNEL, CliStep, Started, check_cli_client, iso
 from broker.signin.sessions import CurrentSession
 from broker.store import queries
-from broker.store.db import Database
 from broker.store.models import DeviceAuthorization
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
@@ -81,27 +77,8 @@ class PendingDevice:
     expires_at: datetime
 
 
-class DeviceFlow:
+class DeviceFlow(CliStep):
     """The device authorization endpoint and the /device confirmation."""
-
-    def __init__(
-        self,
-        sessions: CliSessions,
-        *,
-        config: CliSettings,
-        issuer: str,
-        db: Database,
-        audit: AuditTrail,
-        keys: Keys,
-        clock: Clock,
-    ) -> None:
-        self.config = config
-        self.issuer = issuer
-        self.db = db
-        self.audit = audit
-        self.keys = keys
-        self.clock = clock
-        self.sessions = sessions
 
     def _user_code_hmac(self, code: str) -> str:
         return self.keys.mac("device-user-code", code)
@@ -207,30 +184,11 @@ class DeviceFlow:
             ) from None
 
 
-class DeviceCodeGrant:
+class DeviceCodeGrant(CliStep):
     """``grant_type=urn:ietf:params:oauth:grant-type:device_code`` (RFC 8628 section 3.4)."""
 
     grant_type = GRANT_TYPE
     public_client_id = "broker-cli"
-
-    def __init__(
-        self,
-        sessions: CliSessions,
-        *,
-        config: CliSettings,
-        issuer: str,
-        db: Database,
-        audit: AuditTrail,
-        keys: Keys,
-        clock: Clock,
-    ) -> None:
-        self.config = config
-        self.issuer = issuer
-        self.db = db
-        self.audit = audit
-        self.keys = keys
-        self.clock = clock
-        self.sessions = sessions
 
     def handle(self, params: Params, client: AuthenticatedClient | None, ctx: Context) -> dict[str, Any]:
         identity: Identity | None = None

@@ -20,7 +20,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any, TypedDict, Unpack
 
 from broker.audit import AuditTrail
 from broker.context import Clock, Context
@@ -79,28 +79,25 @@ class CliDeps(TypedDict):
     clock: Clock
 
 
-class CliSessions:
+class CliFlow:
+    """What every credential-helper flow holds (:class:`CliDeps`), set once here."""
+
+    def __init__(self, **deps: Unpack[CliDeps]) -> None:
+        self.config = deps["config"]
+        self.issuer = deps["issuer"]
+        self.db = deps["db"]
+        self.audit = deps["audit"]
+        self.keys = deps["keys"]
+        self.clock = deps["clock"]
+
+
+class CliSessions(CliFlow):
     """Creates, rotates, revokes and checks CLI sign-ins. One per process (``OAuthServer.cli``)."""
 
-    def __init__(
-        self,
-        tokens: TokenService,
-        *,
-        config: CliSettings,
-        issuer: str,
-        db: Database,
-        audit: AuditTrail,
-        keys: Keys,
-        clock: Clock,
-    ) -> None:
-        self.config = config
-        self.issuer = issuer
-        self.db = db
-        self.audit = audit
-        self.keys = keys
-        self.clock = clock
+    def __init__(self, tokens: TokenService, **deps: Unpack[CliDeps]) -> None:
+        super().__init__(**deps)
         self.tokens = tokens
-        self.audience = issuer + API_PATH
+        self.audience = self.issuer + API_PATH
 
     def _mac(self, token: str) -> str:
         return self.keys.mac("cli-refresh-token", token)
@@ -309,6 +306,14 @@ class CliSessions:
             raise self.audit.deny(
                 self.db, exc, event="api_auth", principal=principal, channel=CHANNEL, ctx=ctx
             ) from None
+
+
+class CliStep(CliFlow):
+    """A flow built on the process's CLI sign-ins (device code, authorization code, their grants)."""
+
+    def __init__(self, sessions: CliSessions, **deps: Unpack[CliDeps]) -> None:
+        super().__init__(**deps)
+        self.sessions = sessions
 
 
 class RefreshTokenGrant:
