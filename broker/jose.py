@@ -16,7 +16,9 @@ codes below to its own audit reasons, so the policy is one and the reasons stay 
    joserfc's ``JWTClaimsRegistry`` for ``iss``/``sub``/``aud``/``exp``/``nbf``/``iat`` with leeway and the
    caller's table of required claims, plus a maximum age.
 
-:func:`sign` and :func:`private_key` are the signing side for the keys the broker holds.
+:func:`sign` and :func:`private_key` are the signing side for the keys the broker holds; :func:`generate_key`,
+:func:`public_jwk`, :func:`private_jwk` and :func:`key_set` serve the broker's own rotating signing keys, whose
+tokens pass the same :func:`verify` as everyone else's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import re
 import secrets
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,12 +43,17 @@ from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 from broker.http import HttpClient, UpstreamTooLarge, UpstreamUnavailable
 
 PublicKey = RSAKey | ECKey | OKPKey
+PrivateKey = ECKey | RSAKey | OKPKey
 # Headers that name a key or a place to fetch one. The key must come from configuration, never the token.
 KEY_REFERENCE_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c"})
 MAX_KID_LENGTH = 256
 _KID = re.compile(r"[\x21-\x7e]+")
 # A JWKS document larger than this is refused (real ones are a few kB; GitHub's is under 4 kB).
 MAX_JWKS_BYTES = 256 * 1024
+# The longest compact JWS joserfc's verifier accepts at all (header, payload and signature caps together).
+MAX_COMPACT_BYTES = (
+    jws.JWSRegistry.max_header_length + jws.JWSRegistry.max_payload_length + jws.JWSRegistry.max_signature_length
+)
 
 
 class Refused(Exception):
@@ -275,6 +283,11 @@ class JwksCache:
         return fitting[0]
 
 
+def key_set(jwks: Mapping[str, Any]) -> JwksCache:
+    """A fixed key set that is never fetched, such as the public keys the broker publishes for itself."""
+    return JwksCache(http=None, uri=None, jwks=jwks, ttl_seconds=float("inf"), refresh_floor_seconds=float("inf"))
+
+
 # ----------------------------------------------------------------------------------------- signature and claims
 
 
@@ -389,7 +402,7 @@ def verify(
 # ----------------------------------------------------------------------------------------- signing
 
 
-def private_key(pem: str, alg: str) -> ECKey | RSAKey | OKPKey:
+def private_key(pem: str, alg: str) -> PrivateKey:
     """A PEM private key imported for ``alg`` (ES*: EC, EdDSA: OKP, otherwise RSA)."""
     if alg.startswith("ES"):
         return ECKey.import_key(pem)
@@ -424,11 +437,37 @@ def generate_key(alg: str) -> ECKey | OKPKey:
     raise ValueError(f"no key generation for {alg}")
 
 
-def load_jwk(data: Mapping[str, Any]) -> ECKey | OKPKey | RSAKey:
-    """A key from its JWK form (as :meth:`as_dict` wrote it)."""
+def load_jwk(data: Mapping[str, Any]) -> PrivateKey:
+    """A key from its JWK form (as :func:`private_jwk` wrote it)."""
     key = KeySet.import_key_set({"keys": [dict(data)]}).keys[0]
     assert isinstance(key, ECKey | OKPKey | RSAKey)
     return key
+
+
+def key_id(key: PrivateKey) -> str:
+    """The ``kid`` of a key that has one (:func:`generate_key` sets its thumbprint)."""
+    kid = key.kid
+    assert kid is not None
+    return kid
+
+
+def public_jwk(key: PrivateKey, alg: str) -> dict[str, Any]:
+    """The public half of ``key`` as a JWK for a published key set: a signing key (``use: sig``) for ``alg``."""
+    return {**key.as_dict(private=False), "alg": alg, "use": "sig"}
+
+
+def private_jwk(key: PrivateKey) -> dict[str, Any]:
+    """The whole key, private half included, as a JWK (for storage sealed at rest; :func:`load_jwk` reads it)."""
+    return dict(key.as_dict(private=True))
+
+
+def allow_eddsa() -> None:
+    """Silence joserfc's deprecation warning for ``EdDSA``.
+
+    joserfc flags "EdDSA" as superseded by the fully specified "Ed25519" (RFC 9864); verifiers in the field
+    still expect "EdDSA", so a configuration that asks for it gets it without a warning on every token.
+    """
+    warnings.filterwarnings("ignore", message="EdDSA is deprecated", module="joserfc")
 
 
 def ed25519(key: Any) -> OKPKey:
@@ -436,7 +475,7 @@ def ed25519(key: Any) -> OKPKey:
     return OKPKey.import_key(key)
 
 
-def sign_bytes(header: Mapping[str, Any], payload: bytes, key: ECKey | RSAKey | OKPKey) -> str:
+def sign_bytes(header: Mapping[str, Any], payload: bytes, key: PrivateKey) -> str:
     """A compact JWS over arbitrary bytes (not a JWT: the payload is the caller's own format)."""
     alg = str(header["alg"])
     return jws.serialize_compact(dict(header), payload, key, [alg])
@@ -450,6 +489,15 @@ def unverified_payload(token: str) -> bytes:
         raise Refused("malformed") from None
 
 
+def unverified_kid(token: str) -> str | None:
+    """A compact JWS's header ``kid`` without checking anything: only to choose a refusal reason, never to trust."""
+    try:
+        kid = jws.extract_compact(token.encode()).headers().get("kid")
+    except (JoseError, ValueError):
+        return None
+    return kid if isinstance(kid, str) else None
+
+
 def verify_bytes(token: str, key: PublicKey, alg: str) -> bytes:
     """A compact JWS's payload once its signature verifies with ``key`` under ``alg``."""
     try:
@@ -458,7 +506,7 @@ def verify_bytes(token: str, key: PublicKey, alg: str) -> bytes:
         raise Refused("bad_signature") from None
 
 
-def sign(header: Mapping[str, Any], claims: Mapping[str, Any], key: ECKey | RSAKey | OKPKey) -> str:
+def sign(header: Mapping[str, Any], claims: Mapping[str, Any], key: PrivateKey) -> str:
     """A compact JWT signed with ``key`` under ``header["alg"]``."""
     alg = str(header["alg"])
     return jwt.encode(dict(header), dict(claims), key, algorithms=[alg])

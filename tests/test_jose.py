@@ -323,3 +323,29 @@ def test_client_assertion_verifies_with_the_public_key(alg: str) -> None:
     rules = jose.ClaimRules(issuer="c1", subject="c1", audiences=(AUDIENCE,), required=("exp", "jti"))
     jose.check_claims(payload, rules, now=now)
     assert payload["exp"] - payload["iat"] == 60
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA"])
+def test_a_generated_key_round_trips_and_verifies_against_its_published_set(alg: str) -> None:
+    key = jose.generate_key(alg)
+    kid = jose.key_id(key)
+    public = jose.public_jwk(key, alg)
+    assert public["kid"] == kid and public["use"] == "sig" and public["alg"] == alg and "d" not in public
+    assert jose.public_jwk(jose.load_jwk(jose.private_jwk(key)), alg) == public
+    now = time.time()
+    token = jose.sign({"alg": alg, "kid": kid}, {"iss": "broker", "exp": int(now) + 60}, key)
+    assert jose.unverified_kid(token) == kid
+    rules = jose.ClaimRules(issuer="broker", required=("exp",))
+    keys = jose.key_set({"keys": [public]})
+    header, claims = jose.verify(
+        token, keys=keys, algorithms=["ES256", "EdDSA"], max_bytes=jose.MAX_COMPACT_BYTES, rules=rules, now=now
+    )
+    assert header["kid"] == kid and claims["iss"] == "broker"
+    with pytest.raises(jose.Refused) as info:
+        jose.verify(token, keys=jose.key_set({"keys": []}), algorithms=[alg], max_bytes=8192, rules=rules, now=now)
+    assert info.value.code == "unknown_kid" and not keys.fetched
+
+
+def test_an_unreadable_header_has_no_kid() -> None:
+    assert jose.unverified_kid("not a token") is None
+    assert jose.unverified_kid(unsigned({}, {"kid": 7})) is None

@@ -45,7 +45,6 @@ OWNERS: dict[str, tuple[str, ...]] = {
 
 # (library, importer) -> where the import belongs. The lead shrinks this list; nothing may be added to it.
 PENDING: dict[tuple[str, str], str] = {
-    ("joserfc", "oauth/tokens.py"): "the broker's own token signing: sign/verify helpers in broker/jose.py",
     ("cryptography", "oauth/jwt_bearer.py"): "certificate keys to JWKs: connectors/x509.py",
     ("cryptography", "devices.py"): "certificate parsing: connectors/x509.py",
     ("cryptography", "settings/certificates.py"): "PEM checks at start-up: connectors/x509.py helpers",

@@ -6,31 +6,25 @@
 - Web-identity tokens are what the broker hands to STS ``AssumeRoleWithWebIdentity`` when ``aws.mode`` is
   ``web_identity``: AWS IAM trusts the broker as an OIDC provider, so the broker needs no AWS key at all.
 - Keys (ES256 on P-256, or EdDSA on Ed25519) live in the ``signing_keys`` table with the private half
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, KeySet, OKPKey, import_key
-
-from broker.context import Clock, utcnow
-from broker.encryption import Cipher, Undecryptable
+  encrypted by AES-256-GCM (``broker.encryption``) under a key derived from the newest root secret, whose id
+  is recorded in ``key_id``; any listed root secret decrypts (``broker keys re-encrypt`` moves them). A new
+  key is made every ``rotation_period_hours``; the previous one stops signing at once but stays in the JWKS
+  until every token it may have signed has expired (RFC 7517 section 5 leaves the set's contents to the
+  issuer).
 - ``broker signing-keys rotate`` rotates now (:meth:`TokenService.rotate_now`); with ``--revoke`` the old key
   leaves the JWKS at once and the broker refuses its tokens at once (each verification asks the key table).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import threading
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from joserfc import jws, jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, KeySet, OKPKey, import_key
-
+from broker import jose
 from broker.audit import AuditTrail
 from broker.context import Clock, Context, utcnow
 from broker.encryption import Cipher, Undecryptable
@@ -47,6 +41,8 @@ if TYPE_CHECKING:
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105
 # Tokens may be checked by hosts whose clocks differ a little; keep keys published that much longer.
 CLOCK_SKEW_SECONDS = 60
+# Every key the broker has made signs with one of these; a token under any other ``alg`` is not its own.
+ALGORITHMS = ("ES256", "EdDSA")
 UNDECRYPTABLE_MESSAGE = (
     "The broker's signing key cannot be decrypted with the configured secret keys. Run `broker keys status` "
     'and list the key it names again in secret_keys (docs/operations.md, "Rotating secret_key").'
@@ -76,9 +72,9 @@ class _Loaded:
 
     kid: str
     alg: str
-    private: ECKey | OKPKey
+    private: jose.PrivateKey
     created_at: datetime
-    public: KeySet
+    public: jose.JwksCache
     public_jwks: dict[str, Any]
     loaded_at: datetime
 
@@ -104,14 +100,6 @@ class KeyState:
     publish_until: datetime | None
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def signing_key_cipher(keys: Keys) -> Cipher:
     """The cipher of signing keys at rest: one AES key per root secret, named by the root's id."""
     return Cipher(keys.keys("signing-key-encryption"))
@@ -135,9 +123,7 @@ class TokenService:
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
         if self.config.algorithm == "EdDSA":
-            # joserfc flags "EdDSA" as superseded by the fully specified "Ed25519" (RFC 9864); verifiers in the
-            # field still expect "EdDSA", which the configuration asked for.
-            warnings.filterwarnings("ignore", message="EdDSA is deprecated", module="joserfc")
+            jose.allow_eddsa()
 
     # ------------------------------------------------------------ keys
 
@@ -153,26 +139,19 @@ class TokenService:
         """``(root key id, bare body)``: the body stays readable by a release that predates key ids."""
         return self.cipher.seal_body(json.dumps(private_jwk).encode(), aad=kid.encode())
 
-    def _decrypt(self, row: SigningKey) -> ECKey | OKPKey:
+    def _decrypt(self, row: SigningKey) -> jose.PrivateKey:
         try:
             _, plain = open_signing_key(self.cipher, row)
         except Undecryptable:
             raise ServiceUnavailable(UNDECRYPTABLE_MESSAGE, reason="signing_key_undecryptable") from None
-        key = import_key(json.loads(plain))
-        assert isinstance(key, ECKey | OKPKey)
-        return key
+        return jose.load_jwk(json.loads(plain))
 
     def _new_key(self, generation: int, now: datetime) -> SigningKey:
         alg = self.config.algorithm
-        private: ECKey | OKPKey = (
-            ECKey.generate_key("P-256", private=True, auto_kid=True)
-            if alg == "ES256"
-            else OKPKey.generate_key("Ed25519", private=True, auto_kid=True)
-        )
-        kid = private.kid
-        assert kid is not None
-        public = {**private.as_dict(private=False), "alg": alg, "use": "sig"}
-        key_id, sealed = self._encrypt(kid, private.as_dict(private=True))
+        private = jose.generate_key(alg)
+        kid = jose.key_id(private)
+        public = jose.public_jwk(private, alg)
+        key_id, sealed = self._encrypt(kid, jose.private_jwk(private))
         return SigningKey(
             kid=kid,
             generation=generation,
@@ -292,7 +271,7 @@ class TokenService:
                     alg=current.alg,
                     private=self._decrypt(current),
                     created_at=current.created_at,
-                    public=KeySet.import_key_set({"keys": public}),
+                    public=jose.key_set({"keys": public}),
                     public_jwks={"keys": public},
                     loaded_at=now,
                 )
@@ -325,7 +304,7 @@ class TokenService:
             **claims,
         }
         header = {"alg": key.alg, "kid": key.kid, "typ": typ}
-        token = jwt.encode(header, body, key.private, algorithms=[key.alg])
+        token = jose.sign(header, body, key.private)
         return IssuedToken(token=token, jti=jti, issued_at=now, expires_at=expires, kid=key.kid)
 
     def issue_access_token(
@@ -374,37 +353,35 @@ class TokenService:
     def verify_access_token(self, token: str, *, audience: str) -> dict[str, Any]:
         """Verify a broker access token against the published keys, as an internal service would."""
         key = self._load()
+        rules = jose.ClaimRules(issuer=self.issuer, audiences=(audience,), required=("exp",), leeway=CLOCK_SKEW_SECONDS)
         try:
-            decoded = jwt.decode(token, key.public, algorithms=[key.alg, "ES256", "EdDSA"])
-            jwt.JWTClaimsRegistry(
-                now=int(self.clock().timestamp()),
-                leeway=CLOCK_SKEW_SECONDS,
-                iss={"essential": True, "value": self.issuer},
-                aud={"essential": True, "value": audience},
-                exp={"essential": True},
-            ).validate(decoded.claims)
-        except (JoseError, ValueError) as exc:
+            header, claims = jose.verify(
+                token,
+                keys=key.public,
+                algorithms=ALGORITHMS,
+                max_bytes=jose.MAX_COMPACT_BYTES,
+                rules=rules,
+                now=self.clock().timestamp(),
+            )
+        except (jose.Refused, jose.ClaimRefused) as exc:
             # Not signed by a key this process publishes: say "revoked" when the key table says so (the kid is
             # read unverified, only to choose the refusal).
-            try:
-                kid = jws.extract_compact(token.encode()).headers().get("kid")
-            except (JoseError, ValueError):
-                kid = None
-            if isinstance(kid, str) and self._key_refusal(kid) == "broker_token_key_revoked":
+            kid = jose.unverified_kid(token)
+            if kid is not None and self._key_refusal(kid) == "broker_token_key_revoked":
                 raise _revoked() from exc
             raise InvalidRequest(
                 "The token is not a valid broker access token.", reason="broker_token_invalid"
             ) from exc
-        if decoded.header.get("typ") != ACCESS_TOKEN_TYP:
+        if header.get("typ") != ACCESS_TOKEN_TYP:
             raise InvalidRequest("The token is not a broker access token.", reason="broker_token_typ")
         # This process may still hold a key another process revoked (``broker signing-keys rotate --revoke``):
         # the key table decides, so a revoked key's tokens are refused at once everywhere.
-        refusal = self._key_refusal(str(decoded.header.get("kid")))
+        refusal = self._key_refusal(str(header.get("kid")))
         if refusal == "broker_token_key_revoked":
             raise _revoked()
         if refusal is not None:
             raise InvalidRequest("The token is not a valid broker access token.", reason=refusal)
-        return dict(decoded.claims)
+        return claims
 
     def _key_refusal(self, kid: str) -> str | None:
         """Why tokens signed by ``kid`` are refused now, per the key table; None while it is published."""
