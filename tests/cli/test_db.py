@@ -27,7 +27,7 @@ from tests.support.portal import csrf_from, env_credentials, login_local
 from tests.support.processes import broker_env, free_port
 from tests.support.workload_tokens import TestIssuer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEAD = "0013_signing_key_revocation"
 NEXT = "0099_next_release"
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"

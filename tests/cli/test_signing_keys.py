@@ -24,7 +24,7 @@ from broker.store.db import Database
 from tests.conftest import SECRET
 from tests.support.processes import LiveServer, broker_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 API = "https://api.internal"
 
 
