@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-
+from broker import certificates
 from broker.audit import AuditTrail
 from broker.connectors.x509 import (
     CertificateFacts,
@@ -98,7 +97,7 @@ class Devices:
         *,
         proof: str,
         ctx: Context,
-        prove: Callable[[x509.Certificate, X509StoreConfig | None], dict[str, Any]] | None = None,
+        prove: Callable[[certificates.Certificate, X509StoreConfig | None], dict[str, Any]] | None = None,
         consume: Callable[[CertificateFacts], None] | None = None,
         detail: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
@@ -157,12 +156,12 @@ class Devices:
 
     # ------------------------------------------------------------ steps
 
-    def _store_for(self, leaf: x509.Certificate) -> X509StoreConfig | None:
+    def _store_for(self, leaf: certificates.Certificate) -> X509StoreConfig | None:
         """The assertion limits that apply before the path names the store: the strictest store's."""
         configs = [c.config for c in self.connectors]
         return min(configs, key=lambda c: (c.max_assertion_lifetime_seconds, c.clock_skew_seconds), default=None)
 
-    def _verify(self, chain: Sequence[x509.Certificate]) -> VerifiedCertificate:
+    def _verify(self, chain: Sequence[certificates.Certificate]) -> VerifiedCertificate:
         now = self.clock()
         errors: list[BrokerError] = []
         for connector in self.connectors:

@@ -16,7 +16,9 @@ import os
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _VERSION = "v1"
 _NONCE_BYTES = 12  # AES-GCM's standard 96-bit nonce (NIST SP 800-38D section 8.2), random per value.
@@ -28,6 +30,12 @@ class Undecryptable(Exception):
     def __init__(self, key_id: str | None) -> None:
         super().__init__(key_id)
         self.key_id = key_id
+
+
+def stretch(raw: bytes, *, info: bytes) -> bytes:
+    """A 256-bit AES key from a configured secret string's bytes: HKDF-SHA256 (RFC 5869), no salt, bound to
+    its use by ``info``."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(raw)
 
 
 def b64(data: bytes) -> str:

@@ -44,9 +44,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from broker import certificates
 from broker.audit import AuditTrail
 from broker.aws.sts import AssumeRoleRequest, Sts
 from broker.context import Clock
@@ -456,11 +456,11 @@ def certificate_expiries(settings: Settings, saml_certificates: dict[str, list[s
 
     def add(kind: str, name: str, pem: bytes) -> None:
         try:
-            certs = x509.load_pem_x509_certificates(pem)
+            certs = certificates.load_pem_certificates(pem)
         except ValueError:
             return
         for cert in certs:
-            not_after = cert.not_valid_after_utc.timestamp()
+            not_after = certificates.not_after(cert)
             found[(kind, name)] = min(found.get((kind, name), not_after), not_after)
 
     def read(path: Path | None) -> bytes | None:

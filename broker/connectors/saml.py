@@ -26,8 +26,6 @@ does them with the :class:`CheckedResponse` returned here. Attributes are read o
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -36,7 +34,6 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
-from cryptography import x509
 from onelogin.saml2.authn_request import OneLogin_Saml2_Authn_Request
 from onelogin.saml2.constants import OneLogin_Saml2_Constants
 from onelogin.saml2.idp_metadata_parser import OneLogin_Saml2_IdPMetadataParser
@@ -44,6 +41,7 @@ from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Error, OneLogin_Saml2_ValidationError
 
+from broker.certificates import certificate_body
 from broker.connectors.saml_logout import SamlLogout, SessionRef
 from broker.connectors.saml_response import (
     BINDING_POST,
@@ -101,9 +99,8 @@ def normalize_certificate(value: str) -> str:
     """A PEM certificate or its base64 DER body -> PEM; raises ValueError if it is not a certificate."""
     body = re.sub(r"-----(BEGIN|END) CERTIFICATE-----|\s", "", value)
     try:
-        der = base64.b64decode(body, validate=True)
-        x509.load_der_x509_certificate(der)
-    except (binascii.Error, ValueError) as exc:
+        certificate_body(body)
+    except ValueError as exc:
         raise ValueError(f"not an X.509 certificate: {exc}") from None
     lines = [body[i : i + 64] for i in range(0, len(body), 64)]
     return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"

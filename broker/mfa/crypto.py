@@ -14,10 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from broker.encryption import Cipher, Undecryptable, envelope_key_id
+from broker.encryption import Cipher, Undecryptable, envelope_key_id, stretch
 from broker.errors import ServiceUnavailable
 from broker.keys import Keys
 
@@ -28,7 +25,7 @@ UNDECRYPTABLE_MESSAGE = (
 
 
 def _stretch(raw: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"broker mfa secret").derive(raw)
+    return stretch(raw, info=b"broker mfa secret")
 
 
 def fingerprint(key: bytes) -> str:

@@ -25,11 +25,7 @@ import binascii
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
-from broker import jose
+from broker import certificates, jose
 from broker.connectors.x509 import CertificateFacts, leaf_facts, refuse
 from broker.context import Clock, Context
 from broker.devices import DeviceRequest, Devices
@@ -43,13 +39,7 @@ from broker.store.db import Database
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # Asymmetric algorithms only; a device key is EC P-256/P-384, RSA or Ed25519.
-ALGORITHMS = {
-    "ES256": ec.EllipticCurvePublicKey,
-    "ES384": ec.EllipticCurvePublicKey,
-    "PS256": rsa.RSAPublicKey,
-    "RS256": rsa.RSAPublicKey,
-    "EdDSA": ed25519.Ed25519PublicKey,
-}
+ALGORITHMS = certificates.SIGNING_ALGORITHMS
 # Four certificates of a few kB each, base64-encoded, plus header and claims.
 MAX_ASSERTION_BYTES = 48 * 1024
 MAX_CLAIM_CHARS = 256
@@ -101,7 +91,7 @@ class JwtBearerGrant:
             detail.update(facts.to_json() if facts else {})
             raise self.devices.deny(exc, ctx=ctx, detail={"proof": "jwt", **detail}) from None
 
-        def prove(leaf: x509.Certificate, store: X509StoreConfig | None) -> dict[str, Any]:
+        def prove(leaf: certificates.Certificate, store: X509StoreConfig | None) -> dict[str, Any]:
             claims.update(self._verify(assertion, header, leaf, store))
             return {"assertion_jti": claims["jti"], "iss": claims["iss"][:MAX_CLAIM_CHARS]}
 
@@ -151,18 +141,15 @@ class JwtBearerGrant:
         return header, ders
 
     def _verify(
-        self, assertion: str, header: dict[str, Any], leaf: x509.Certificate, store: X509StoreConfig | None
+        self, assertion: str, header: dict[str, Any], leaf: certificates.Certificate, store: X509StoreConfig | None
     ) -> dict[str, Any]:
         alg = str(header["alg"])
-        public_key = leaf.public_key()
-        if not isinstance(public_key, ALGORITHMS[alg]):
+        if not certificates.key_fits(leaf, alg):
             raise _fail("alg", "alg does not fit the certificate's key")
         thumbprint = header.get("x5t#S256")
-        if thumbprint is not None:
-            expected = base64.urlsafe_b64encode(leaf.fingerprint(hashes.SHA256())).rstrip(b"=").decode()
-            if thumbprint != expected:
-                raise _fail("header", "x5t#S256 does not name the leaf certificate")
-        pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if thumbprint is not None and thumbprint != certificates.sha256_thumbprint(leaf):
+            raise _fail("header", "x5t#S256 does not name the leaf certificate")
+        pem = certificates.public_key_pem(leaf)
         try:
             claims = jose.verify_signature(
                 assertion, jose.public_key(pem, alg), alg, max_header_bytes=MAX_ASSERTION_BYTES

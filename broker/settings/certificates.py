@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from cryptography import x509
 from pydantic import Field, field_validator, model_validator
 
+from broker import certificates
 from broker.settings.base import NAME, Strict
 
 _X509_FIELD = re.compile(
@@ -101,7 +101,7 @@ class X509StoreConfig(Strict):
         problems = []
         for path in value:
             try:
-                if not x509.load_pem_x509_certificates(path.read_bytes()):
+                if not certificates.load_pem_certificates(path.read_bytes()):
                     problems.append(f"{path} holds no certificate")
             except OSError as exc:
                 problems.append(f"cannot read {path}: {exc.strerror}")

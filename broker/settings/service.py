@@ -246,16 +246,11 @@ class AuditAnchorSettings(Strict):
         value = resolve_secret(value)
         if value is None:
             return value
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        from broker.certificates import ed25519_private_key_problem
 
-        raw = secret_text(value)
-        try:
-            key = load_pem_private_key(raw.encode(), password=None)
-        except (ValueError, TypeError):
-            raise ValueError("is not a PEM private key (make one with `openssl genpkey -algorithm ed25519`)") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError("must be an Ed25519 key (`openssl genpkey -algorithm ed25519`)")
+        problem = ed25519_private_key_problem(secret_text(value))
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from cryptography import x509
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from broker import certificates
 from broker.settings.base import LOOPBACK_HTTP, NAME, Strict, email_domains
 from broker.settings.certificates import X509StoreConfig
 from broker.settings.directories import LdapStoreConfig
@@ -257,10 +257,9 @@ class SamlStoreConfig(Strict):
     @classmethod
     def _certificates(cls, value: list[str]) -> list[str]:
         for index, certificate in enumerate(value):
-            body = re.sub(r"-----(BEGIN|END) CERTIFICATE-----|\s", "", certificate)
             try:
-                x509.load_der_x509_certificate(base64.b64decode(body, validate=True))
-            except (binascii.Error, ValueError):
+                certificates.certificate_body(certificate)
+            except ValueError:
                 raise ValueError(
                     f"certificates[{index}] is not an X.509 certificate (PEM, or the base64 body of one)"
                 ) from None
