@@ -273,7 +273,35 @@ def test_moving_mfa_to_encryption_keys_by_the_runbook(setup: tuple[dict[str, Any
     assert "cannot be decrypted with the configured keys" in again.stderr
 
 
-def tmp_config(path: Path, config: dict[str, Any]) -> Path:
-    other = path.with_name("broker-without-k0.yaml")
+def tmp_config(path: Path, config: dict[str, Any], name: str = "broker-without-k0.yaml") -> Path:
+    other = path.with_name(name)
     write(other, config)
     return other
+
+
+def test_a_rolling_restart_deploys_the_keyring_in_two_steps(setup: tuple[dict[str, Any], Path]) -> None:
+    """The note under step 4: with k1 first at once, a process still on the old file does not know a session
+    started under k1; deployed as [k0, k1] first, every process reads what any of them wrote."""
+    config, path = setup
+    clock = Clock()
+    keyring = {key: value for key, value in config.items() if key != "secret_key"}
+    k0 = {"id": "k0", "value": "env:SECRET_KEY_K0"}
+    k1 = {"id": "k1", "value": "env:SECRET_KEY_K1"}
+    old = tmp_config(path, config, "old.yaml")
+    learning = tmp_config(path, {**keyring, "secret_keys": [k0, k1]}, "learning.yaml")
+    rotated = tmp_config(path, {**keyring, "secret_keys": [k1, k0]}, "rotated.yaml")
+
+    # In one step: a session started by a restarted process is unknown to one still on the old file.
+    with serving(rotated, clock) as url:
+        web = sign_in(url, clock)
+    with serving(old, clock):
+        assert not signed_in(web)
+
+    # In two steps: while processes learn k1, k0 still writes, so old and new processes share sessions.
+    with serving(learning, clock) as url:
+        web = sign_in(url, clock)
+    for step in (old, learning, rotated):
+        with serving(step, clock):
+            assert signed_in(web)
+    verified = broker("audit", "verify", "-c", str(rotated))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
