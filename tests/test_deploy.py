@@ -66,7 +66,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_alert_rules_pass_promtool_check() -> None:
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_alert_rules_unit_tests_pass() -> None:
