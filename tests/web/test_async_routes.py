@@ -38,6 +38,10 @@ NON_BLOCKING = frozenset(
         "TemplateResponse", "token_urlsafe", "pop", "clear", "limiter_of",
         # pure constructors: credentials to check (checked in the thread pool), the SAML use case, a SCIM call
         "Credentials", "SamlSignIn", "ScimCall", "needs_client", "_tokens",
+        # the composition root's services and settings, read off app.state
+        "request_services", "request_settings",
+        # metrics: the route template is pure; prometheus-client's multiprocess values are memory-mapped writes
+        "route_template", "request",
     }
 )  # fmt: skip
 
