@@ -172,7 +172,7 @@ class Metrics:
             return generate_latest(aggregate)
         return generate_latest(self.registry)
 
-    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in _METHODS else "other"  # clients choose the method: bound its values
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_seconds.labels(method, route).observe(seconds)

@@ -141,7 +141,7 @@ class ObserveRequests:
                 # An exception that escaped every handler is answered 500 by the server.
                 status = status or 500
                 if self.metrics is not None:
-                    self.metrics.request(scope["method"], route_template(scope), status, elapsed)
+                    self.metrics.observe_request(scope["method"], route_template(scope), status, elapsed)
                 if _access_level.isEnabledFor(logging.INFO):
                     client = scope.get("client")
                     log.info(

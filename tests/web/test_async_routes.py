@@ -41,7 +41,7 @@ NON_BLOCKING = frozenset(
         # the composition root's services and settings, read off app.state
         "request_services", "request_settings",
         # metrics: the route template is pure; prometheus-client's multiprocess values are memory-mapped writes
-        "route_template", "request",
+        "route_template", "observe_request",
     }
 )  # fmt: skip
 
