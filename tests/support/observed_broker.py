@@ -78,7 +78,7 @@ def log_lines(output: str) -> list[dict[str, Any]]:
     return lines
 
 
-def wait_for(condition: Any, *, timeout: float = 20.0) -> Any:
+def wait_for(condition: Any, *, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

@@ -23,7 +23,7 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, *, timeout: float = 20.0, process: subprocess.Popen[Any] | None = None) -> None:
+def wait_for_port(port: int, *, timeout: float = 60.0, process: subprocess.Popen[Any] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -95,7 +95,7 @@ class LiveServer:
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("the broker did not start")
