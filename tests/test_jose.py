@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -258,26 +258,28 @@ def test_a_signed_payload_that_is_not_an_object_is_malformed(issuer: TestIssuer)
 RULES = jose.ClaimRules(
     issuer=ISSUER, audiences=(AUDIENCE,), required=("sub", "exp", "iat", "jti"), leeway=60, max_age_seconds=600
 )
-BAD_CLAIMS: dict[str, tuple[dict[str, Any], str, str]] = {
-    "wrong issuer": ({"iss": "https://evil.test"}, "iss", "invalid"),
-    "wrong audience": ({"aud": ["https://other.test"]}, "aud", "invalid"),
-    "audience not strings": ({"aud": [1]}, "aud", "invalid"),
-    "expired": ({"exp": int(time.time()) - 61}, "exp", "expired"),
-    "exp not a number": ({"exp": "soon"}, "exp", "invalid"),
-    "exp NaN": ({"exp": float("nan")}, "exp", "invalid"),
-    "not yet valid": ({"nbf": int(time.time()) + 600}, "nbf", "invalid"),
-    "issued in the future": ({"iat": int(time.time()) + 600}, "iat", "invalid"),
-    "issued too long ago": ({"iat": int(time.time()) - 700}, "iat", "too_old"),
-    "blank sub": ({"sub": ""}, "sub", "invalid"),
-    "jti not a string": ({"jti": 5}, "jti", "invalid"),
+# Claims relative to the moment the test runs (not when the module was collected: a long run would age them).
+BAD_CLAIMS: dict[str, tuple[Callable[[int], dict[str, Any]], str, str]] = {
+    "wrong issuer": (lambda now: {"iss": "https://evil.test"}, "iss", "invalid"),
+    "wrong audience": (lambda now: {"aud": ["https://other.test"]}, "aud", "invalid"),
+    "audience not strings": (lambda now: {"aud": [1]}, "aud", "invalid"),
+    "expired": (lambda now: {"exp": now - 61}, "exp", "expired"),
+    "exp not a number": (lambda now: {"exp": "soon"}, "exp", "invalid"),
+    "exp NaN": (lambda now: {"exp": float("nan")}, "exp", "invalid"),
+    "not yet valid": (lambda now: {"nbf": now + 600}, "nbf", "invalid"),
+    "issued in the future": (lambda now: {"iat": now + 600}, "iat", "invalid"),
+    "issued too long ago": (lambda now: {"iat": now - 700}, "iat", "too_old"),
+    "blank sub": (lambda now: {"sub": ""}, "sub", "invalid"),
+    "jti not a string": (lambda now: {"jti": 5}, "jti", "invalid"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CLAIMS))
 def test_claims_are_checked_by_the_registry(case: str) -> None:
     overrides, claim, problem = BAD_CLAIMS[case]
+    now = time.time()
     with pytest.raises(jose.ClaimRefused) as info:
-        jose.check_claims(claims(**overrides), RULES, now=time.time())
+        jose.check_claims(claims(**overrides(int(now))), RULES, now=now)
     assert (info.value.claim, info.value.problem) == (claim, problem)
 
 
