@@ -134,11 +134,19 @@ def configure(level: str = "INFO", *, json: bool = True) -> None:
     root.handlers = [handler]
     root.setLevel(level)
     # Python's warnings go through logging (the "py.warnings" logger), so through the one formatter.
+    # Off, then on: if something restored warnings.showwarning since an earlier call (warnings.catch_warnings
+    # does on exit), logging still believes it captures, and a plain captureWarnings(True) would do nothing.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         # uvicorn's loggers log through the root handler, never a console handler of their own.
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+    # uvicorn's access line carries the raw query string (an OIDC callback's code and state): silenced, so
+    # uvicorn writes none; the broker writes its own access line, without the query (broker.web.hardening).
+    access = logging.getLogger("uvicorn.access")
+    access.handlers = []
+    access.propagate = False
     if json:
         sys.excepthook = _log_uncaught
         threading.excepthook = _log_thread_uncaught

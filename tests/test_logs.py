@@ -69,3 +69,16 @@ def test_warnings_thread_crashes_and_library_lines_are_json(capsys: pytest.Captu
     assert crashed["event"] == "uncaught exception in thread doomed"
     assert "ZeroDivisionError" in crashed["exception"]
     assert "AKIDSECRETVALUE1234" not in leaked["event"]
+
+
+def test_warnings_are_captured_again_after_something_restored_them(capsys: pytest.CaptureFixture[str]) -> None:
+    """``warnings.catch_warnings`` puts the original ``showwarning`` back on exit while logging still believes it
+    captures: configuring again must capture again."""
+    with warnings.catch_warnings():
+        logs.configure("INFO", json=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        logs.configure("INFO", json=True)
+        warnings.warn("after a restore", UserWarning, stacklevel=1)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert [line["logger"] for line in lines if "after a restore" in line["event"]] == ["py.warnings"]
