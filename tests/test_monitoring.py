@@ -145,6 +145,8 @@ def test_access_report_and_cli(ops: Any, make_config: Callable[..., dict[str, An
 
 def test_serve_with_two_workers_sums_metrics_and_reports_redis_fallback(tmp_path: Path, sts_endpoint: str) -> None:
     with observed_broker(tmp_path, sts_endpoint) as broker:
+        # Both workers have started (each audits config.loaded) before the counts are compared.
+        assert wait_for(lambda: broker.metrics().get("broker_audit_append_duration_seconds_count", 0) >= 2)
         for _ in range(30):
             assert broker.get("/healthz").status_code == 200
         assert broker.get("/no/such/page/12345").status_code == 404
