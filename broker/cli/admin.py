@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -192,11 +193,7 @@ def principals_disable(
     principal: str, reason: ReasonOption, config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None
 ) -> None:
     """Disable a person: no new sign-ins, sessions ended, live credentials revoked in AWS."""
-    ops = operator_services(config).operations
-    result = run(
-        lambda: ops.revocations.set_disabled(actor(as_name), principal, disabled=True, reason=reason, ctx=ctx())
-    )
-    out.print_json(json.dumps(result))
+    _set_disabled(principal, reason, config, as_name, disabled=True)
 
 
 @principals_app.command("enable")
@@ -204,9 +201,13 @@ def principals_enable(
     principal: str, reason: ReasonOption, config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None
 ) -> None:
     """Enable a disabled person again."""
+    _set_disabled(principal, reason, config, as_name, disabled=False)
+
+
+def _set_disabled(principal: str, reason: str, config: Path, as_name: str | None, *, disabled: bool) -> None:
     ops = operator_services(config).operations
     result = run(
-        lambda: ops.revocations.set_disabled(actor(as_name), principal, disabled=False, reason=reason, ctx=ctx())
+        lambda: ops.revocations.set_disabled(actor(as_name), principal, disabled=disabled, reason=reason, ctx=ctx())
     )
     out.print_json(json.dumps(result))
 
